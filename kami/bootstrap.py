@@ -1,0 +1,97 @@
+"""The composition root: the one place that turns settings into wired objects."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+
+from kami import delivery, fulfilment, payments, vault
+from kami.config import Settings
+from kami.kernel.db import Database, make_engine, normalise_url
+from kami.kernel.outbox import Handler
+
+log = logging.getLogger("kami")
+
+SANDBOX_SECRET = "sandbox"
+
+
+@dataclass
+class Container:
+    settings: Settings
+    shop: fulfilment.Shop
+
+    @property
+    def db(self) -> Database:
+        return self.shop.db
+
+    def job_handlers(self) -> dict[str, Handler]:
+        shop = self.shop
+        return {fulfilment.MAIL_JOB: lambda payload: fulfilment.send_order_mail(shop, payload)}
+
+    def close(self) -> None:
+        self.shop.db.dispose()
+
+
+def build_keyring(settings: Settings) -> vault.Keyring:
+    env = settings.master_key.get_secret_value() if settings.master_key else None
+    # Only the embedded default may mint its own key; a server database must be given one.
+    return vault.load_keyring(env, settings.master_key_file, create=settings.is_sqlite)
+
+
+def build_mailer(settings: Settings) -> delivery.Mailer | None:
+    smtp = settings.smtp
+    if not smtp.host:
+        return None
+    return delivery.SmtpMailer(
+        delivery.SmtpSettings(
+            host=smtp.host,
+            port=smtp.port,
+            username=smtp.username,
+            password=smtp.password.get_secret_value() if smtp.password else None,
+            sender=smtp.sender,
+            sender_name=smtp.sender_name,
+            security=smtp.security,
+        )
+    )
+
+
+def build(settings: Settings) -> Container:
+    db = Database(make_engine(settings.database_url))
+    cipher = vault.VaultCipher(build_keyring(settings))
+    gateways = payments.GatewayRegistry()
+    if settings.sandbox_enabled:
+        if settings.sandbox_secret:
+            secret = settings.sandbox_secret.get_secret_value().encode()
+        else:
+            with db.write() as s:
+                secret = cipher.named_secret(s, SANDBOX_SECRET)
+        gateways.register(payments.SandboxGateway(secret, settings.base_url))
+    shop = fulfilment.Shop(
+        db=db,
+        cipher=cipher,
+        gateways=gateways,
+        public_url=settings.base_url,
+        order_ttl=timedelta(minutes=settings.order_ttl_minutes),
+        mailer=build_mailer(settings),
+        shop_name=settings.shop_name,
+    )
+    return Container(settings, shop)
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Bring the schema to `revision` with the migrations shipped inside the package."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("kami") / "migrations"))
+    cfg.attributes["database_url"] = normalise_url(settings.database_url)
+    if settings.is_sqlite:
+        path = settings.database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(cfg, revision)

@@ -1,0 +1,186 @@
+"""Catalog reads."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kami.catalog.models import Category, Product, Sku
+from kami.catalog.rules import DeliveryKind, StockDisplay, display_stock
+from kami.catalog.schemas import (
+    CategoryView,
+    ProductView,
+    PublicCategory,
+    PublicProduct,
+    PublicSku,
+    SkuView,
+)
+from kami.kernel.errors import NotFound
+
+
+def category_view(session: Session, cat: Category) -> CategoryView:
+    parent = session.get(Category, cat.parent_id) if cat.parent_id else None
+    return CategoryView(
+        slug=cat.slug, name=cat.name, parent=parent.slug if parent else None, position=cat.position
+    )
+
+
+def product_view(session: Session, prod: Product) -> ProductView:
+    cat = session.get(Category, prod.category_id)
+    assert cat is not None
+    return ProductView(
+        slug=prod.slug,
+        category=cat.slug,
+        name=prod.name,
+        description=prod.description,
+        benefits=[str(b) for b in prod.benefits],
+        validity_days=prod.validity_days,
+        redemption=prod.redemption,
+        position=prod.position,
+        active=prod.active,
+    )
+
+
+def _sku_view(sku: Sku, prod: Product) -> SkuView:
+    return SkuView(
+        id=sku.id,
+        code=sku.code,
+        product_slug=prod.slug,
+        product_name=prod.name,
+        name=sku.name,
+        price_minor=sku.price_minor,
+        currency=sku.currency,
+        delivery_kind=DeliveryKind(sku.delivery_kind),
+        min_quantity=sku.min_quantity,
+        max_quantity=sku.max_quantity,
+        active=sku.active and prod.active,
+        stock_display=StockDisplay(sku.stock_display),
+        low_stock_threshold=sku.low_stock_threshold,
+        validity_days=prod.validity_days,
+        redemption=prod.redemption,
+    )
+
+
+def sku_view(session: Session, sku: Sku) -> SkuView:
+    prod = session.get(Product, sku.product_id)
+    assert prod is not None
+    return _sku_view(sku, prod)
+
+
+def get_sku(session: Session, code: str) -> SkuView:
+    row = session.execute(
+        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.code == code)
+    ).first()
+    if row is None:
+        raise NotFound(f"no SKU with code {code!r}", where="sku")
+    return _sku_view(row[0], row[1])
+
+
+def get_sku_by_id(session: Session, sku_id: int) -> SkuView:
+    row = session.execute(
+        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.id == sku_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no SKU with id {sku_id}", where="sku")
+    return _sku_view(row[0], row[1])
+
+
+def list_skus(session: Session) -> list[SkuView]:
+    rows = session.execute(
+        select(Sku, Product)
+        .join(Product, Product.id == Sku.product_id)
+        .order_by(Product.position, Product.id, Sku.position, Sku.id)
+    )
+    return [_sku_view(s, p) for s, p in rows.tuples()]
+
+
+def list_categories(session: Session) -> list[CategoryView]:
+    cats = (
+        session.execute(select(Category).order_by(Category.position, Category.id)).scalars().all()
+    )
+    slugs = {c.id: c.slug for c in cats}
+    return [
+        CategoryView(
+            slug=c.slug,
+            name=c.name,
+            parent=slugs.get(c.parent_id) if c.parent_id else None,
+            position=c.position,
+        )
+        for c in cats
+    ]
+
+
+def list_products(session: Session) -> list[ProductView]:
+    prods = session.execute(select(Product).order_by(Product.position, Product.id)).scalars().all()
+    return [product_view(session, p) for p in prods]
+
+
+def is_empty(session: Session) -> bool:
+    return session.execute(select(Sku.id).limit(1)).first() is None
+
+
+def public_tree(session: Session, available: Mapping[int, int]) -> list[PublicCategory]:
+    """The active catalog as buyers see it; `available` maps SKU id to sellable stock.
+
+    Categories are ordered by position; a category is shown when anything below it is active.
+    """
+    cats = (
+        session.execute(select(Category).order_by(Category.position, Category.id)).scalars().all()
+    )
+    prods = (
+        session.execute(
+            select(Product).where(Product.active.is_(True)).order_by(Product.position, Product.id)
+        )
+        .scalars()
+        .all()
+    )
+    skus = (
+        session.execute(select(Sku).where(Sku.active.is_(True)).order_by(Sku.position, Sku.id))
+        .scalars()
+        .all()
+    )
+
+    skus_by_product: dict[int, list[PublicSku]] = defaultdict(list)
+    for s in skus:
+        skus_by_product[s.product_id].append(
+            PublicSku(
+                code=s.code,
+                name=s.name,
+                price_minor=s.price_minor,
+                currency=s.currency,
+                min_quantity=s.min_quantity,
+                max_quantity=s.max_quantity,
+                stock=display_stock(
+                    StockDisplay(s.stock_display), available.get(s.id, 0), s.low_stock_threshold
+                ),
+            )
+        )
+    products_by_cat: dict[int, list[PublicProduct]] = defaultdict(list)
+    for p in prods:
+        if skus_by_product.get(p.id):
+            products_by_cat[p.category_id].append(
+                PublicProduct(
+                    slug=p.slug,
+                    name=p.name,
+                    description=p.description,
+                    benefits=[str(b) for b in p.benefits],
+                    validity_days=p.validity_days,
+                    redemption=p.redemption,
+                    skus=skus_by_product[p.id],
+                )
+            )
+    children: dict[int | None, list[Category]] = defaultdict(list)
+    for c in cats:
+        children[c.parent_id].append(c)
+
+    def build(cat: Category) -> PublicCategory | None:
+        kids = [k for k in (build(ch) for ch in children.get(cat.id, [])) if k is not None]
+        products = products_by_cat.get(cat.id, [])
+        if not kids and not products:
+            return None
+        return PublicCategory(slug=cat.slug, name=cat.name, products=products, children=kids)
+
+    return [t for t in (build(c) for c in children.get(None, [])) if t is not None]

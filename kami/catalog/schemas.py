@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kami.catalog.rules import DeliveryKind, DisplayedStock, StockDisplay
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
+CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class CategoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slug: str = Field(pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    parent: str | None = Field(default=None, description="slug of the parent category")
+    position: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+
+
+class CategoryPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    parent: str | None = None
+    position: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    move_to_root: bool = False
+
+
+class ProductIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slug: str = Field(pattern=SLUG)
+    category: str = Field(description="slug of the category")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    benefits: list[str] = Field(default_factory=list, max_length=50)
+    validity_days: int | None = Field(default=None, ge=1, le=36_500)
+    redemption: str = Field(default="", max_length=20_000)
+    position: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    active: bool = True
+
+
+class ProductPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    category: str | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=20_000)
+    benefits: list[str] | None = Field(default=None, max_length=50)
+    validity_days: int | None = Field(default=None, ge=1, le=36_500)
+    redemption: str | None = Field(default=None, max_length=20_000)
+    position: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    active: bool | None = None
+
+
+class SkuIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=CODE)
+    product: str = Field(description="slug of the product")
+    name: str = Field(min_length=1, max_length=200)
+    price_minor: int = Field(ge=0, le=10**12)
+    currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
+    delivery_kind: DeliveryKind = DeliveryKind.CARD_KEY
+    min_quantity: int = Field(default=1, ge=1, le=10_000)
+    max_quantity: int = Field(default=10, ge=1, le=10_000)
+    active: bool = True
+    stock_display: StockDisplay = StockDisplay.LEVEL
+    low_stock_threshold: int = Field(default=10, ge=0, le=10**9)
+    position: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _quantities(self) -> SkuIn:
+        if self.min_quantity > self.max_quantity:
+            raise ValueError("min_quantity must not exceed max_quantity")
+        return self
+
+
+class SkuPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    price_minor: int | None = Field(default=None, ge=0, le=10**12)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    min_quantity: int | None = Field(default=None, ge=1, le=10_000)
+    max_quantity: int | None = Field(default=None, ge=1, le=10_000)
+    active: bool | None = None
+    stock_display: StockDisplay | None = None
+    low_stock_threshold: int | None = Field(default=None, ge=0, le=10**9)
+    position: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+
+
+class SkuView(BaseModel):
+    id: int = Field(exclude=True)
+    code: str
+    product_slug: str
+    product_name: str
+    name: str
+    price_minor: int
+    currency: str
+    delivery_kind: DeliveryKind
+    min_quantity: int
+    max_quantity: int
+    active: bool
+    stock_display: StockDisplay
+    low_stock_threshold: int
+    validity_days: int | None
+    redemption: str
+
+
+class CategoryView(BaseModel):
+    slug: str
+    name: str
+    parent: str | None
+    position: int
+
+
+class ProductView(BaseModel):
+    slug: str
+    category: str
+    name: str
+    description: str
+    benefits: list[str]
+    validity_days: int | None
+    redemption: str
+    position: int
+    active: bool
+
+
+class PublicSku(BaseModel):
+    code: str
+    name: str
+    price_minor: int
+    currency: str
+    min_quantity: int
+    max_quantity: int
+    stock: DisplayedStock
+
+
+class PublicProduct(BaseModel):
+    slug: str
+    name: str
+    description: str
+    benefits: list[str]
+    validity_days: int | None
+    redemption: str
+    skus: list[PublicSku]
+
+
+class PublicCategory(BaseModel):
+    slug: str
+    name: str
+    products: list[PublicProduct]
+    children: list[PublicCategory]

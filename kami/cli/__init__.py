@@ -1,0 +1,1 @@
+"""The `kami` command line: the only package that imports Typer."""

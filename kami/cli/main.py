@@ -1,0 +1,165 @@
+"""`kami`: serve the shop, run the worker, migrate, load keys, inspect orders."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kami import bootstrap
+from kami.cli import keys, vaultcmd
+from kami.cli.context import clear_errors, console, container, err, settings
+
+app = typer.Typer(
+    help="Kami: self-hosted shop with automatic delivery of virtual goods.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+admin_app = typer.Typer(help="Admin accounts.", no_args_is_help=True)
+orders_app = typer.Typer(help="Orders.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.add_typer(orders_app, name="orders")
+app.add_typer(keys.app, name="keys")
+app.add_typer(vaultcmd.app, name="vault")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the migrations shipped with Kami."""
+    with clear_errors():
+        bootstrap.migrate(settings(), revision)
+    console.print("database is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="overrides KAMI_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="overrides KAMI_PORT")] = None,
+    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="do not run jobs in-process")
+    ] = False,
+) -> None:
+    """Serve the shop and the APIs (with an in-process job worker unless --no-worker)."""
+    import uvicorn
+
+    if host:
+        os.environ["KAMI_HOST"] = host
+    if port:
+        os.environ["KAMI_PORT"] = str(port)
+    if no_worker:
+        os.environ["KAMI_INPROCESS_WORKER"] = "false"
+    s = settings()
+    with clear_errors(), container():  # fail early and clearly on a bad key or database URL
+        pass
+    console.print(f"Kami serving on http://{s.host}:{s.port}")
+    uvicorn.run(
+        "kami.web.app:create_app_from_env",
+        factory=True,
+        host=s.host,
+        port=s.port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(once: Annotated[bool, typer.Option(help="run due jobs once and exit")] = False) -> None:
+    """Run outbox jobs and the periodic sweeps (expiry, awaiting stock)."""
+    from kami.worker import runner
+
+    with clear_errors(), container() as c:
+        if once:
+            ran = runner.run_once(c)
+            console.print(f"ran {ran} job(s)")
+            return
+        stop = threading.Event()
+        console.print("worker running; Ctrl-C to stop")
+        try:
+            runner.run_forever(c, stop)
+        except KeyboardInterrupt:
+            stop.set()
+
+
+@app.command()
+def demo(
+    if_empty: Annotated[bool, typer.Option(help="do nothing when a catalog exists")] = False,
+) -> None:
+    """Load the demo catalog (腾讯视频, 爱奇艺, 网易一卡通) with demo keys."""
+    from kami.cli.demo import load_demo
+
+    with clear_errors(), container() as c:
+        if load_demo(c.shop):
+            console.print("demo catalog and keys loaded")
+        elif not if_empty:
+            err.print("a catalog already exists; nothing loaded")
+            raise typer.Exit(1)
+
+
+@admin_app.command("create")
+def admin_create(
+    username: str,
+    role: Annotated[str, typer.Option(help="owner, operator or finance")] = "owner",
+    password: Annotated[str | None, typer.Option(help="prompted when omitted")] = None,
+) -> None:
+    """Create an admin and print a bearer token for /api/admin/."""
+    from kami import accounts
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with clear_errors(), container() as c, c.db.write() as s:
+        try:
+            parsed_role = accounts.Role(role)
+        except ValueError:
+            raise typer.BadParameter("role must be owner, operator or finance") from None
+        admin = accounts.create_admin(s, username, password, parsed_role)
+        token = accounts.issue_token(s, admin.id)
+    console.print(f"admin {admin.username} ({admin.role}) created")
+    console.print("bearer token (shown once):")
+    print(token)
+
+
+@orders_app.command("show")
+def orders_show(order_no: str) -> None:
+    """An order with its items (masked) and timeline."""
+    from kami import fulfilment
+
+    with clear_errors(), container() as c:
+        d = fulfilment.admin_detail(c.shop, order_no)
+    o = d.order
+    table = Table(title=f"Order {o.order_no}", show_header=False)
+    for label, value in [
+        ("status", o.status),
+        ("item", f"{o.title} × {o.quantity}"),
+        ("amount", f"{o.amount_minor} {o.currency} (minor units)"),
+        ("email", o.email),
+        ("gateway", o.gateway),
+        ("trade no", o.trade_no or "-"),
+        ("created", o.created_at.isoformat()),
+        ("paid", o.paid_at.isoformat() if o.paid_at else "-"),
+        ("delivered", o.delivered_at.isoformat() if o.delivered_at else "-"),
+    ]:
+        table.add_row(label, str(value))
+    console.print(table)
+    for item in d.items:
+        console.print(f"  #{item.position} {item.masked}")
+    console.print("timeline:")
+    for e in d.timeline:
+        extra = ", ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)
+        console.print(f"  {e.at:%Y-%m-%d %H:%M:%S} {e.event} {extra}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Path", "app", "main"]

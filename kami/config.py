@@ -1,0 +1,45 @@
+"""Settings from the environment (prefix KAMI_, nested delimiter __), built once at the entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpConfig(BaseModel):
+    host: str | None = None
+    port: int = 587
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = "shop@localhost"
+    sender_name: str = "Kami"
+    security: str = Field(default="starttls", pattern="^(starttls|ssl|none)$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAMI_", env_nested_delimiter="__", extra="ignore")
+
+    database_url: str = "sqlite:///var/kami.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    master_key: SecretStr | None = None
+    master_key_file: Path = Path("var/master.key")
+    sandbox_enabled: bool = False
+    sandbox_secret: SecretStr | None = None
+    order_ttl_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)
+    shop_name: str = "Kami"
+    smtp: SmtpConfig = SmtpConfig()
+    inprocess_worker: bool = True
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    log_level: str = "INFO"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Outbound notification adapters (e-mail)."""

@@ -1,0 +1,48 @@
+"""Flows that span domains: checkout, notify → pay → claim → deliver, restock, order views."""
+
+from kami.fulfilment.checkout import PlacedOrder, place_order
+from kami.fulfilment.delivering import (
+    MAIL_JOB,
+    deliver_paid,
+    expire_orders,
+    import_and_serve,
+    redeliver,
+    serve_awaiting_stock,
+)
+from kami.fulfilment.mail import build_email, send_order_mail
+from kami.fulfilment.notify import Outcome, handle_notification
+from kami.fulfilment.shop import Shop
+from kami.fulfilment.views import (
+    AdminOrderDetail,
+    BuyerItem,
+    RevealedItem,
+    TimelineEntry,
+    admin_detail,
+    authorise,
+    buyer_view,
+    reveal,
+)
+
+__all__ = [
+    "MAIL_JOB",
+    "AdminOrderDetail",
+    "BuyerItem",
+    "Outcome",
+    "PlacedOrder",
+    "RevealedItem",
+    "Shop",
+    "TimelineEntry",
+    "admin_detail",
+    "authorise",
+    "build_email",
+    "buyer_view",
+    "deliver_paid",
+    "expire_orders",
+    "handle_notification",
+    "import_and_serve",
+    "place_order",
+    "redeliver",
+    "reveal",
+    "send_order_mail",
+    "serve_awaiting_stock",
+]

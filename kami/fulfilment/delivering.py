@@ -1,0 +1,122 @@
+"""Turning a paid order into delivered keys, now or as soon as stock arrives (invariant 4)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from kami import delivery, orders, vault
+from kami.fulfilment.shop import Shop
+from kami.kernel import outbox
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import Conflict
+
+log = logging.getLogger("kami.fulfilment")
+
+MAIL_JOB = "mail.order_update"
+
+
+class _Raced(Exception):
+    """The order changed under us; roll the claim back."""
+
+
+def deliver_paid(session: Session, order: orders.OrderView, now: datetime) -> bool:
+    """Claim the order's keys all-or-none and record them; else park it in awaiting_stock.
+
+    Runs inside the caller's transaction (the notify transaction, or a restock one), so the
+    status change, the claim, the delivery rows and the mail job commit together or not at all.
+    """
+    key_ids = vault.claim_keys(session, order.sku_id, order.id, order.quantity, now)
+    if not key_ids:
+        if order.status != orders.OrderStatus.AWAITING_STOCK:
+            orders.move(session, order.id, orders.OrderStatus.AWAITING_STOCK)
+            outbox.enqueue(
+                session,
+                MAIL_JOB,
+                {"order_no": order.order_no, "event": "awaiting_stock"},
+                ref=order.order_no,
+            )
+        return False
+    delivery.record_items(session, order.id, key_ids, now)
+    if not orders.move(session, order.id, orders.OrderStatus.DELIVERED, delivered_at=now):
+        raise _Raced(order.order_no)
+    outbox.enqueue(
+        session, MAIL_JOB, {"order_no": order.order_no, "event": "delivered"}, ref=order.order_no
+    )
+    return True
+
+
+def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> int:
+    """Deliver awaiting_stock orders, oldest payment first; returns how many were delivered.
+
+    Each order gets its own short transaction, so a large backlog never holds the write lock
+    for long. A SKU is left as soon as one of its orders cannot be served.
+    """
+    with shop.db.read() as s:
+        waiting = orders.awaiting_stock(s)
+    wanted = set(sku_ids) if sku_ids is not None else None
+    exhausted: set[int] = set()
+    served = 0
+    for queued in waiting:
+        if queued.sku_id in exhausted or (wanted is not None and queued.sku_id not in wanted):
+            continue
+        try:
+            with shop.db.write() as s:
+                order = orders.find_order(s, queued.order_no, for_update=True)
+                if order is None or order.status != orders.OrderStatus.AWAITING_STOCK:
+                    continue
+                if deliver_paid(s, order, utcnow()):
+                    served += 1
+                else:
+                    exhausted.add(order.sku_id)
+        except _Raced:
+            continue
+    if served:
+        log.info("delivered %d order(s) that were awaiting stock", served)
+    return served
+
+
+def import_and_serve(
+    shop: Shop,
+    sku_id: int,
+    rows: Iterable[vault.GoodLine | vault.BadLine],
+    info: vault.BatchInfo,
+    *,
+    on_chunk: Callable[[vault.ImportReport], None] | None = None,
+) -> vault.ImportReport:
+    """Import keys in one transaction, then hand them to orders that have been waiting."""
+    with shop.db.write() as s:
+        report = vault.import_keys(s, shop.cipher, sku_id, rows, info, on_chunk=on_chunk)
+    if report.imported:
+        serve_awaiting_stock(shop, [sku_id])
+    return report
+
+
+def expire_orders(shop: Shop) -> int:
+    with shop.db.write() as s:
+        return orders.expire_due(s, utcnow())
+
+
+def redeliver(shop: Shop, order_no: str) -> dict[str, str]:
+    """The admin's "deliver again": serve a waiting order now, or re-send a delivered one's mail."""
+    with shop.db.write() as s:
+        order = orders.get_order(s, order_no)
+        if order.status == orders.OrderStatus.DELIVERED:
+            outbox.enqueue(s, MAIL_JOB, {"order_no": order_no, "event": "delivered"}, ref=order_no)
+            return {"order_no": order_no, "status": order.status, "action": "mail_queued"}
+        if order.status != orders.OrderStatus.AWAITING_STOCK:
+            raise Conflict(
+                f"order {order_no} is {order.status}; only delivered or awaiting_stock orders "
+                "can be redelivered",
+                where="order_no",
+                slug="not-redeliverable",
+            )
+    served = serve_awaiting_stock(shop, [order.sku_id])
+    with shop.db.read() as s:
+        now_status = orders.get_order(s, order_no).status
+    action = "delivered" if now_status == orders.OrderStatus.DELIVERED else "still_awaiting_stock"
+    log.info("redeliver %s: %s (%d served)", order_no, action, served)
+    return {"order_no": order_no, "status": now_status, "action": action}

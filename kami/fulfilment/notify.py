@@ -1,0 +1,139 @@
+"""Applying a payment notification: verify everything, then pay and deliver in one transaction.
+
+Invariant 3: nothing changes until the gateway has checked the signature and its own fields and
+this flow has checked the order number, status, amount, currency and channel. Invariant 2: the
+inbox row unique on (gateway, trade_no) is written in the same transaction as the status
+change, so a duplicate, even a concurrent one, finds it and changes nothing; it is still
+acknowledged, or the channel would keep retrying. Rejections roll back, then the raw
+notification is recorded with its reason in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from kami import orders, payments
+from kami.fulfilment.delivering import deliver_paid
+from kami.fulfilment.shop import Shop
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import NotFound
+
+log = logging.getLogger("kami.notify")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ack: payments.Ack
+    verdict: payments.Verdict
+    reason: str | None = None
+    order_no: str | None = None
+    delivered: bool = False
+
+
+def _reject(slug: str, detail: str, where: str) -> payments.NotificationRejected:
+    return payments.NotificationRejected(detail, where=where, slug=slug)
+
+
+def _apply(
+    session: Session, notice: payments.PaymentNotice
+) -> tuple[payments.Verdict, str | None, bool]:
+    if notice.status is not payments.TradeStatus.PAID:
+        raise _reject(
+            "not-paid-status", f"trade status is {notice.status.value!r}, not paid", "status"
+        )
+    order = orders.find_order(session, notice.order_no, for_update=True)
+    if order is None:
+        raise _reject("unknown-order", f"no order {notice.order_no!r}", "order_no")
+    if order.gateway != notice.gateway:
+        raise _reject(
+            "gateway-mismatch",
+            f"order {order.order_no} is payable through {order.gateway!r}, not {notice.gateway!r}",
+            "gateway",
+        )
+    if notice.currency != order.currency:
+        raise _reject(
+            "currency-mismatch",
+            f"notification currency {notice.currency} differs from the order's {order.currency}",
+            "currency",
+        )
+    if notice.amount_minor != order.amount_minor:
+        raise _reject(
+            "amount-mismatch",
+            f"notification amount {notice.amount_minor} differs from the order's "
+            f"{order.amount_minor}",
+            "amount_minor",
+        )
+    prior_order = payments.record_inbox(session, notice, order.id)
+    if prior_order is not None:
+        if prior_order != order.id:
+            raise _reject(
+                "trade-no-reused",
+                f"trade {notice.trade_no!r} was already applied to another order",
+                "trade_no",
+            )
+        return payments.Verdict.DUPLICATE, None, False
+    now = utcnow()
+    if not orders.move(
+        session, order.id, orders.OrderStatus.PAID, paid_at=now, trade_no=notice.trade_no
+    ):
+        # A second, distinct payment for an order that is already paid: the money is real, so the
+        # trade is kept in the inbox and flagged for a refund instead of being ignored.
+        log.warning("order %s paid twice (trade %s)", order.order_no, notice.trade_no)
+        return payments.Verdict.ACCEPTED, "duplicate-payment", False
+    paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
+    return payments.Verdict.ACCEPTED, None, deliver_paid(session, paid, now)
+
+
+def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
+    try:
+        gateway = shop.gateways.get(raw.gateway)
+    except NotFound as exc:
+        with shop.db.write() as s:
+            payments.record_notification(
+                s, raw, payments.Verdict.REJECTED, reason="unknown-gateway", detail=exc.detail
+            )
+        raise
+    try:
+        notice = gateway.verify_notification(raw)
+    except payments.NotificationRejected as rejection:
+        return _rejected(shop, gateway, raw, rejection, None)
+    try:
+        with shop.db.write() as s:
+            verdict, reason, delivered = _apply(s, notice)
+            detail = "second payment of a paid order: refund it" if reason else None
+            payments.record_notification(
+                s, raw, verdict, notice=notice, reason=reason, detail=detail
+            )
+    except payments.NotificationRejected as rejection:
+        return _rejected(shop, gateway, raw, rejection, notice)
+    return Outcome(gateway.acknowledge(None), verdict, reason, notice.order_no, delivered)
+
+
+def _rejected(
+    shop: Shop,
+    gateway: payments.Gateway,
+    raw: payments.RawNotification,
+    rejection: payments.NotificationRejected,
+    notice: payments.PaymentNotice | None,
+) -> Outcome:
+    log.warning(
+        "notification from %s rejected: %s (%s)", raw.gateway, rejection.slug, rejection.detail
+    )
+    with shop.db.write() as s:
+        payments.record_notification(
+            s,
+            raw,
+            payments.Verdict.REJECTED,
+            notice=notice,
+            reason=rejection.slug,
+            detail=str(rejection),
+        )
+    return Outcome(
+        gateway.acknowledge(rejection),
+        payments.Verdict.REJECTED,
+        rejection.slug,
+        notice.order_no if notice else None,
+    )

@@ -1,0 +1,118 @@
+"""What buyers and admins see of an order, and the authorised reveal of its keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kami import delivery, orders, payments, vault
+from kami.fulfilment.shop import Shop
+from kami.kernel import outbox
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import Conflict, Unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerItem:
+    position: int
+    masked: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevealedItem:
+    position: int
+    card: str
+    password: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    at: datetime
+    event: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminOrderDetail:
+    order: orders.OrderView
+    items: list[BuyerItem]
+    notifications: list[payments.NotificationView]
+    reveals: list[delivery.RevealView]
+    jobs: list[outbox.JobView]
+    timeline: list[TimelineEntry]
+
+
+def authorise(shop: Shop, order_no: str, token: str | None) -> None:
+    """Checked before touching the database: a wrong token learns nothing, not even existence."""
+    if not token or not orders.check_access_token(shop.token_secret(), order_no, token):
+        raise Unauthorized(
+            "missing or invalid order access token",
+            where="Authorization",
+            slug="invalid-order-token",
+        )
+
+
+def buyer_view(
+    shop: Shop, order_no: str, token: str | None
+) -> tuple[orders.OrderView, list[BuyerItem]]:
+    authorise(shop, order_no, token)
+    with shop.db.read() as s:
+        order = orders.get_order(s, order_no)
+        masked = vault.masked_keys(s, delivery.item_key_ids(s, order.id))
+    return order, [BuyerItem(n, m.masked) for n, m in enumerate(masked, start=1)]
+
+
+def reveal(
+    shop: Shop, order_no: str, token: str | None, *, ip: str | None, user_agent: str | None
+) -> tuple[orders.OrderView, list[RevealedItem]]:
+    authorise(shop, order_no, token)
+    with shop.db.write() as s:
+        order = orders.get_order(s, order_no)
+        if order.status != orders.OrderStatus.DELIVERED:
+            raise Conflict(
+                f"order {order_no} is {order.status}; keys can be revealed once it is delivered",
+                where="order_no",
+                slug="not-delivered",
+            )
+        key_ids = delivery.item_key_ids(s, order.id)
+        # Recorded in the same transaction as the decryption it authorises.
+        delivery.record_reveal(s, order.id, utcnow(), ip, user_agent)
+        secrets = vault.reveal_keys(s, shop.cipher, key_ids)
+    return order, [RevealedItem(n, x.card, x.password) for n, x in enumerate(secrets, start=1)]
+
+
+def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
+    with shop.db.read() as s:
+        order = orders.get_order(s, order_no)
+        masked = vault.masked_keys(s, delivery.item_key_ids(s, order.id))
+        notes = payments.list_notifications(s, order_no=order_no)
+        reveals = delivery.list_reveals(s, order.id)
+        jobs = outbox.list_jobs(s, ref=order_no)
+    items = [BuyerItem(n, m.masked) for n, m in enumerate(masked, start=1)]
+    timeline = [TimelineEntry(order.created_at, "created", {"amount_minor": order.amount_minor})]
+    timeline += [
+        TimelineEntry(
+            n.received_at,
+            f"notification_{n.verdict}",
+            {"gateway": n.gateway, "trade_no": n.trade_no, "reason": n.reason},
+        )
+        for n in notes
+    ]
+    if order.paid_at:
+        timeline.append(TimelineEntry(order.paid_at, "paid", {"trade_no": order.trade_no}))
+    if order.delivered_at:
+        timeline.append(TimelineEntry(order.delivered_at, "keys_claimed", {"count": len(items)}))
+    timeline += [TimelineEntry(r.revealed_at, "revealed", {"ip": r.ip}) for r in reveals]
+    timeline += [
+        TimelineEntry(
+            j.finished_at or j.created_at,
+            f"job_{j.status}",
+            {"kind": j.kind, "event": j.payload.get("event"), "error": j.last_error},
+        )
+        for j in jobs
+    ]
+    if order.status == orders.OrderStatus.EXPIRED:
+        timeline.append(TimelineEntry(order.expires_at, "expired"))
+    timeline.sort(key=lambda e: e.at)
+    return AdminOrderDetail(order, items, notes, reveals, jobs, timeline)

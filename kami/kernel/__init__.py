@@ -1,0 +1,1 @@
+"""Mechanisms with no business words: database, money, ids, clock, errors, outbox."""

@@ -1,0 +1,37 @@
+"""Orders: creation with idempotency keys, the state machine, access tokens."""
+
+from kami.orders.queries import (
+    awaiting_stock,
+    count_by_status,
+    find_order,
+    get_order,
+    get_order_by_id,
+    list_orders,
+)
+from kami.orders.schemas import OrderIn, OrderView
+from kami.orders.service import Priced, create_order, expire_due, find_idempotent, move
+from kami.orders.states import PAID_STATES, PAYABLE, TRANSITIONS, OrderStatus, can_move
+from kami.orders.tokens import access_token, check_access_token
+
+__all__ = [
+    "PAID_STATES",
+    "PAYABLE",
+    "TRANSITIONS",
+    "OrderIn",
+    "OrderStatus",
+    "OrderView",
+    "Priced",
+    "access_token",
+    "awaiting_stock",
+    "can_move",
+    "check_access_token",
+    "count_by_status",
+    "create_order",
+    "expire_due",
+    "find_idempotent",
+    "find_order",
+    "get_order",
+    "get_order_by_id",
+    "list_orders",
+    "move",
+]

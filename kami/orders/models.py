@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kami.kernel.db import Base, UtcDateTime
+
+
+class Order(Base):
+    __tablename__ = "orders_order"
+    __table_args__ = (
+        Index("ix_orders_order_status_expires", "status", "expires_at"),
+        Index("ix_orders_order_sku_status_paid", "sku_id", "status", "paid_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(32), unique=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"))
+    # What was bought, as it was at the time: later catalog edits do not rewrite history.
+    sku_code: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(420))
+    redemption: Mapped[str] = mapped_column(Text, default="")
+    validity_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_minor: Mapped[int] = mapped_column(Integer)
+    amount_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    email: Mapped[str] = mapped_column(String(254), index=True)
+    gateway: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    trade_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    buyer_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL = rf"^[^@\s\x00-\x1f]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$"
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(min_length=1, max_length=64, description="SKU code")
+    quantity: int = Field(default=1, ge=1, le=10_000)
+    email: str = Field(max_length=254, pattern=EMAIL, description="where the order link is sent")
+    gateway: str = Field(min_length=1, max_length=32, description="payment channel name")
+
+
+class OrderView(BaseModel):
+    id: int = Field(exclude=True)
+    sku_id: int = Field(exclude=True)
+    order_no: str
+    sku: str
+    title: str
+    redemption: str
+    validity_days: int | None
+    quantity: int
+    unit_price_minor: int
+    amount_minor: int
+    currency: str
+    email: str
+    gateway: str
+    status: str
+    trade_no: str | None
+    created_at: datetime
+    expires_at: datetime
+    paid_at: datetime | None
+    delivered_at: datetime | None
+    note: str | None

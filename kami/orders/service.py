@@ -1,0 +1,120 @@
+"""Order writes. Status changes are guarded updates checked against the state machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kami.kernel.errors import Conflict
+from kami.kernel.ids import new_order_no
+from kami.orders.models import Order
+from kami.orders.queries import to_view
+from kami.orders.schemas import OrderIn, OrderView
+from kami.orders.states import OrderStatus, sources_of
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    sku_id: int
+    sku_code: str
+    title: str
+    redemption: str
+    validity_days: int | None
+    unit_price_minor: int
+    currency: str
+
+
+def request_hash(data: OrderIn) -> bytes:
+    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def find_idempotent(session: Session, key: str, data: OrderIn) -> OrderView | None:
+    """The order an earlier request with this key made, if the bodies match; 409 otherwise."""
+    order = session.execute(select(Order).where(Order.idempotency_key == key)).scalar_one_or_none()
+    if order is None:
+        return None
+    if order.request_hash != request_hash(data):
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body",
+            where="Idempotency-Key",
+            slug="idempotency-key-reused",
+        )
+    return to_view(order)
+
+
+def create_order(
+    session: Session,
+    data: OrderIn,
+    priced: Priced,
+    *,
+    now: datetime,
+    ttl: timedelta,
+    idempotency_key: str | None,
+    buyer_ip: str | None,
+) -> tuple[OrderView, bool]:
+    """Insert a pending order; returns (order, created). A replayed key returns the first order."""
+    if idempotency_key:
+        existing = find_idempotent(session, idempotency_key, data)
+        if existing is not None:
+            return existing, False
+    order = Order(
+        order_no=new_order_no(),
+        sku_id=priced.sku_id,
+        sku_code=priced.sku_code,
+        title=priced.title,
+        redemption=priced.redemption,
+        validity_days=priced.validity_days,
+        quantity=data.quantity,
+        unit_price_minor=priced.unit_price_minor,
+        amount_minor=priced.unit_price_minor * data.quantity,
+        currency=priced.currency,
+        email=data.email,
+        gateway=data.gateway,
+        status=OrderStatus.PENDING,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(data) if idempotency_key else None,
+        buyer_ip=buyer_ip,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    try:
+        with session.begin_nested():
+            session.add(order)
+            session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key committed first.
+        if idempotency_key:
+            existing = find_idempotent(session, idempotency_key, data)
+            if existing is not None:
+                return existing, False
+        raise
+    return to_view(order), True
+
+
+def move(session: Session, order_id: int, target: OrderStatus, **values: Any) -> bool:
+    """Guarded status change: only from a status the state machine allows. True if it moved."""
+    result = session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.status.in_([s.value for s in sources_of(target)]))
+        .values(status=target, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def expire_due(session: Session, now: datetime) -> int:
+    result = session.execute(
+        update(Order)
+        .where(Order.status == OrderStatus.PENDING, Order.expires_at <= now)
+        .values(status=OrderStatus.EXPIRED)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Payment gateway adapters: the only payment code that speaks a channel's protocol."""

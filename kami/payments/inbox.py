@@ -1,0 +1,131 @@
+"""Recording notifications and applying payments at most once (invariants 2 and 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from kami.kernel.clock import utcnow
+from kami.payments.gateways.base import PaymentNotice, RawNotification
+from kami.payments.models import Inbox, Notification
+
+MAX_BODY = 64 * 1024
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationView:
+    id: int
+    gateway: str
+    received_at: datetime
+    remote_addr: str | None
+    method: str
+    headers: dict[str, Any]
+    query: dict[str, Any]
+    body: str
+    order_no: str | None
+    trade_no: str | None
+    verdict: str
+    reason: str | None
+    detail: str | None
+
+
+def record_notification(
+    session: Session,
+    raw: RawNotification,
+    verdict: Verdict,
+    *,
+    notice: PaymentNotice | None = None,
+    order_no: str | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Keep the raw notification whatever became of it; the body is capped, never dropped."""
+    body = raw.body[:MAX_BODY].decode("utf-8", errors="replace")
+    session.add(
+        Notification(
+            gateway=raw.gateway,
+            received_at=utcnow(),
+            remote_addr=raw.remote_addr,
+            method=raw.method,
+            headers=dict(raw.headers),
+            query=dict(raw.query),
+            body=body,
+            order_no=(notice.order_no if notice else order_no),
+            trade_no=notice.trade_no if notice else None,
+            verdict=verdict,
+            reason=reason,
+            detail=(detail or "")[:2000] or None,
+        )
+    )
+
+
+def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int | None:
+    """Insert the inbox row; None if it was new, else the order id the trade was applied to.
+
+    `ON CONFLICT DO NOTHING` makes a concurrent duplicate wait for the first writer and then see
+    its row (PostgreSQL), or find it after the first commit (SQLite serialises writers), instead
+    of failing with an error.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_cls = postgresql.Insert if dialect == "postgresql" else sqlite.Insert
+    stmt = (
+        insert_cls(Inbox)
+        .values(
+            gateway=notice.gateway,
+            trade_no=notice.trade_no,
+            order_id=order_id,
+            amount_minor=notice.amount_minor,
+            currency=notice.currency,
+            applied_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["gateway", "trade_no"])
+        .returning(Inbox.id)
+    )
+    if session.execute(stmt).first() is not None:
+        return None
+    return session.execute(
+        select(Inbox.order_id).where(
+            Inbox.gateway == notice.gateway, Inbox.trade_no == notice.trade_no
+        )
+    ).scalar_one()
+
+
+def _view(n: Notification) -> NotificationView:
+    return NotificationView(
+        id=n.id,
+        gateway=n.gateway,
+        received_at=n.received_at,
+        remote_addr=n.remote_addr,
+        method=n.method,
+        headers=dict(n.headers),
+        query=dict(n.query),
+        body=n.body,
+        order_no=n.order_no,
+        trade_no=n.trade_no,
+        verdict=n.verdict,
+        reason=n.reason,
+        detail=n.detail,
+    )
+
+
+def list_notifications(
+    session: Session, *, order_no: str | None = None, verdict: str | None = None, limit: int = 100
+) -> list[NotificationView]:
+    stmt = select(Notification).order_by(Notification.id.desc()).limit(limit)
+    if order_no:
+        stmt = stmt.where(Notification.order_no == order_no)
+    if verdict:
+        stmt = stmt.where(Notification.verdict == verdict)
+    return [_view(n) for n in session.execute(stmt).scalars()]

@@ -1,0 +1,51 @@
+"""Key vault: encrypted card keys, import with de-duplication, atomic claims."""
+
+from kami.vault.cipher import Secret, VaultCipher, mask
+from kami.vault.claims import claim_keys, has_stock
+from kami.vault.errors import KeyringError
+from kami.vault.imports import BatchInfo, ImportReport, import_keys
+from kami.vault.keyring import Keyring, load_keyring
+from kami.vault.queries import (
+    BatchStock,
+    KeyLocation,
+    MaskedKey,
+    count_available,
+    find_key,
+    masked_keys,
+    master_key_usage,
+    reveal_keys,
+    stock_by_batch,
+)
+from kami.vault.rotation import rotate
+from kami.vault.sources import BadLine, GoodLine, Progress, SourceFormat, open_rows
+from kami.vault.states import KeyStatus
+
+__all__ = [
+    "BadLine",
+    "BatchInfo",
+    "BatchStock",
+    "GoodLine",
+    "ImportReport",
+    "KeyLocation",
+    "KeyStatus",
+    "Keyring",
+    "KeyringError",
+    "MaskedKey",
+    "Progress",
+    "Secret",
+    "SourceFormat",
+    "VaultCipher",
+    "claim_keys",
+    "count_available",
+    "find_key",
+    "has_stock",
+    "import_keys",
+    "load_keyring",
+    "mask",
+    "masked_keys",
+    "master_key_usage",
+    "open_rows",
+    "reveal_keys",
+    "rotate",
+    "stock_by_batch",
+]

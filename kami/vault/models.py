@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kami.kernel.db import Base, UtcDateTime
+
+
+class DataKey(Base):
+    """A data-encryption key, stored only wrapped by a master key version."""
+
+    __tablename__ = "vault_data_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Named secrets (fingerprint key, token key) have a name; per-batch data keys do not.
+    name: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    master_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class Batch(Base):
+    __tablename__ = "vault_batch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), index=True)
+    data_key_id: Mapped[int] = mapped_column(ForeignKey("vault_data_key.id"))
+    supplier: Mapped[str] = mapped_column(String(200), default="")
+    unit_cost_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    source_name: Mapped[str] = mapped_column(String(255), default="")
+    imported: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates_in_file: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates_in_stock: Mapped[int] = mapped_column(Integer, default=0)
+    invalid: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Key(Base):
+    """One card key. Only ciphertext, a keyed fingerprint and a masked preview are stored."""
+
+    __tablename__ = "vault_key"
+    __table_args__ = (
+        UniqueConstraint("sku_id", "fingerprint"),
+        # The claim walks this index: available keys of a SKU, earliest expiry first.
+        Index("ix_vault_key_claim", "sku_id", "status", "expires_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("vault_batch.id"), index=True)
+    data_key_id: Mapped[int] = mapped_column(ForeignKey("vault_data_key.id"))
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    masked: Mapped[str] = mapped_column(String(600))
+    status: Mapped[str] = mapped_column(String(16))
+    # Keys without an expiry carry NO_EXPIRY so that "earliest expiry first" sorts the same on
+    # SQLite (NULLs first) and PostgreSQL (NULLs last) and the claim stays one index range.
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    order_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    sold_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

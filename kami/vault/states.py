@@ -1,0 +1,25 @@
+"""Key statuses and the transitions between them, as data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+class KeyStatus(StrEnum):
+    AVAILABLE = "available"
+    SOLD = "sold"
+    VOID = "void"
+
+
+TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
+    KeyStatus.AVAILABLE: frozenset({KeyStatus.SOLD, KeyStatus.VOID}),
+    KeyStatus.SOLD: frozenset({KeyStatus.VOID}),
+    KeyStatus.VOID: frozenset(),
+}
+
+NO_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def shown_expiry(stored: datetime) -> datetime | None:
+    return None if stored.year == 9999 else stored

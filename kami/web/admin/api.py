@@ -1,0 +1,369 @@
+"""The admin JSON API under /api/admin/, behind admin bearer tokens."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import BaseModel
+
+from kami import catalog, fulfilment, orders, payments, vault
+from kami.kernel import outbox
+from kami.kernel.errors import InvalidInput, NotFound
+from kami.kernel.money import check_currency, parse_major
+from kami.web.deps import AdminDep, ShopDep
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+
+MAX_UPLOAD = 512 * 1024 * 1024
+
+
+# -- catalog -----------------------------------------------------------------------------------
+@router.get("/categories", response_model=list[catalog.CategoryView])
+def list_categories(shop: ShopDep, _: AdminDep) -> list[catalog.CategoryView]:
+    with shop.db.read() as s:
+        return catalog.list_categories(s)
+
+
+@router.post("/categories", status_code=201, response_model=catalog.CategoryView)
+def create_category(body: catalog.CategoryIn, shop: ShopDep, _: AdminDep) -> catalog.CategoryView:
+    with shop.db.write() as s:
+        return catalog.create_category(s, body)
+
+
+@router.patch("/categories/{slug}", response_model=catalog.CategoryView)
+def update_category(
+    slug: str, body: catalog.CategoryPatch, shop: ShopDep, _: AdminDep
+) -> catalog.CategoryView:
+    with shop.db.write() as s:
+        return catalog.update_category(s, slug, body)
+
+
+@router.delete("/categories/{slug}", status_code=204)
+def delete_category(slug: str, shop: ShopDep, _: AdminDep) -> None:
+    with shop.db.write() as s:
+        catalog.delete_category(s, slug)
+
+
+@router.get("/products", response_model=list[catalog.ProductView])
+def list_products(shop: ShopDep, _: AdminDep) -> list[catalog.ProductView]:
+    with shop.db.read() as s:
+        return catalog.list_products(s)
+
+
+@router.post("/products", status_code=201, response_model=catalog.ProductView)
+def create_product(body: catalog.ProductIn, shop: ShopDep, _: AdminDep) -> catalog.ProductView:
+    with shop.db.write() as s:
+        return catalog.create_product(s, body)
+
+
+@router.patch("/products/{slug}", response_model=catalog.ProductView)
+def update_product(
+    slug: str, body: catalog.ProductPatch, shop: ShopDep, _: AdminDep
+) -> catalog.ProductView:
+    with shop.db.write() as s:
+        return catalog.update_product(s, slug, body)
+
+
+@router.get("/skus", response_model=list[catalog.SkuView])
+def list_skus(shop: ShopDep, _: AdminDep) -> list[catalog.SkuView]:
+    with shop.db.read() as s:
+        return catalog.list_skus(s)
+
+
+@router.post("/skus", status_code=201, response_model=catalog.SkuView)
+def create_sku(body: catalog.SkuIn, shop: ShopDep, _: AdminDep) -> catalog.SkuView:
+    with shop.db.write() as s:
+        return catalog.create_sku(s, body)
+
+
+@router.patch("/skus/{code}", response_model=catalog.SkuView)
+def update_sku(code: str, body: catalog.SkuPatch, shop: ShopDep, _: AdminDep) -> catalog.SkuView:
+    with shop.db.write() as s:
+        return catalog.update_sku(s, code, body)
+
+
+# -- keys and stock ----------------------------------------------------------------------------
+class ImportReportOut(BaseModel):
+    batch: str
+    sku: str
+    imported: int
+    duplicates_in_file: int
+    duplicates_in_stock: int
+    invalid: int
+    invalid_lines: list[dict[str, Any]]
+    duplicate_lines_in_file: list[int]
+    duplicate_lines_in_stock: list[int]
+    delivered_waiting_orders: int = 0
+
+
+class BatchOut(BaseModel):
+    batch: str
+    supplier: str
+    unit_cost_minor: int | None
+    cost_currency: str | None
+    expires_at: datetime | None
+    source_name: str
+    created_at: datetime
+    imported: int
+    available: int
+    sold: int
+    void: int
+    expired: int
+
+
+class SkuStockOut(BaseModel):
+    sku: str
+    name: str
+    available: int
+    low_stock_threshold: int
+    low: bool
+    batches: list[BatchOut]
+
+
+def report_out(sku: str, r: vault.ImportReport) -> ImportReportOut:
+    return ImportReportOut(
+        batch=r.batch,
+        sku=sku,
+        imported=r.imported,
+        duplicates_in_file=r.duplicates_in_file,
+        duplicates_in_stock=r.duplicates_in_stock,
+        invalid=r.invalid,
+        invalid_lines=[{"line": n, "reason": why} for n, why in r.invalid_lines],
+        duplicate_lines_in_file=r.duplicate_lines_in_file,
+        duplicate_lines_in_stock=r.duplicate_lines_in_stock,
+    )
+
+
+def parse_batch_info(
+    source_name: str,
+    supplier: str,
+    unit_cost: str | None,
+    cost_currency: str,
+    expires_at: str | None,
+) -> vault.BatchInfo:
+    cost = parse_major(unit_cost, cost_currency, where="unit_cost") if unit_cost else None
+    expiry = None
+    if expires_at:
+        try:
+            expiry = datetime.fromisoformat(expires_at)
+        except ValueError:
+            raise InvalidInput(
+                f"{expires_at!r} is not an ISO date or datetime", where="expires_at"
+            ) from None
+        if expiry.tzinfo is None:
+            raise InvalidInput(
+                "expires_at needs a timezone, e.g. 2027-01-01T00:00:00+08:00", where="expires_at"
+            )
+    return vault.BatchInfo(
+        supplier=supplier[:200],
+        unit_cost_minor=cost,
+        cost_currency=check_currency(cost_currency, where="cost_currency")
+        if cost is not None
+        else None,
+        expires_at=expiry,
+        source_name=source_name,
+    )
+
+
+@router.post("/skus/{code}/keys", status_code=201, response_model=ImportReportOut)
+def import_keys(
+    code: str,
+    shop: ShopDep,
+    _: AdminDep,
+    file: Annotated[UploadFile, File(description="text, CSV or XLSX file of keys")],
+    format: Annotated[vault.SourceFormat | None, Form()] = None,
+    separator: Annotated[str | None, Form(max_length=8)] = None,
+    supplier: Annotated[str, Form(max_length=200)] = "",
+    unit_cost: Annotated[
+        str | None, Form(max_length=32, description="in major units, e.g. 12.50")
+    ] = None,
+    cost_currency: Annotated[str, Form(max_length=3)] = "CNY",
+    expires_at: Annotated[str | None, Form(max_length=40)] = None,
+) -> ImportReportOut:
+    with shop.db.read() as s:
+        sku = catalog.get_sku(s, code)
+    name = Path(file.filename or "upload.txt").name
+    info = parse_batch_info(name, supplier, unit_cost, cost_currency, expires_at)
+    with tempfile.TemporaryDirectory(prefix="kami-import-") as tmp:
+        path = Path(tmp) / name
+        with path.open("wb") as out:
+            shutil.copyfileobj(file.file, out, length=1024 * 1024)
+        if path.stat().st_size > MAX_UPLOAD:
+            raise InvalidInput("the file is larger than 512 MiB", where="file")
+        rows, _progress = vault.open_rows(path, format, separator or None)
+        report = fulfilment.import_and_serve(shop, sku.id, rows, info)
+    return report_out(code, report)
+
+
+@router.get("/stock", response_model=list[SkuStockOut])
+def stock(shop: ShopDep, _: AdminDep, sku: str | None = None) -> list[SkuStockOut]:
+    with shop.db.read() as s:
+        skus = [catalog.get_sku(s, sku)] if sku else catalog.list_skus(s)
+        counts = vault.count_available(s)
+        batches = vault.stock_by_batch(s)
+    out = []
+    for v in skus:
+        avail = counts.get(v.id, 0)
+        out.append(
+            SkuStockOut(
+                sku=v.code,
+                name=f"{v.product_name} · {v.name}",
+                available=avail,
+                low_stock_threshold=v.low_stock_threshold,
+                low=avail <= v.low_stock_threshold,
+                batches=[
+                    BatchOut(
+                        batch=b.batch,
+                        supplier=b.supplier,
+                        unit_cost_minor=b.unit_cost_minor,
+                        cost_currency=b.cost_currency,
+                        expires_at=b.expires_at,
+                        source_name=b.source_name,
+                        created_at=b.created_at,
+                        imported=b.imported,
+                        available=b.available,
+                        sold=b.sold,
+                        void=b.void,
+                        expired=b.expired,
+                    )
+                    for b in batches
+                    if b.sku_id == v.id
+                ],
+            )
+        )
+    return out
+
+
+# -- orders ------------------------------------------------------------------------------------
+class AdminOrderOut(BaseModel):
+    order: orders.OrderView
+    items: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    notifications: list[dict[str, Any]]
+    reveals: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+@router.get("/orders", response_model=list[orders.OrderView])
+def search_orders(
+    shop: ShopDep,
+    _: AdminDep,
+    status: orders.OrderStatus | None = None,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+    sku: Annotated[str | None, Query(max_length=64)] = None,
+    order_no: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[orders.OrderView]:
+    with shop.db.read() as s:
+        return orders.list_orders(
+            s, status=status, email=email, sku=sku, order_no=order_no, limit=limit, offset=offset
+        )
+
+
+@router.get("/orders/{order_no}", response_model=AdminOrderOut)
+def order_detail(order_no: str, shop: ShopDep, _: AdminDep) -> AdminOrderOut:
+    d = fulfilment.admin_detail(shop, order_no)
+    return AdminOrderOut(
+        order=d.order,
+        items=[{"position": i.position, "masked": i.masked} for i in d.items],
+        timeline=[{"at": e.at.isoformat(), "event": e.event, **e.detail} for e in d.timeline],
+        notifications=[
+            {
+                "received_at": n.received_at.isoformat(),
+                "gateway": n.gateway,
+                "verdict": n.verdict,
+                "reason": n.reason,
+                "detail": n.detail,
+                "trade_no": n.trade_no,
+                "body": n.body,
+                "remote_addr": n.remote_addr,
+            }
+            for n in d.notifications
+        ],
+        reveals=[
+            {"at": r.revealed_at.isoformat(), "ip": r.ip, "user_agent": r.user_agent}
+            for r in d.reveals
+        ],
+        jobs=[
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "status": j.status,
+                "attempts": j.attempts,
+                "last_error": j.last_error,
+            }
+            for j in d.jobs
+        ],
+    )
+
+
+class RedeliverOut(BaseModel):
+    order_no: str
+    status: str
+    action: str
+
+
+@router.post("/orders/{order_no}/redeliver", response_model=RedeliverOut)
+def redeliver(order_no: str, shop: ShopDep, _: AdminDep) -> RedeliverOut:
+    return RedeliverOut(**fulfilment.redeliver(shop, order_no))
+
+
+@router.get("/notifications")
+def list_notifications(
+    shop: ShopDep,
+    _: AdminDep,
+    verdict: payments.Verdict | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[dict[str, Any]]:
+    with shop.db.read() as s:
+        rows = payments.list_notifications(s, verdict=verdict, limit=limit)
+    return [
+        {
+            "received_at": n.received_at.isoformat(),
+            "gateway": n.gateway,
+            "order_no": n.order_no,
+            "trade_no": n.trade_no,
+            "verdict": n.verdict,
+            "reason": n.reason,
+            "detail": n.detail,
+            "body": n.body,
+            "remote_addr": n.remote_addr,
+        }
+        for n in rows
+    ]
+
+
+@router.get("/jobs")
+def list_jobs(
+    shop: ShopDep,
+    _: AdminDep,
+    status: outbox.JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[dict[str, Any]]:
+    with shop.db.read() as s:
+        jobs = outbox.list_jobs(s, status=status, limit=limit)
+    return [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "ref": j.ref,
+            "status": j.status,
+            "attempts": j.attempts,
+            "run_after": j.run_after.isoformat(),
+            "last_error": j.last_error,
+        }
+        for j in jobs
+    ]
+
+
+@router.post("/jobs/{job_id}/retry", status_code=204)
+def retry_job(job_id: int, shop: ShopDep, _: AdminDep) -> None:
+    with shop.db.write() as s:
+        if not outbox.retry_job(s, job_id):
+            raise NotFound(f"no parked job {job_id}", where="job_id")

@@ -1,0 +1,123 @@
+"""The buyer-facing JSON API and the payment notification endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from kami import catalog, fulfilment, orders, payments, vault
+from kami.web.api.schemas import (
+    CreatedOrderOut,
+    OrderOut,
+    PaymentOut,
+    RevealedItemOut,
+    RevealOut,
+    order_out,
+)
+from kami.web.deps import ShopDep, bearer, client_ip
+
+router = APIRouter(prefix="/api/v1", tags=["shop"])
+
+MAX_NOTIFY_BODY = 256 * 1024
+ORDER_NO = r"^[A-Za-z0-9]{1,32}$"
+
+
+@router.get("/catalog", response_model=list[catalog.PublicCategory])
+def get_catalog(shop: ShopDep) -> list[catalog.PublicCategory]:
+    with shop.db.read() as s:
+        return catalog.public_tree(s, vault.count_available(s))
+
+
+@router.post("/orders", status_code=201, response_model=CreatedOrderOut)
+def create_order(
+    body: orders.OrderIn,
+    request: Request,
+    response: Response,
+    shop: ShopDep,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> CreatedOrderOut:
+    placed = fulfilment.place_order(
+        shop, body, idempotency_key=idempotency_key, buyer_ip=client_ip(request)
+    )
+    o = placed.order
+    response.headers["Location"] = f"/api/v1/orders/{o.order_no}"
+    return CreatedOrderOut(
+        order_no=o.order_no,
+        access_token=placed.access_token,
+        amount_minor=o.amount_minor,
+        currency=o.currency,
+        status=o.status,
+        expires_at=o.expires_at,
+        payment=PaymentOut(
+            gateway=o.gateway,
+            kind=placed.payment.kind,
+            url=placed.payment.url,
+            qr=placed.payment.qr,
+        ),
+    )
+
+
+@router.get("/orders/{order_no}", response_model=OrderOut)
+def get_order(order_no: str, request: Request, shop: ShopDep) -> OrderOut:
+    order, items = fulfilment.buyer_view(shop, order_no, bearer(request))
+    return order_out(order, items)
+
+
+@router.post("/orders/{order_no}/reveal", response_model=RevealOut)
+def reveal_order(order_no: str, request: Request, response: Response, shop: ShopDep) -> RevealOut:
+    order, items = fulfilment.reveal(
+        shop,
+        order_no,
+        bearer(request),
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return RevealOut(
+        order_no=order.order_no,
+        redemption=order.redemption,
+        items=[
+            RevealedItemOut(position=i.position, card=i.card, password=i.password) for i in items
+        ],
+    )
+
+
+async def _notify(gateway: str, request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_NOTIFY_BODY:
+        body = body[:MAX_NOTIFY_BODY]
+    raw = payments.RawNotification(
+        gateway=gateway,
+        method=request.method,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        query=dict(request.query_params),
+        body=body,
+        remote_addr=client_ip(request),
+    )
+    shop = request.app.state.container.shop
+    outcome = await run_in_threadpool(fulfilment.handle_notification, shop, raw)
+    ack = outcome.ack
+    return Response(
+        ack.body,
+        status_code=ack.status_code,
+        media_type=ack.content_type,
+        headers=dict(ack.headers),
+    )
+
+
+@router.post(
+    "/payments/{gateway}/notify",
+    responses={
+        200: {"description": "acknowledged in the channel's own format"},
+        400: {"description": "rejected; the body says why"},
+    },
+)
+async def notify_post(gateway: str, request: Request) -> Response:
+    return await _notify(gateway, request)
+
+
+@router.get("/payments/{gateway}/notify", include_in_schema=False)
+async def notify_get(gateway: str, request: Request) -> Response:
+    return await _notify(gateway, request)

@@ -1,0 +1,83 @@
+"""Response bodies of the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from kami import fulfilment, orders
+
+
+class PaymentOut(BaseModel):
+    gateway: str
+    kind: str
+    url: str | None = None
+    qr: str | None = None
+
+
+class ItemOut(BaseModel):
+    position: int
+    masked: str
+
+
+class RevealedItemOut(BaseModel):
+    position: int
+    card: str
+    password: str | None = None
+
+
+class OrderOut(BaseModel):
+    order_no: str
+    status: str
+    sku: str
+    title: str
+    quantity: int
+    amount_minor: int
+    currency: str
+    created_at: datetime
+    expires_at: datetime
+    paid_at: datetime | None
+    delivered_at: datetime | None
+    redemption: str
+    validity_days: int | None
+    items: list[ItemOut]
+
+
+class CreatedOrderOut(BaseModel):
+    order_no: str
+    access_token: str
+    amount_minor: int
+    currency: str
+    status: str
+    expires_at: datetime
+    payment: PaymentOut
+
+
+class RevealOut(BaseModel):
+    order_no: str
+    redemption: str
+    items: list[RevealedItemOut]
+
+
+class NotifyOut(BaseModel):
+    status: str
+
+
+def order_out(order: orders.OrderView, items: list[fulfilment.BuyerItem]) -> OrderOut:
+    return OrderOut(
+        order_no=order.order_no,
+        status=order.status,
+        sku=order.sku,
+        title=order.title,
+        quantity=order.quantity,
+        amount_minor=order.amount_minor,
+        currency=order.currency,
+        created_at=order.created_at,
+        expires_at=order.expires_at,
+        paid_at=order.paid_at,
+        delivered_at=order.delivered_at,
+        redemption=order.redemption,
+        validity_days=order.validity_days,
+        items=[ItemOut(position=i.position, masked=i.masked) for i in items],
+    )

@@ -1,0 +1,83 @@
+"""Server-rendered storefront pages: catalog, sandbox pay page, order page."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from kami import catalog, fulfilment, orders, payments, vault
+from kami.kernel.errors import NotFound
+from kami.kernel.ids import new_token
+from kami.kernel.money import Money
+from kami.web.deps import ShopDep, client_ip
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(resources.files("kami.web.storefront") / "templates"))
+templates.env.globals["money"] = lambda minor, currency: Money(minor, currency).format()
+
+
+def _render(request: Request, name: str, shop: fulfilment.Shop, **context: Any) -> HTMLResponse:
+    context.setdefault("shop_name", shop.shop_name)
+    return templates.TemplateResponse(request, name, context)
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, shop: ShopDep) -> HTMLResponse:
+    with shop.db.read() as s:
+        tree = catalog.public_tree(s, vault.count_available(s))
+    return _render(request, "home.html", shop, tree=tree, gateways=shop.gateways.names())
+
+
+@router.get("/orders/{order_no}", response_class=HTMLResponse)
+def order_page(order_no: str, request: Request, shop: ShopDep) -> HTMLResponse:
+    # The page holds no order data: its script reads the token from the URL fragment and asks
+    # the API, so the page itself reveals nothing to whoever knows only the order number.
+    return _render(request, "order.html", shop, order_no=order_no)
+
+
+def _sandbox(shop: fulfilment.Shop) -> payments.SandboxGateway:
+    gateway = shop.gateways.get("sandbox")
+    assert isinstance(gateway, payments.SandboxGateway)
+    return gateway
+
+
+@router.get("/pay/sandbox/{order_no}", response_class=HTMLResponse)
+def sandbox_page(order_no: str, request: Request, shop: ShopDep) -> HTMLResponse:
+    _sandbox(shop)
+    with shop.db.read() as s:
+        order = orders.get_order(s, order_no)
+    return _render(request, "pay_sandbox.html", shop, order=order)
+
+
+@router.post("/pay/sandbox/{order_no}")
+def sandbox_pay(order_no: str, request: Request, shop: ShopDep) -> dict[str, str]:
+    """Plays the channel: signs a notification and sends it through the one notify path."""
+    gateway = _sandbox(shop)
+    with shop.db.read() as s:
+        order = orders.find_order(s, order_no)
+    if order is None:
+        raise NotFound(f"no order {order_no!r}", where="order_no", slug="order-not-found")
+    body = json.dumps(
+        {
+            "order_no": order.order_no,
+            "trade_no": "SBX" + new_token(12),
+            "amount_minor": order.amount_minor,
+            "currency": order.currency,
+            "status": "paid",
+        }
+    ).encode()
+    raw = payments.RawNotification(
+        gateway="sandbox",
+        method="POST",
+        headers={"x-sandbox-signature": gateway.sign(body), "content-type": "application/json"},
+        query={},
+        body=body,
+        remote_addr=client_ip(request),
+    )
+    outcome = fulfilment.handle_notification(shop, raw)
+    return {"verdict": outcome.verdict, "reason": outcome.reason or ""}

@@ -1,0 +1,1 @@
+"""The background worker: outbox jobs and periodic housekeeping."""

@@ -1,0 +1,51 @@
+"""Runs outbox jobs and the periodic sweeps (expiry, awaiting-stock) until told to stop.
+
+`kami serve` runs one in a thread so the embedded install is a single process; `kami worker`
+runs it alone for deployments with separate worker processes. Several may run at once: jobs are
+leased, sweeps are guarded updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kami import fulfilment
+from kami.bootstrap import Container
+from kami.kernel.outbox import run_due_jobs
+
+log = logging.getLogger("kami.worker")
+
+SWEEP_EVERY = 5.0
+
+
+def run_once(container: Container, *, sweep: bool = True) -> int:
+    ran = run_due_jobs(container.db, container.job_handlers())
+    if sweep:
+        fulfilment.expire_orders(container.shop)
+        fulfilment.serve_awaiting_stock(container.shop)
+    return ran
+
+
+def run_forever(container: Container, stop: threading.Event) -> None:
+    poll = container.settings.worker_poll_seconds
+    since_sweep = SWEEP_EVERY
+    while not stop.is_set():
+        try:
+            sweep = since_sweep >= SWEEP_EVERY
+            ran = run_once(container, sweep=sweep)
+            since_sweep = 0.0 if sweep else since_sweep + poll
+        except Exception:  # the worker must outlive any one failure; the job keeps its record
+            log.exception("worker cycle failed")
+            ran = 0
+        if not ran:
+            stop.wait(poll)
+
+
+def start_thread(container: Container) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_forever, args=(container, stop), name="kami-worker", daemon=True
+    )
+    thread.start()
+    return thread, stop
