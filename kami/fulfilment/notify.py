@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -88,27 +89,30 @@ def _apply(
 
 
 def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
+    received_at = utcnow()
     try:
         gateway = shop.gateways.get(raw.gateway)
     except NotFound as exc:
         with shop.db.write() as s:
             payments.record_notification(
-                s, raw, payments.Verdict.REJECTED, reason="unknown-gateway", detail=exc.detail
+                s, raw, payments.Verdict.REJECTED, reason="unknown-gateway", detail=exc.detail,
+                received_at=received_at,
             )
         raise
     try:
         notice = gateway.verify_notification(raw)
     except payments.NotificationRejected as rejection:
-        return _rejected(shop, gateway, raw, rejection, None)
+        return _rejected(shop, gateway, raw, rejection, None, received_at)
     try:
         with shop.db.write() as s:
             verdict, reason, delivered = _apply(s, notice)
             detail = "second payment of a paid order: refund it" if reason else None
             payments.record_notification(
-                s, raw, verdict, notice=notice, reason=reason, detail=detail
+                s, raw, verdict, notice=notice, reason=reason, detail=detail,
+                received_at=received_at,
             )
     except payments.NotificationRejected as rejection:
-        return _rejected(shop, gateway, raw, rejection, notice)
+        return _rejected(shop, gateway, raw, rejection, notice, received_at)
     return Outcome(gateway.acknowledge(None), verdict, reason, notice.order_no, delivered)
 
 
@@ -118,6 +122,7 @@ def _rejected(
     raw: payments.RawNotification,
     rejection: payments.NotificationRejected,
     notice: payments.PaymentNotice | None,
+    received_at: datetime,
 ) -> Outcome:
     log.warning(
         "notification from %s rejected: %s (%s)", raw.gateway, rejection.slug, rejection.detail
@@ -130,6 +135,7 @@ def _rejected(
             notice=notice,
             reason=rejection.slug,
             detail=str(rejection),
+            received_at=received_at,
         )
     return Outcome(
         gateway.acknowledge(rejection),

@@ -50,13 +50,14 @@ def record_notification(
     order_no: str | None = None,
     reason: str | None = None,
     detail: str | None = None,
+    received_at: datetime | None = None,
 ) -> None:
     """Keep the raw notification whatever became of it; the body is capped, never dropped."""
     body = raw.body[:MAX_BODY].decode("utf-8", errors="replace")
     session.add(
         Notification(
             gateway=raw.gateway,
-            received_at=utcnow(),
+            received_at=received_at or utcnow(),
             remote_addr=raw.remote_addr,
             method=raw.method,
             headers=dict(raw.headers),
