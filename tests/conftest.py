@@ -122,18 +122,28 @@ def make_sku(
             catalog.create_category(s, catalog.CategoryIn(slug="cat", name="Category"))
         slug = "p-" + code.lower().replace("_", "-").replace(".", "-")
         catalog.create_product(
-            s, catalog.ProductIn(slug=slug, category="cat", name=f"Product {code}", redemption="use it")
+            s,
+            catalog.ProductIn(
+                slug=slug, category="cat", name=f"Product {code}", redemption="use it"
+            ),
         )
         return catalog.create_sku(
             s,
             catalog.SkuIn(
-                code=code, product=slug, name=code, price_minor=price, currency=currency,
-                max_quantity=max_quantity, stock_display=display,
+                code=code,
+                product=slug,
+                name=code,
+                price_minor=price,
+                currency=currency,
+                max_quantity=max_quantity,
+                stock_display=display,
             ),
         )
 
 
-def add_keys(shop: fulfilment.Shop, sku: catalog.SkuView, keys: list[str], **info: object) -> vault.ImportReport:
+def add_keys(
+    shop: fulfilment.Shop, sku: catalog.SkuView, keys: list[str], **info: object
+) -> vault.ImportReport:
     rows = [vault.GoodLine(n, vault.Secret(k)) for n, k in enumerate(keys, start=1)]
     return fulfilment.import_and_serve(shop, sku.id, rows, vault.BatchInfo(**info))  # type: ignore[arg-type]
 
@@ -142,11 +152,22 @@ def random_keys(n: int, prefix: str = "KEY") -> list[str]:
     return [f"{prefix}-{secrets.token_hex(8).upper()}" for _ in range(n)]
 
 
-def sandbox_body(order_no: str, amount: int, *, trade_no: str | None = None, currency: str = "CNY",
-                 status: str = "paid") -> bytes:
+def sandbox_body(
+    order_no: str,
+    amount: int,
+    *,
+    trade_no: str | None = None,
+    currency: str = "CNY",
+    status: str = "paid",
+) -> bytes:
     return json.dumps(
-        {"order_no": order_no, "trade_no": trade_no or f"T{order_no}", "amount_minor": amount,
-         "currency": currency, "status": status}
+        {
+            "order_no": order_no,
+            "trade_no": trade_no or f"T{order_no}",
+            "amount_minor": amount,
+            "currency": currency,
+            "status": status,
+        }
     ).encode()
 
 
@@ -156,13 +177,18 @@ def sign(body: bytes, secret: str = SANDBOX_SECRET) -> str:
 
 def raw_notification(body: bytes, signature: str | None = None) -> payments.RawNotification:
     return payments.RawNotification(
-        gateway="sandbox", method="POST",
+        gateway="sandbox",
+        method="POST",
         headers={"x-sandbox-signature": signature if signature is not None else sign(body)},
-        query={}, body=body, remote_addr="127.0.0.1",
+        query={},
+        body=body,
+        remote_addr="127.0.0.1",
     )
 
 
-def place(shop: fulfilment.Shop, sku: str, quantity: int = 1, email: str = "buyer@example.com") -> fulfilment.PlacedOrder:
+def place(
+    shop: fulfilment.Shop, sku: str, quantity: int = 1, email: str = "buyer@example.com"
+) -> fulfilment.PlacedOrder:
     from kami import orders
 
     return fulfilment.place_order(

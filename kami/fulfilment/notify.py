@@ -95,7 +95,11 @@ def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
     except NotFound as exc:
         with shop.db.write() as s:
             payments.record_notification(
-                s, raw, payments.Verdict.REJECTED, reason="unknown-gateway", detail=exc.detail,
+                s,
+                raw,
+                payments.Verdict.REJECTED,
+                reason="unknown-gateway",
+                detail=exc.detail,
                 received_at=received_at,
             )
         raise
@@ -108,7 +112,12 @@ def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
             verdict, reason, delivered = _apply(s, notice)
             detail = "second payment of a paid order: refund it" if reason else None
             payments.record_notification(
-                s, raw, verdict, notice=notice, reason=reason, detail=detail,
+                s,
+                raw,
+                verdict,
+                notice=notice,
+                reason=reason,
+                detail=detail,
                 received_at=received_at,
             )
     except payments.NotificationRejected as rejection:

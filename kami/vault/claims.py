@@ -1,6 +1,6 @@
 """Claiming keys for an order: one guarded statement, never read-then-write (invariant 1).
 
-`UPDATE … WHERE id IN (<earliest-expiring available ids>) AND status = 'available' RETURNING id`
+`UPDATE … FROM (<earliest-expiring available ids>) WHERE status = 'available' RETURNING id`
 takes keys only if they are still available at the moment of the write. On PostgreSQL the inner
 select uses `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows instead of
 queueing behind one another; on SQLite writers are serialised by `BEGIN IMMEDIATE`. The unique
@@ -32,9 +32,14 @@ def claim_keys(
     )
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    # A MATERIALIZED CTE, not `id IN (subquery)` nor a derived table: PostgreSQL may rescan
+    # those once per outer row, and a rescanned LIMIT … SKIP LOCKED skips the rows this very
+    # statement just updated and returns further ones (seen: three keys claimed for a quantity
+    # of two). A materialized CTE is evaluated exactly once.
+    picked = pick.cte("picked").prefix_with("MATERIALIZED")
     stmt = (
         update(Key)
-        .where(Key.id.in_(pick.scalar_subquery()), Key.status == KeyStatus.AVAILABLE)
+        .where(Key.id == picked.c.id, Key.status == KeyStatus.AVAILABLE)
         .values(status=KeyStatus.SOLD, order_id=order_id, sold_at=now)
         .returning(Key.id)
         .execution_options(synchronize_session=False)

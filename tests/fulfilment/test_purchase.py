@@ -16,8 +16,9 @@ ORDER = {"sku": "SKU-1", "quantity": 2, "email": "buyer@example.com", "gateway":
 
 def _pay(client: TestClient, order_no: str, amount: int, trade_no: str | None = None) -> None:
     body = sandbox_body(order_no, amount, trade_no=trade_no)
-    r = client.post("/api/v1/payments/sandbox/notify", content=body,
-                    headers={"X-Sandbox-Signature": sign(body)})
+    r = client.post(
+        "/api/v1/payments/sandbox/notify", content=body, headers={"X-Sandbox-Signature": sign(body)}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -42,7 +43,9 @@ def test_purchase_delivers_and_reveals(client: TestClient, shop: fulfilment.Shop
     assert order["status"] == "delivered"
     assert [i["masked"] for i in order["items"]] == ["AAAA-****-****-0001", "AAAA-****-****-0002"]
 
-    r = client.post(f"/api/v1/orders/{created['order_no']}/reveal", headers={**auth, "User-Agent": "t/1"})
+    r = client.post(
+        f"/api/v1/orders/{created['order_no']}/reveal", headers={**auth, "User-Agent": "t/1"}
+    )
     assert r.status_code == 200
     assert [i["card"] for i in r.json()["items"]] == ["AAAA-BBBB-CCCC-0001", "AAAA-BBBB-CCCC-0002"]
     assert r.headers["cache-control"] == "no-store"
@@ -56,7 +59,11 @@ def test_order_access_needs_the_token(client: TestClient, shop: fulfilment.Shop)
     add_keys(shop, sku, ["K-1", "K-2"])
     created = client.post("/api/v1/orders", json=ORDER).json()
     no = created["order_no"]
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": created["access_token"]}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": created["access_token"]},
+    ):
         r = client.get(f"/api/v1/orders/{no}", headers=headers)
         assert r.status_code == 401
         assert r.headers["content-type"] == "application/problem+json"
@@ -64,15 +71,19 @@ def test_order_access_needs_the_token(client: TestClient, shop: fulfilment.Shop)
         assert client.post(f"/api/v1/orders/{no}/reveal", headers=headers).status_code == 401
     # Another order's token does not open this one.
     other = client.post("/api/v1/orders", json={**ORDER, "quantity": 1}).json()
-    r = client.get(f"/api/v1/orders/{no}", headers={"Authorization": f"Bearer {other['access_token']}"})
+    r = client.get(
+        f"/api/v1/orders/{no}", headers={"Authorization": f"Bearer {other['access_token']}"}
+    )
     assert r.status_code == 401
 
 
 def test_reveal_before_payment_is_refused(client: TestClient, shop: fulfilment.Shop) -> None:
     add_keys(shop, make_sku(shop), ["K-1", "K-2"])
     created = client.post("/api/v1/orders", json=ORDER).json()
-    r = client.post(f"/api/v1/orders/{created['order_no']}/reveal",
-                    headers={"Authorization": f"Bearer {created['access_token']}"})
+    r = client.post(
+        f"/api/v1/orders/{created['order_no']}/reveal",
+        headers={"Authorization": f"Bearer {created['access_token']}"},
+    )
     assert r.status_code == 409 and r.json()["type"] == "/problems/not-delivered"
 
 
@@ -83,7 +94,9 @@ def test_idempotency_key(client: TestClient, shop: fulfilment.Shop) -> None:
     assert first.status_code == again.status_code == 201
     assert first.json()["order_no"] == again.json()["order_no"]
     assert first.json()["access_token"] == again.json()["access_token"]
-    other = client.post("/api/v1/orders", json={**ORDER, "quantity": 1}, headers={"Idempotency-Key": "abc"})
+    other = client.post(
+        "/api/v1/orders", json={**ORDER, "quantity": 1}, headers={"Idempotency-Key": "abc"}
+    )
     assert other.status_code == 409
     assert other.json()["type"] == "/problems/idempotency-key-reused"
     with shop.db.read() as s:
@@ -113,7 +126,9 @@ def test_unpaid_orders_expire(client: TestClient, shop: fulfilment.Shop) -> None
     created = client.post("/api/v1/orders", json=ORDER).json()
     assert fulfilment.expire_orders(shop) == 0
     with shop.db.write() as s:
-        s.execute(text("UPDATE orders_order SET expires_at = :t"), {"t": utcnow() - timedelta(seconds=1)})
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t"), {"t": utcnow() - timedelta(seconds=1)}
+        )
     assert fulfilment.expire_orders(shop) == 1
     with shop.db.read() as s:
         assert orders.get_order(s, created["order_no"]).status == "expired"
