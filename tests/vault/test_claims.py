@@ -1,0 +1,42 @@
+"""Invariant 1 at its source: the claim statement takes exactly what it was asked for."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import text
+
+from kami import fulfilment, vault
+from kami.kernel.clock import utcnow
+from tests.conftest import add_keys, make_sku
+
+
+def test_claims_exactly_the_quantity_all_or_none(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, [f"K-{n:02d}" for n in range(10)])
+    with shop.db.write() as s:
+        # Regression: on PostgreSQL an IN-subquery with LIMIT … SKIP LOCKED over-claimed.
+        assert vault.claim_keys(s, sku.id, 1, 2, utcnow()) == [1, 2]
+        assert vault.claim_keys(s, sku.id, 2, 3, utcnow()) == [3, 4, 5]
+        assert vault.claim_keys(s, sku.id, 3, 6, utcnow()) == []  # 5 left: none taken
+        assert vault.claim_keys(s, sku.id, 4, 5, utcnow()) == [6, 7, 8, 9, 10]
+    with shop.db.read() as s:
+        owners = dict(
+            s.execute(text("SELECT order_id, count(*) FROM vault_key GROUP BY order_id")).all()
+        )
+    assert owners == {1: 2, 2: 3, 4: 5}
+
+
+def test_racing_claimers_never_share_a_key(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, [f"K-{n:03d}" for n in range(300)])
+
+    def claim(order_id: int) -> list[int]:
+        with shop.db.write() as s:
+            return vault.claim_keys(s, sku.id, order_id, 3, utcnow())
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(claim, range(1, 151)))
+    taken = [k for r in results for k in r]
+    assert len(taken) == len(set(taken)) == 300
+    assert sum(1 for r in results if r) == 100 and all(len(r) in (0, 3) for r in results)
