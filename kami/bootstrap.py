@@ -76,6 +76,8 @@ def build(settings: Settings) -> Container:
         order_ttl=timedelta(minutes=settings.order_ttl_minutes),
         mailer=build_mailer(settings),
         shop_name=settings.shop_name,
+        open_orders_per_buyer=settings.open_orders_per_buyer,
+        open_orders_per_ip=settings.open_orders_per_ip,
     )
     return Container(settings, shop)
 

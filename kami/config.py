@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     sandbox_enabled: bool = False
     sandbox_secret: SecretStr | None = None
     order_ttl_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)
+    open_orders_per_buyer: int = Field(default=3, ge=1, le=10_000)
+    open_orders_per_ip: int = Field(default=20, ge=1, le=1_000_000)
+    redis_url: str | None = None
+    rate_limit_orders: str = "30/minute"
+    rate_limit_reveals: str = "60/minute"
     shop_name: str = "Kami"
     smtp: SmtpConfig = SmtpConfig()
     inprocess_worker: bool = True

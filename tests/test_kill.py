@@ -329,9 +329,18 @@ def _check_consistent(conn: Connection, notices: list[Notice], total_keys: int) 
     for r in items:
         key = keys[r.key_id]
         assert key.order_id == r.order_id and key.sold_at is not None, (r, key)
+    # Every other key is on sale, or reserved whole for one still-pending order.
+    reserved: Counter[int] = Counter()
     for k, r in keys.items():
-        if k not in sold:
+        if k in sold:
+            continue
+        if r.status == "reserved":
+            assert r.order_id in id_to_no and id_to_no[r.order_id] not in delivered, r
+            reserved[r.order_id] += 1
+        else:
             assert r.status == "available" and r.order_id is None and r.sold_at is None, r
+    for order_id, count in reserved.items():
+        assert count == by_no[id_to_no[order_id]].quantity, (order_id, count)
 
     # One "delivered" mail job per delivered order, and no other (none waited for stock).
     jobs = conn.execute(text("SELECT kind, ref, payload FROM kernel_outbox")).all()
@@ -353,8 +362,8 @@ def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
     report = add_keys(shop, sku, random_keys(total_keys))
     assert report.imported == total_keys
     notices: list[Notice] = []
-    for q in quantities:
-        order = place(shop, sku.code, q).order
+    for n, q in enumerate(quantities):
+        order = place(shop, sku.code, q, email=f"buyer{n}@example.com").order
         body = sandbox_body(order.order_no, order.amount_minor)
         notices.append(Notice(order.order_no, q, body, sign(body)))
     all_nos = {n.order_no for n in notices}

@@ -1,5 +1,13 @@
 """Catalog: category tree, products with their benefits, and SKUs."""
 
+from kami.catalog.flash import (
+    FlashSaleIn,
+    FlashSaleView,
+    find_flash_sale,
+    give_back_quota,
+    set_flash_sale,
+    take_quota,
+)
 from kami.catalog.queries import (
     get_sku,
     get_sku_by_id,
@@ -40,6 +48,8 @@ __all__ = [
     "CategoryView",
     "DeliveryKind",
     "DisplayedStock",
+    "FlashSaleIn",
+    "FlashSaleView",
     "ProductIn",
     "ProductPatch",
     "ProductView",
@@ -56,13 +66,17 @@ __all__ = [
     "create_sku",
     "delete_category",
     "display_stock",
+    "find_flash_sale",
     "get_sku",
     "get_sku_by_id",
+    "give_back_quota",
     "is_empty",
     "list_categories",
     "list_products",
     "list_skus",
     "public_tree",
+    "set_flash_sale",
+    "take_quota",
     "update_category",
     "update_product",
     "update_sku",

@@ -59,3 +59,21 @@ class Sku(Base):
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=10)
     position: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class FlashSale(Base):
+    """A time-boxed sale of one SKU: its own price, a total quota and a per-buyer limit."""
+
+    __tablename__ = "catalog_flash_sale"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), unique=True)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    price_minor: Mapped[int] = mapped_column(Integer)
+    per_buyer_limit: Mapped[int] = mapped_column(Integer)
+    quota: Mapped[int] = mapped_column(Integer)
+    # Units held by open or paid orders; moved only by guarded updates (never past quota).
+    taken: Mapped[int] = mapped_column(Integer, default=0)
+    reservation_minutes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

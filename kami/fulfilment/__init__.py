@@ -1,6 +1,6 @@
 """Flows that span domains: checkout, notify → pay → claim → deliver, restock, order views."""
 
-from kami.fulfilment.checkout import PlacedOrder, place_order
+from kami.fulfilment.checkout import PlacedOrder, TooManyOpenOrders, cancel_order, place_order
 from kami.fulfilment.delivering import (
     MAIL_JOB,
     deliver_paid,
@@ -32,10 +32,12 @@ __all__ = [
     "RevealedItem",
     "Shop",
     "TimelineEntry",
+    "TooManyOpenOrders",
     "admin_detail",
     "authorise",
     "build_email",
     "buyer_view",
+    "cancel_order",
     "deliver_paid",
     "expire_orders",
     "handle_notification",

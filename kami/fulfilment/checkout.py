@@ -1,13 +1,28 @@
-"""Placing an order: check catalog and stock, create it, ask the channel how to pay."""
+"""Placing an order: check the catalog, the buyer's caps and the flash sale, reserve the keys.
+
+Everything happens in one write transaction: the order row, the flash-sale quota and the key
+reservation commit together, or (sold out, limit reached) none of them does, so a buyer is told
+at order time whether they got one and no money is ever asked for a key that is not held.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
 
 from kami import catalog, orders, payments, vault
+from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
-from kami.kernel.errors import Conflict, InvalidInput, NotFound
+from kami.kernel.errors import Conflict, InvalidInput, KamiError, NotFound
+
+
+class TooManyOpenOrders(KamiError):
+    status = 429
+    slug = "too-many-open-orders"
+    title = "Too many unpaid orders"
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,12 +33,76 @@ class PlacedOrder:
     created: bool
 
 
+def _sold_out(sku: catalog.SkuView) -> Conflict:
+    return Conflict(f"SKU {sku.code!r} is sold out", where="sku", slug="sold-out")
+
+
+def _check_caps(
+    s: Session,
+    shop: Shop,
+    sku: catalog.SkuView,
+    data: orders.OrderIn,
+    buyer_ip: str | None,
+    device_id: str | None,
+) -> None:
+    identities = [f"e:{data.email.lower()}"]
+    if buyer_ip:
+        identities.append(f"i:{buyer_ip}")
+    if device_id:
+        identities.append(f"d:{device_id}")
+    orders.lock_buyer(s, sku.id, identities)
+    checks = [("email", data.email, shop.open_orders_per_buyer)]
+    if device_id:
+        checks.append(("device_id", device_id, shop.open_orders_per_buyer))
+    if buyer_ip:
+        checks.append(("buyer_ip", buyer_ip, shop.open_orders_per_ip))
+    for column, value, limit in checks:
+        if orders.count_open(s, sku.id, column, value) >= limit:
+            where = {"email": "email", "device_id": "device", "buyer_ip": "ip"}[column]
+            raise TooManyOpenOrders(
+                f"{limit} unpaid orders of {sku.code} are already open for this {where}; "
+                "pay or cancel one first",
+                where=where,
+            )
+
+
+def _flash_terms(
+    s: Session, sku: catalog.SkuView, data: orders.OrderIn, device_id: str | None
+) -> catalog.FlashSaleView | None:
+    sale = catalog.find_flash_sale(s, sku.id)
+    if sale is None:
+        return None
+    now = utcnow()
+    if now < sale.starts_at:
+        raise Conflict(
+            f"the flash sale of {sku.code} starts at {sale.starts_at.isoformat()}",
+            where="sku",
+            slug="flash-sale-not-started",
+        )
+    if now >= sale.ends_at:
+        raise Conflict(
+            f"the flash sale of {sku.code} has ended", where="sku", slug="flash-sale-ended"
+        )
+    if sale.taken + data.quantity > sale.quota:
+        raise _sold_out(sku)
+    held = orders.quantity_held(s, sku.id, sale.starts_at, email=data.email, device_id=device_id)
+    if held + data.quantity > sale.per_buyer_limit:
+        raise Conflict(
+            f"the flash sale allows {sale.per_buyer_limit} per buyer and you already hold {held}",
+            where="quantity",
+            slug="limit-reached",
+        )
+    return sale
+
+
 def place_order(
     shop: Shop,
     data: orders.OrderIn,
     *,
     idempotency_key: str | None = None,
     buyer_ip: str | None = None,
+    device_id: str | None = None,
+    channel: str = "shop",
 ) -> PlacedOrder:
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
         raise InvalidInput("Idempotency-Key must be 1 to 128 characters", where="Idempotency-Key")
@@ -31,41 +110,13 @@ def place_order(
         gateway = shop.gateways.get(data.gateway)
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
-    now = utcnow()
     with shop.db.write() as s:
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             order, created = replay, False
         else:
-            sku = catalog.get_sku(s, data.sku)
-            if not sku.active:
-                raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
-            if not sku.min_quantity <= data.quantity <= sku.max_quantity:
-                raise InvalidInput(
-                    f"quantity must be between {sku.min_quantity} and {sku.max_quantity}",
-                    where="quantity",
-                    slug="quantity-out-of-range",
-                )
-            if not vault.has_stock(s, sku.id, data.quantity, now):
-                raise Conflict(f"SKU {sku.code!r} is sold out", where="sku", slug="sold-out")
-            priced = orders.Priced(
-                sku_id=sku.id,
-                sku_code=sku.code,
-                title=f"{sku.product_name} · {sku.name}",
-                redemption=sku.redemption,
-                validity_days=sku.validity_days,
-                unit_price_minor=sku.price_minor,
-                currency=sku.currency,
-            )
-            order, created = orders.create_order(
-                s,
-                data,
-                priced,
-                now=now,
-                ttl=shop.order_ttl,
-                idempotency_key=idempotency_key,
-                buyer_ip=buyer_ip,
-            )
+            order = _place(s, shop, data, idempotency_key, buyer_ip, device_id, channel)
+            created = True
     # Asked after the commit: a channel's network call must never hold the write lock.
     payment = gateway.create_payment(
         payments.PaymentRequest(
@@ -78,3 +129,87 @@ def place_order(
     )
     token = orders.access_token(shop.token_secret(), order.order_no)
     return PlacedOrder(order, token, payment, created)
+
+
+def _place(
+    s: Session,
+    shop: Shop,
+    data: orders.OrderIn,
+    idempotency_key: str | None,
+    buyer_ip: str | None,
+    device_id: str | None,
+    channel: str,
+) -> orders.OrderView:
+    now = utcnow()
+    sku = catalog.get_sku(s, data.sku)
+    if not sku.active:
+        raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
+    if not sku.min_quantity <= data.quantity <= sku.max_quantity:
+        raise InvalidInput(
+            f"quantity must be between {sku.min_quantity} and {sku.max_quantity}",
+            where="quantity",
+            slug="quantity-out-of-range",
+        )
+    sale = _flash_terms(s, sku, data, device_id)
+    # Reservations that lapsed a moment ago go back on sale now, not at the next sweep.
+    if not vault.has_stock(s, sku.id, data.quantity, now) and (
+        not release_expired(s, sku.id) or not vault.has_stock(s, sku.id, data.quantity, now)
+    ):
+        raise _sold_out(sku)
+    _check_caps(s, shop, sku, data, buyer_ip, device_id)
+    priced = orders.Priced(
+        sku_id=sku.id,
+        sku_code=sku.code,
+        title=f"{sku.product_name} · {sku.name}",
+        redemption=sku.redemption,
+        validity_days=sku.validity_days,
+        unit_price_minor=sale.price_minor if sale else sku.price_minor,
+        currency=sku.currency,
+        flash_sale_id=sale.id if sale else None,
+    )
+    ttl = timedelta(minutes=sale.reservation_minutes) if sale else shop.order_ttl
+    order, _ = orders.create_order(
+        s,
+        data,
+        priced,
+        now=now,
+        ttl=ttl,
+        idempotency_key=idempotency_key,
+        buyer_ip=buyer_ip,
+        device_id=device_id,
+        channel=channel,
+    )
+    if sale is not None and not catalog.take_quota(s, sale.id, data.quantity):
+        raise _sold_out(sku)  # rolls the order back with it
+    reserved = vault.take_keys(
+        s,
+        sku.id,
+        order.id,
+        data.quantity,
+        now,
+        target=vault.KeyStatus.RESERVED,
+        hints=shop.claim_hints,
+    )
+    if not reserved:
+        raise _sold_out(sku)
+    return order
+
+
+def cancel_order(shop: Shop, order_no: str, token: str | None) -> orders.OrderView:
+    """The buyer gives up an unpaid order: its keys and quota go back on sale at once."""
+    from kami.fulfilment.views import authorise
+
+    authorise(shop, order_no, token)
+    with shop.db.write() as s:
+        order = orders.get_order(s, order_no)
+        released = orders.cancel(s, order.id)
+        if released is None:
+            raise Conflict(
+                f"order {order_no} is {order.status}; only a pending order can be cancelled",
+                where="order_no",
+                slug="not-cancellable",
+            )
+        vault.release_reserved(s, [released.id])
+        if released.flash_sale_id is not None:
+            catalog.give_back_quota(s, released.flash_sale_id, released.quantity)
+        return orders.get_order(s, order_no)

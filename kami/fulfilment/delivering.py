@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from kami import delivery, orders, vault
+from kami import catalog, delivery, orders, vault
 from kami.fulfilment.shop import Shop
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
@@ -23,13 +23,18 @@ class _Raced(Exception):
     """The order changed under us; roll the claim back."""
 
 
-def deliver_paid(session: Session, order: orders.OrderView, now: datetime) -> bool:
-    """Claim the order's keys all-or-none and record them; else park it in awaiting_stock.
+def deliver_paid(
+    session: Session, order: orders.OrderView, now: datetime, hints: vault.ClaimHints | None = None
+) -> bool:
+    """Sell the order's reserved keys, or fresh ones if the reservation lapsed; record them.
 
     Runs inside the caller's transaction (the notify transaction, or a restock one), so the
-    status change, the claim, the delivery rows and the mail job commit together or not at all.
+    status change, the sale, the delivery rows and the mail job commit together or not at all.
+    With no keys to be had, the order waits in awaiting_stock.
     """
-    key_ids = vault.claim_keys(session, order.sku_id, order.id, order.quantity, now)
+    key_ids = vault.sell_reserved(session, order.id, order.quantity, now) or vault.take_keys(
+        session, order.sku_id, order.id, order.quantity, now, hints=hints
+    )
     if not key_ids:
         if order.status != orders.OrderStatus.AWAITING_STOCK:
             orders.move(session, order.id, orders.OrderStatus.AWAITING_STOCK)
@@ -68,7 +73,7 @@ def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> in
                 order = orders.find_order(s, queued.order_no, for_update=True)
                 if order is None or order.status != orders.OrderStatus.AWAITING_STOCK:
                     continue
-                if deliver_paid(s, order, utcnow()):
+                if deliver_paid(s, order, utcnow(), shop.claim_hints):
                     served += 1
                 else:
                     exhausted.add(order.sku_id)
@@ -95,9 +100,20 @@ def import_and_serve(
     return report
 
 
+def release_expired(session: Session, sku_id: int | None = None) -> int:
+    """Expire unpaid orders past their time and put their keys and quota back on sale."""
+    released = orders.expire_due(session, utcnow(), sku_id)
+    if released:
+        vault.release_reserved(session, [r.id for r in released])
+        for r in released:
+            if r.flash_sale_id is not None:
+                catalog.give_back_quota(session, r.flash_sale_id, r.quantity)
+    return len(released)
+
+
 def expire_orders(shop: Shop) -> int:
     with shop.db.write() as s:
-        return orders.expire_due(s, utcnow())
+        return release_expired(s)
 
 
 def redeliver(shop: Shop, order_no: str) -> dict[str, str]:

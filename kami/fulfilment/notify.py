@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from kami import orders, payments
+from kami import orders, payments, vault
 from kami.fulfilment.delivering import deliver_paid
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
@@ -39,7 +39,7 @@ def _reject(slug: str, detail: str, where: str) -> payments.NotificationRejected
 
 
 def _apply(
-    session: Session, notice: payments.PaymentNotice
+    session: Session, notice: payments.PaymentNotice, hints: vault.ClaimHints
 ) -> tuple[payments.Verdict, str | None, bool]:
     if notice.status is not payments.TradeStatus.PAID:
         raise _reject(
@@ -85,7 +85,7 @@ def _apply(
         log.warning("order %s paid twice (trade %s)", order.order_no, notice.trade_no)
         return payments.Verdict.ACCEPTED, "duplicate-payment", False
     paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
-    return payments.Verdict.ACCEPTED, None, deliver_paid(session, paid, now)
+    return payments.Verdict.ACCEPTED, None, deliver_paid(session, paid, now, hints)
 
 
 def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
@@ -109,7 +109,7 @@ def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
         return _rejected(shop, gateway, raw, rejection, None, received_at)
     try:
         with shop.db.write() as s:
-            verdict, reason, delivered = _apply(s, notice)
+            verdict, reason, delivered = _apply(s, notice, shop.claim_hints)
             detail = "second payment of a paid order: refund it" if reason else None
             payments.record_notification(
                 s,

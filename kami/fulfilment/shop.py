@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from kami.delivery import Mailer
 from kami.kernel.db import Database
 from kami.payments import GatewayRegistry
-from kami.vault import VaultCipher
+from kami.vault import ClaimHints, VaultCipher
+
+VaultClaimHints = ClaimHints
 
 ORDER_TOKEN_SECRET = "order-access"
 
@@ -22,6 +24,11 @@ class Shop:
     order_ttl: timedelta = timedelta(minutes=15)
     mailer: Mailer | None = None
     shop_name: str = "Kami"
+    # Anti-hoarding: unpaid orders one buyer may hold per SKU, by e-mail or device, and by IP
+    # (higher: many buyers share a carrier-grade NAT address).
+    open_orders_per_buyer: int = 3
+    open_orders_per_ip: int = 20
+    claim_hints: VaultClaimHints = field(default_factory=lambda: ClaimHints())
 
     def token_secret(self) -> bytes:
         with self.db.read() as s:

@@ -3,13 +3,24 @@
 from kami.orders.queries import (
     awaiting_stock,
     count_by_status,
+    count_open,
     find_order,
     get_order,
     get_order_by_id,
     list_orders,
+    lock_buyer,
+    quantity_held,
 )
 from kami.orders.schemas import OrderIn, OrderView
-from kami.orders.service import Priced, create_order, expire_due, find_idempotent, move
+from kami.orders.service import (
+    Priced,
+    Released,
+    cancel,
+    create_order,
+    expire_due,
+    find_idempotent,
+    move,
+)
 from kami.orders.states import PAID_STATES, PAYABLE, TRANSITIONS, OrderStatus, can_move
 from kami.orders.tokens import access_token, check_access_token
 
@@ -21,11 +32,14 @@ __all__ = [
     "OrderStatus",
     "OrderView",
     "Priced",
+    "Released",
     "access_token",
     "awaiting_stock",
     "can_move",
+    "cancel",
     "check_access_token",
     "count_by_status",
+    "count_open",
     "create_order",
     "expire_due",
     "find_idempotent",
@@ -33,5 +47,7 @@ __all__ = [
     "get_order",
     "get_order_by_id",
     "list_orders",
+    "lock_buyer",
     "move",
+    "quantity_held",
 ]

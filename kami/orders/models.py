@@ -13,6 +13,9 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_order_status_expires", "status", "expires_at"),
         Index("ix_orders_order_sku_status_paid", "sku_id", "status", "paid_at"),
+        Index("ix_orders_order_sku_email", "sku_id", "email"),
+        Index("ix_orders_order_sku_ip", "sku_id", "buyer_ip"),
+        Index("ix_orders_order_sku_device", "sku_id", "device_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -34,6 +37,11 @@ class Order(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     buyer_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The sales channel that placed the order (own shop today; H5, open API … later). Quotas per
+    # channel on one shared pool count reservations by this column.
+    channel: Mapped[str] = mapped_column(String(32), default="shop")
+    flash_sale_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

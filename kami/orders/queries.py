@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import hashlib
+from datetime import datetime
+
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
 from kami.orders.models import Order
 from kami.orders.schemas import OrderView
-from kami.orders.states import OrderStatus
+from kami.orders.states import HOLDING, OrderStatus
 
 
 def to_view(o: Order) -> OrderView:
@@ -93,6 +96,55 @@ def awaiting_stock(
     if sku_id is not None:
         stmt = stmt.where(Order.sku_id == sku_id)
     return [to_view(o) for o in session.execute(stmt).scalars()]
+
+
+def lock_buyer(session: Session, sku_id: int, identities: list[str]) -> None:
+    """Serialise one buyer's concurrent checkouts of a SKU, so caps cannot be raced past.
+
+    PostgreSQL: transaction-scoped advisory locks, taken in a fixed order (no deadlocks).
+    SQLite needs none: `BEGIN IMMEDIATE` already serialises every writer.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({_lock_key(f"{sku_id}:{ident}") for ident in identities})
+    for key in keys:
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+def _lock_key(text: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
+    """Pending orders of this SKU with the given email, buyer_ip or device_id."""
+    col = {"email": Order.email, "buyer_ip": Order.buyer_ip, "device_id": Order.device_id}[column]
+    return int(
+        session.execute(
+            select(func.count()).where(
+                Order.sku_id == sku_id, col == value, Order.status == OrderStatus.PENDING
+            )
+        ).scalar_one()
+    )
+
+
+def quantity_held(
+    session: Session, sku_id: int, since: datetime, *, email: str, device_id: str | None
+) -> int:
+    """Units a buyer holds or bought of this SKU since `since` (flash-sale per-buyer limit)."""
+    who = Order.email == email
+    if device_id:
+        who = or_(who, Order.device_id == device_id)
+    total = session.execute(
+        select(func.coalesce(func.sum(Order.quantity), 0)).where(
+            Order.sku_id == sku_id,
+            Order.created_at >= since,
+            Order.status.in_([s.value for s in HOLDING]),
+            who,
+        )
+    ).scalar_one()
+    return int(total)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -29,6 +29,16 @@ class Priced:
     validity_days: int | None
     unit_price_minor: int
     currency: str
+    flash_sale_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """An order that gave its reservation back (expired or cancelled)."""
+
+    id: int
+    quantity: int
+    flash_sale_id: int | None
 
 
 def request_hash(data: OrderIn) -> bytes:
@@ -59,6 +69,8 @@ def create_order(
     ttl: timedelta,
     idempotency_key: str | None,
     buyer_ip: str | None,
+    device_id: str | None = None,
+    channel: str = "shop",
 ) -> tuple[OrderView, bool]:
     """Insert a pending order; returns (order, created). A replayed key returns the first order."""
     if idempotency_key:
@@ -82,6 +94,9 @@ def create_order(
         idempotency_key=idempotency_key,
         request_hash=request_hash(data) if idempotency_key else None,
         buyer_ip=buyer_ip,
+        device_id=device_id,
+        channel=channel,
+        flash_sale_id=priced.flash_sale_id,
         created_at=now,
         expires_at=now + ttl,
     )
@@ -110,11 +125,27 @@ def move(session: Session, order_id: int, target: OrderStatus, **values: Any) ->
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def expire_due(session: Session, now: datetime) -> int:
-    result = session.execute(
+def expire_due(session: Session, now: datetime, sku_id: int | None = None) -> list[Released]:
+    """Expire pending orders past their time; returns them so their holds can be released."""
+    stmt = (
         update(Order)
         .where(Order.status == OrderStatus.PENDING, Order.expires_at <= now)
         .values(status=OrderStatus.EXPIRED)
+        .returning(Order.id, Order.quantity, Order.flash_sale_id)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    if sku_id is not None:
+        stmt = stmt.where(Order.sku_id == sku_id)
+    return [Released(*row) for row in session.execute(stmt).tuples()]
+
+
+def cancel(session: Session, order_id: int) -> Released | None:
+    """Cancel a pending order; None if it was no longer pending."""
+    row = session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.status == OrderStatus.PENDING)
+        .values(status=OrderStatus.CANCELLED)
+        .returning(Order.id, Order.quantity, Order.flash_sale_id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return Released(*row) if row else None

@@ -11,6 +11,7 @@ class OrderStatus(StrEnum):
     AWAITING_STOCK = "awaiting_stock"
     DELIVERED = "delivered"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
     REFUNDED = "refunded"
     FAILED = "failed"
 
@@ -18,9 +19,10 @@ class OrderStatus(StrEnum):
 S = OrderStatus
 
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    S.PENDING: frozenset({S.PAID, S.EXPIRED, S.FAILED}),
-    # Money that arrives after expiry is real money: the order is paid late, not ignored.
+    S.PENDING: frozenset({S.PAID, S.EXPIRED, S.CANCELLED, S.FAILED}),
+    # Money that arrives after expiry or cancellation is real money: paid late, not ignored.
     S.EXPIRED: frozenset({S.PAID}),
+    S.CANCELLED: frozenset({S.PAID}),
     S.PAID: frozenset({S.DELIVERED, S.AWAITING_STOCK, S.REFUNDED, S.FAILED}),
     S.AWAITING_STOCK: frozenset({S.DELIVERED, S.REFUNDED, S.FAILED}),
     S.DELIVERED: frozenset({S.REFUNDED}),
@@ -31,6 +33,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 PAYABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.PAID in targets)
 OPEN = frozenset({S.PENDING})
 PAID_STATES = frozenset({S.PAID, S.AWAITING_STOCK, S.DELIVERED})
+# Orders that count against a buyer's flash-sale limit: everything not given up or given back.
+HOLDING = frozenset({S.PENDING, S.PAID, S.AWAITING_STOCK, S.DELIVERED})
 
 
 def can_move(current: OrderStatus, target: OrderStatus) -> bool:

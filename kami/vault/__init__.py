@@ -1,7 +1,14 @@
 """Key vault: encrypted card keys, import with de-duplication, atomic claims."""
 
 from kami.vault.cipher import Secret, VaultCipher, mask
-from kami.vault.claims import claim_keys, has_stock
+from kami.vault.claims import (
+    ClaimHints,
+    claim_keys,
+    has_stock,
+    release_reserved,
+    sell_reserved,
+    take_keys,
+)
 from kami.vault.errors import KeyringError
 from kami.vault.imports import BatchInfo, ImportReport, import_keys
 from kami.vault.keyring import Keyring, load_keyring
@@ -24,6 +31,7 @@ __all__ = [
     "BadLine",
     "BatchInfo",
     "BatchStock",
+    "ClaimHints",
     "GoodLine",
     "ImportReport",
     "KeyLocation",
@@ -45,7 +53,10 @@ __all__ = [
     "masked_keys",
     "master_key_usage",
     "open_rows",
+    "release_reserved",
     "reveal_keys",
     "rotate",
+    "sell_reserved",
     "stock_by_batch",
+    "take_keys",
 ]

@@ -1,60 +1,179 @@
-"""Claiming keys for an order: one guarded statement, never read-then-write (invariant 1).
+"""Taking keys for an order: one guarded statement, never read-then-write (invariant 1).
 
-`UPDATE … FROM (<earliest-expiring available ids>) WHERE status = 'available' RETURNING id`
-takes keys only if they are still available at the moment of the write. On PostgreSQL the inner
-select uses `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows instead of
-queueing behind one another; on SQLite writers are serialised by `BEGIN IMMEDIATE`. The unique
-`delivery_item.key_id` constraint stands behind it. All or none: a short claim is put back.
+`WITH picked AS MATERIALIZED (<earliest-expiring available ids> FOR UPDATE SKIP LOCKED)
+UPDATE … FROM picked WHERE status = 'available' RETURNING id` takes keys only if they are still
+available at the moment of the write. Concurrent claimers on PostgreSQL take different rows
+instead of queueing behind one another; on SQLite writers are serialised by `BEGIN IMMEDIATE`.
+The unique `delivery_item.key_id` constraint stands behind it. All or none: a short take is put
+back in the same transaction.
+
+Keys are first *reserved* for an order when it is placed and *sold* when it is paid; expiry or
+cancellation puts reserved keys back. A paid order whose reservation lapsed takes fresh keys.
+
+The scan hint: every taken row leaves a dead index entry at the head of the available range until
+vacuum, so a scan from the start of the range slows down as the pool drains. Each process keeps,
+per SKU, the position (expires_at, id) of the last key it took and starts the next scan there.
+When the hinted scan comes up short, the full range is scanned once more, so keys put back
+behind the hint (released reservations, an import of earlier-expiring keys) are still found;
+hints also lapse after `HINT_TTL` so the earliest-expiry-first order is restored within a
+second even when another process changed the pool.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from kami.vault.models import Key
 from kami.vault.states import KeyStatus
 
+HINT_TTL = 1.0
 
-def claim_keys(
-    session: Session, sku_id: int, order_id: int, quantity: int, now: datetime
-) -> list[int]:
-    """Mark `quantity` keys sold to `order_id`; returns their ids, or [] if stock is short."""
-    if quantity <= 0:
-        return []
+
+class ClaimHints:
+    """Per-process, per-SKU scan start positions. Only a speed-up: correctness never needs it."""
+
+    def __init__(self) -> None:
+        self._hints: dict[int, tuple[datetime, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sku_id: int) -> tuple[datetime, int] | None:
+        with self._lock:
+            hint = self._hints.get(sku_id)
+        if hint is None or time.monotonic() - hint[2] > HINT_TTL:
+            return None
+        return hint[0], hint[1]
+
+    def advance(self, sku_id: int, expires_at: datetime, key_id: int) -> None:
+        with self._lock:
+            old = self._hints.get(sku_id)
+            stamp = old[2] if old else time.monotonic()
+            if old is None or (expires_at, key_id) > (old[0], old[1]):
+                self._hints[sku_id] = (expires_at, key_id, stamp)
+
+    def forget(self, sku_id: int | None = None) -> None:
+        with self._lock:
+            if sku_id is None:
+                self._hints.clear()
+            else:
+                self._hints.pop(sku_id, None)
+
+
+def _take(
+    session: Session,
+    sku_id: int,
+    order_id: int,
+    quantity: int,
+    now: datetime,
+    target: KeyStatus,
+    start: tuple[datetime, int] | None,
+) -> list[tuple[int, datetime]]:
     pick = (
         select(Key.id)
         .where(Key.sku_id == sku_id, Key.status == KeyStatus.AVAILABLE, Key.expires_at > now)
         .order_by(Key.expires_at, Key.id)
         .limit(quantity)
     )
+    if start is not None:
+        pick = pick.where(tuple_(Key.expires_at, Key.id) > tuple_(*start))
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     # A MATERIALIZED CTE, not `id IN (subquery)` nor a derived table: PostgreSQL may rescan
     # those once per outer row, and a rescanned LIMIT … SKIP LOCKED skips the rows this very
     # statement just updated and returns further ones (seen: three keys claimed for a quantity
-    # of two). A materialized CTE is evaluated exactly once.
+    # of two). A materialized CTE is evaluated exactly once. See docs/decisions/0003.
     picked = pick.cte("picked").prefix_with("MATERIALIZED")
+    values: dict[str, object] = {"status": target, "order_id": order_id}
+    if target is KeyStatus.SOLD:
+        values["sold_at"] = now
     stmt = (
         update(Key)
         .where(Key.id == picked.c.id, Key.status == KeyStatus.AVAILABLE)
-        .values(status=KeyStatus.SOLD, order_id=order_id, sold_at=now)
-        .returning(Key.id)
+        .values(**values)
+        .returning(Key.id, Key.expires_at)
         .execution_options(synchronize_session=False)
     )
-    ids = list(session.execute(stmt).scalars())
-    if len(ids) < quantity:
-        if ids:
-            session.execute(
-                update(Key)
-                .where(Key.id.in_(ids), Key.order_id == order_id)
-                .values(status=KeyStatus.AVAILABLE, order_id=None, sold_at=None)
-                .execution_options(synchronize_session=False)
-            )
+    return [(r[0], r[1]) for r in session.execute(stmt)]
+
+
+def _put_back(session: Session, order_id: int, ids: Sequence[int]) -> None:
+    session.execute(
+        update(Key)
+        .where(Key.id.in_(list(ids)), Key.order_id == order_id)
+        .values(status=KeyStatus.AVAILABLE, order_id=None, sold_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def take_keys(
+    session: Session,
+    sku_id: int,
+    order_id: int,
+    quantity: int,
+    now: datetime,
+    *,
+    target: KeyStatus = KeyStatus.SOLD,
+    hints: ClaimHints | None = None,
+) -> list[int]:
+    """Mark `quantity` keys `target` for `order_id`; returns their ids, or [] if stock is short."""
+    if quantity <= 0:
         return []
-    return sorted(ids)
+    start = hints.get(sku_id) if hints else None
+    got = _take(session, sku_id, order_id, quantity, now, target, start)
+    if len(got) < quantity and start is not None:
+        more = _take(session, sku_id, order_id, quantity - len(got), now, target, None)
+        got += more
+    if len(got) < quantity:
+        if got:
+            _put_back(session, order_id, [k for k, _ in got])
+        return []
+    if hints is not None:
+        last_expiry, last_id = max((e, k) for k, e in got)
+        hints.advance(sku_id, last_expiry, last_id)
+    return sorted(k for k, _ in got)
+
+
+def claim_keys(
+    session: Session, sku_id: int, order_id: int, quantity: int, now: datetime
+) -> list[int]:
+    """Sell `quantity` available keys to `order_id` at once (no reservation); [] if short."""
+    return take_keys(session, sku_id, order_id, quantity, now, target=KeyStatus.SOLD)
+
+
+def sell_reserved(session: Session, order_id: int, quantity: int, now: datetime) -> list[int]:
+    """Turn an order's reservation into a sale; [] (and nothing changed) if it is not whole."""
+    rows = list(
+        session.execute(
+            update(Key)
+            .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
+            .values(status=KeyStatus.SOLD, sold_at=now)
+            .returning(Key.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    if len(rows) != quantity:
+        if rows:  # cannot happen while reservations are all-or-none; never sell part of one
+            _put_back(session, order_id, rows)
+        return []
+    return sorted(rows)
+
+
+def release_reserved(session: Session, order_ids: Sequence[int]) -> int:
+    """Put the reserved keys of these (expired or cancelled) orders back on sale."""
+    if not order_ids:
+        return 0
+    result = session.execute(
+        update(Key)
+        .where(Key.order_id.in_(list(order_ids)), Key.status == KeyStatus.RESERVED)
+        .values(status=KeyStatus.AVAILABLE, order_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def has_stock(session: Session, sku_id: int, quantity: int, now: datetime) -> bool:

@@ -8,12 +8,14 @@ from enum import StrEnum
 
 class KeyStatus(StrEnum):
     AVAILABLE = "available"
+    RESERVED = "reserved"  # held for an unpaid order until it is paid, expires or is cancelled
     SOLD = "sold"
     VOID = "void"
 
 
 TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
-    KeyStatus.AVAILABLE: frozenset({KeyStatus.SOLD, KeyStatus.VOID}),
+    KeyStatus.AVAILABLE: frozenset({KeyStatus.RESERVED, KeyStatus.SOLD, KeyStatus.VOID}),
+    KeyStatus.RESERVED: frozenset({KeyStatus.AVAILABLE, KeyStatus.SOLD}),
     KeyStatus.SOLD: frozenset({KeyStatus.VOID}),
     KeyStatus.VOID: frozenset(),
 }

@@ -21,8 +21,9 @@ SWEEP_EVERY = 5.0
 
 def run_once(container: Container, *, sweep: bool = True) -> int:
     ran = run_due_jobs(container.db, container.job_handlers())
+    # Expiry runs every cycle: it is one indexed update and it gives reserved keys back.
+    fulfilment.expire_orders(container.shop)
     if sweep:
-        fulfilment.expire_orders(container.shop)
         fulfilment.serve_awaiting_stock(container.shop)
     return ran
 

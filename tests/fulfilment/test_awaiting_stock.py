@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import text
 
 from kami import fulfilment, orders
 from kami.kernel import outbox
+from kami.kernel.clock import utcnow
 from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
 
 
@@ -14,35 +17,47 @@ def _status(shop: fulfilment.Shop, order_no: str) -> str:
         return orders.get_order(s, order_no).status
 
 
-def test_short_stock_waits_then_oldest_payment_is_served_first(shop: fulfilment.Shop) -> None:
+def _expire_all(shop: fulfilment.Shop) -> int:
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE status = 'pending'"),
+            {"t": utcnow() - timedelta(seconds=1)},
+        )
+    return fulfilment.expire_orders(shop)
+
+
+def test_late_payments_wait_for_stock_and_the_oldest_is_served_first(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, price=100)
-    add_keys(shop, sku, ["K-0", "K-1", "K-2"])
-    # Three orders are placed while stock lasts, then paid in the order c, a, b.
-    a = place(shop, sku.code, 2).order
-    b = place(shop, sku.code, 2).order
-    c = place(shop, sku.code, 2).order
-    for o in (c, a, b):
+    add_keys(shop, sku, [f"K-{n}" for n in range(6)])
+    # Three orders reserve all six keys, then lapse unpaid: their keys go back on sale.
+    a, b, d = (place(shop, sku.code, 2, email=f"{n}@example.com").order for n in "abd")
+    assert _expire_all(shop) == 3
+    # Two newer orders reserve four of them; their reservations must survive everything below.
+    e, f = (place(shop, sku.code, 2, email=f"{n}@example.com").order for n in "ef")
+    # The lapsed orders are paid late, in the order d, a, b: money is never ignored.
+    for o in (d, a, b):
         out = fulfilment.handle_notification(shop, raw_notification(sandbox_body(o.order_no, 200)))
         assert out.verdict == "accepted"
-    assert _status(shop, c.order_no) == "delivered"
-    # One key left: a needs two, so nothing is half-claimed and the key stays available.
+    assert _status(shop, d.order_no) == "delivered"  # took the two unreserved keys
     assert _status(shop, a.order_no) == "awaiting_stock"
     assert _status(shop, b.order_no) == "awaiting_stock"
-    with shop.db.read() as s:
-        left = s.execute(
-            text("SELECT count(*) FROM vault_key WHERE status='available'")
-        ).scalar_one()
-    assert left == 1
 
-    report = add_keys(shop, sku, ["K-3"])  # 2 available now: enough for a (paid before b)
-    assert report.imported == 1
+    assert add_keys(shop, sku, ["K-6"]).imported == 1  # one key: a needs two, nothing half-sold
+    assert _status(shop, a.order_no) == "awaiting_stock"
+    add_keys(shop, sku, ["K-7"])  # two now: a, paid before b, goes first
     assert _status(shop, a.order_no) == "delivered"
     assert _status(shop, b.order_no) == "awaiting_stock"
-    add_keys(shop, sku, ["K-4", "K-5"])
+    add_keys(shop, sku, ["K-8", "K-9"])
     assert _status(shop, b.order_no) == "delivered"
+    for o in (e, f):
+        assert _status(shop, o.order_no) == "pending"
+        fulfilment.handle_notification(shop, raw_notification(sandbox_body(o.order_no, 200)))
+        assert _status(shop, o.order_no) == "delivered"
     with shop.db.read() as s:
         kinds = [j.payload["event"] for j in outbox.list_jobs(s, ref=a.order_no)]
+        sold = s.execute(text("SELECT count(*) FROM vault_key WHERE status='sold'")).scalar_one()
     assert sorted(kinds) == ["awaiting_stock", "delivered"]
+    assert sold == 10
 
 
 def test_sweep_serves_orders_without_an_import(shop: fulfilment.Shop) -> None:

@@ -56,7 +56,7 @@ def test_purchase_delivers_and_reveals(client: TestClient, shop: fulfilment.Shop
 
 def test_order_access_needs_the_token(client: TestClient, shop: fulfilment.Shop) -> None:
     sku = make_sku(shop)
-    add_keys(shop, sku, ["K-1", "K-2"])
+    add_keys(shop, sku, ["K-1", "K-2", "K-3"])
     created = client.post("/api/v1/orders", json=ORDER).json()
     no = created["order_no"]
     for headers in (

@@ -14,8 +14,10 @@ from tests.conftest import add_keys, make_sku, place
 ALLOWED = {
     (S.PENDING, S.PAID),
     (S.PENDING, S.EXPIRED),
+    (S.PENDING, S.CANCELLED),
     (S.PENDING, S.FAILED),
     (S.EXPIRED, S.PAID),
+    (S.CANCELLED, S.PAID),
     (S.PAID, S.DELIVERED),
     (S.PAID, S.AWAITING_STOCK),
     (S.PAID, S.REFUNDED),

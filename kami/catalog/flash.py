@@ -1,0 +1,100 @@
+"""Flash sales (秒杀): a window, a sale price, a total quota, a per-buyer limit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from kami.catalog.models import FlashSale, Sku
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import InvalidInput, NotFound
+
+
+class FlashSaleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    starts_at: datetime
+    ends_at: datetime
+    price_minor: int = Field(ge=0, le=10**12)
+    per_buyer_limit: int = Field(default=1, ge=1, le=10_000)
+    quota: int = Field(ge=1, le=10**9)
+    reservation_minutes: int = Field(default=5, ge=1, le=60, description="time to pay")
+
+    @model_validator(mode="after")
+    def _window(self) -> FlashSaleIn:
+        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
+            raise ValueError("starts_at and ends_at need a timezone")
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class FlashSaleView(BaseModel):
+    id: int = Field(exclude=True)
+    sku_id: int = Field(exclude=True)
+    starts_at: datetime
+    ends_at: datetime
+    price_minor: int
+    per_buyer_limit: int
+    quota: int
+    taken: int
+    reservation_minutes: int
+
+
+def _view(f: FlashSale) -> FlashSaleView:
+    return FlashSaleView(
+        id=f.id,
+        sku_id=f.sku_id,
+        starts_at=f.starts_at,
+        ends_at=f.ends_at,
+        price_minor=f.price_minor,
+        per_buyer_limit=f.per_buyer_limit,
+        quota=f.quota,
+        taken=f.taken,
+        reservation_minutes=f.reservation_minutes,
+    )
+
+
+def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashSaleView:
+    sku_id = session.execute(select(Sku.id).where(Sku.code == sku_code)).scalar_one_or_none()
+    if sku_id is None:
+        raise NotFound(f"no SKU with code {sku_code!r}", where="sku")
+    sale = session.execute(select(FlashSale).where(FlashSale.sku_id == sku_id)).scalar_one_or_none()
+    if sale is None:
+        sale = FlashSale(sku_id=sku_id, taken=0, created_at=utcnow())
+        session.add(sale)
+    elif data.quota < sale.taken:
+        raise InvalidInput(
+            f"{sale.taken} units are already taken; the quota cannot be lower", where="quota"
+        )
+    for name, value in data.model_dump().items():
+        setattr(sale, name, value)
+    session.flush()
+    return _view(sale)
+
+
+def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
+    sale = session.execute(select(FlashSale).where(FlashSale.sku_id == sku_id)).scalar_one_or_none()
+    return _view(sale) if sale else None
+
+
+def take_quota(session: Session, sale_id: int, quantity: int) -> bool:
+    """Hold `quantity` units of the quota; False (nothing held) if that would pass the quota."""
+    result = session.execute(
+        update(FlashSale)
+        .where(FlashSale.id == sale_id, FlashSale.taken + quantity <= FlashSale.quota)
+        .values(taken=FlashSale.taken + quantity)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def give_back_quota(session: Session, sale_id: int, quantity: int) -> None:
+    session.execute(
+        update(FlashSale)
+        .where(FlashSale.id == sale_id, FlashSale.taken >= quantity)
+        .values(taken=FlashSale.taken - quantity)
+        .execution_options(synchronize_session=False)
+    )
