@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 
+from sqlalchemy.exc import DBAPIError
+
 from kami import delivery, fulfilment, payments, vault
 from kami.config import Settings
 from kami.kernel.db import Database, make_engine, normalise_url
+from kami.kernel.errors import Unavailable
 from kami.kernel.outbox import Handler
 
 log = logging.getLogger("kami")
@@ -61,13 +64,24 @@ def build(settings: Settings) -> Container:
     db = Database(make_engine(settings.database_url))
     cipher = vault.VaultCipher(build_keyring(settings))
     gateways = payments.GatewayRegistry()
+    # Named secrets are made (on first start) here, in a write transaction: created lazily
+    # inside a read, two concurrent first uses would collide on SQLite's lock upgrade.
+    try:
+        with db.write() as s:
+            for name in (vault.FINGERPRINT_SECRET, fulfilment.ORDER_TOKEN_SECRET):
+                cipher.named_secret(s, name)
+            sandbox_secret = cipher.named_secret(s, SANDBOX_SECRET)
+    except DBAPIError as exc:
+        db.dispose()
+        raise Unavailable(
+            f"the database is not ready ({type(exc.orig).__name__}); run `kami db upgrade` first",
+            where="KAMI_DATABASE_URL",
+            slug="database-not-ready",
+        ) from None
     if settings.sandbox_enabled:
         if settings.sandbox_secret:
-            secret = settings.sandbox_secret.get_secret_value().encode()
-        else:
-            with db.write() as s:
-                secret = cipher.named_secret(s, SANDBOX_SECRET)
-        gateways.register(payments.SandboxGateway(secret, settings.base_url))
+            sandbox_secret = settings.sandbox_secret.get_secret_value().encode()
+        gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url))
     shop = fulfilment.Shop(
         db=db,
         cipher=cipher,

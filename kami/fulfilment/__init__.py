@@ -11,7 +11,7 @@ from kami.fulfilment.delivering import (
 )
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
-from kami.fulfilment.shop import Shop
+from kami.fulfilment.shop import ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.views import (
     AdminOrderDetail,
     BuyerItem,
@@ -25,6 +25,7 @@ from kami.fulfilment.views import (
 
 __all__ = [
     "MAIL_JOB",
+    "ORDER_TOKEN_SECRET",
     "AdminOrderDetail",
     "BuyerItem",
     "Outcome",

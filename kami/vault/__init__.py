@@ -10,7 +10,7 @@ from kami.vault.claims import (
     take_keys,
 )
 from kami.vault.errors import KeyringError
-from kami.vault.imports import BatchInfo, ImportReport, import_keys
+from kami.vault.imports import FINGERPRINT_SECRET, BatchInfo, ImportReport, import_keys
 from kami.vault.keyring import Keyring, load_keyring
 from kami.vault.queries import (
     BatchStock,
@@ -28,6 +28,7 @@ from kami.vault.sources import BadLine, GoodLine, Progress, SourceFormat, open_r
 from kami.vault.states import KeyStatus
 
 __all__ = [
+    "FINGERPRINT_SECRET",
     "BadLine",
     "BatchInfo",
     "BatchStock",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from kami import catalog, fulfilment, orders, payments, vault
@@ -20,6 +21,7 @@ from kami.web.deps import AdminDep, ShopDep
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
 MAX_UPLOAD = 512 * 1024 * 1024
+MAX_ID = 2**31 - 1  # row ids are 32-bit INTEGER columns; a larger one cannot exist
 
 
 # -- catalog -----------------------------------------------------------------------------------
@@ -363,7 +365,11 @@ def list_jobs(
 
 
 @router.post("/jobs/{job_id}/retry", status_code=204)
-def retry_job(job_id: int, shop: ShopDep, _: AdminDep) -> None:
+def retry_job(
+    job_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="id from GET /api/admin/jobs")],
+    shop: ShopDep,
+    _: AdminDep,
+) -> None:
     with shop.db.write() as s:
         if not outbox.retry_job(s, job_id):
             raise NotFound(f"no parked job {job_id}", where="job_id")

@@ -1,0 +1,225 @@
+"""Reservation at order time, on both databases (issue: flash-sale scale)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from kami import catalog, fulfilment, orders
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import KamiError
+from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
+
+
+def _keys(shop: fulfilment.Shop) -> dict[str, int]:
+    with shop.db.read() as s:
+        return dict(s.execute(text("SELECT status, count(*) FROM vault_key GROUP BY status")).all())
+
+
+def _problem(fn: object, *args: object, **kwargs: object) -> str:
+    with pytest.raises(KamiError) as exc:
+        fn(*args, **kwargs)  # type: ignore[operator]
+    return exc.value.slug
+
+
+def test_sold_out_is_answered_at_order_time(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1", "K-2", "K-3"])
+    place(shop, sku.code, 2, email="a@example.com")
+    assert _keys(shop) == {"reserved": 2, "available": 1}
+    assert _problem(place, shop, sku.code, 2, email="b@example.com") == "sold-out"
+    place(shop, sku.code, 1, email="c@example.com")
+    assert _problem(place, shop, sku.code, 1, email="d@example.com") == "sold-out"
+    with shop.db.read() as s:
+        assert len(orders.list_orders(s)) == 2  # refused orders leave nothing behind
+
+
+def test_payment_sells_exactly_the_reserved_keys(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, price=100)
+    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
+    a = place(shop, sku.code, 2, email="a@example.com").order
+    with shop.db.read() as s:
+        held = [
+            i
+            for (i,) in s.execute(
+                text("SELECT id FROM vault_key WHERE order_id = :o ORDER BY id"), {"o": a.id}
+            )
+        ]
+    place(shop, sku.code, 2, email="b@example.com")
+    fulfilment.handle_notification(shop, raw_notification(sandbox_body(a.order_no, 200)))
+    with shop.db.read() as s:
+        sold = [i for (i,) in s.execute(text("SELECT key_id FROM delivery_item ORDER BY key_id"))]
+    assert sold == held
+    assert _keys(shop) == {"sold": 2, "reserved": 2, "available": 1}
+
+
+def test_expiry_and_cancellation_release_at_once(client: object, shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    a = place(shop, sku.code, 1, email="a@example.com")
+    b = place(shop, sku.code, 1, email="b@example.com")
+    assert _problem(place, shop, sku.code, 1, email="c@example.com") == "sold-out"
+    # a's time runs out: the next buyer gets its key at once, with no sweep in between.
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": a.order.id},
+        )
+    c = place(shop, sku.code, 1, email="c@example.com")
+    with shop.db.read() as s:
+        assert orders.get_order(s, a.order.order_no).status == "expired"
+    # b cancels: released at once, and a cancelled order cannot be cancelled twice.
+    assert (
+        _problem(fulfilment.cancel_order, shop, b.order.order_no, "wrong-token")
+        == "invalid-order-token"
+    )
+    assert fulfilment.cancel_order(shop, b.order.order_no, b.access_token).status == "cancelled"
+    assert (
+        _problem(fulfilment.cancel_order, shop, b.order.order_no, b.access_token)
+        == "not-cancellable"
+    )
+    assert _keys(shop) == {"reserved": 1, "available": 1}
+    place(shop, sku.code, 1, email="d@example.com")
+    assert _keys(shop) == {"reserved": 2}
+    assert c.order.status == "pending"
+
+
+def test_per_buyer_caps(shop: fulfilment.Shop) -> None:
+    shop.open_orders_per_buyer = 2
+    shop.open_orders_per_ip = 3
+    sku = make_sku(shop)
+    add_keys(shop, sku, [f"K-{n}" for n in range(20)])
+    data = orders.OrderIn(sku=sku.code, quantity=1, email="hoarder@example.com", gateway="sandbox")
+    for _ in range(2):
+        fulfilment.place_order(shop, data)
+    assert _problem(fulfilment.place_order, shop, data) == "too-many-open-orders"
+    # A fresh address on the same device is still the same buyer.
+    other = data.model_copy(update={"email": "alias@example.com"})
+    fulfilment.place_order(shop, other, device_id="dev-1")
+    fulfilment.place_order(
+        shop, other.model_copy(update={"email": "alias2@example.com"}), device_id="dev-1"
+    )
+    assert (
+        _problem(
+            fulfilment.place_order,
+            shop,
+            other.model_copy(update={"email": "alias3@example.com"}),
+            device_id="dev-1",
+        )
+        == "too-many-open-orders"
+    )
+    # Per IP, with a higher cap (shared carrier addresses).
+    for n in range(3):
+        fulfilment.place_order(
+            shop, data.model_copy(update={"email": f"ip{n}@example.com"}), buyer_ip="10.0.0.1"
+        )
+    assert (
+        _problem(
+            fulfilment.place_order,
+            shop,
+            data.model_copy(update={"email": "ip9@example.com"}),
+            buyer_ip="10.0.0.1",
+        )
+        == "too-many-open-orders"
+    )
+    # Paying an order frees a slot: only unpaid orders count.
+    with shop.db.read() as s:
+        first = orders.list_orders(s, email="hoarder@example.com")[0]
+    fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(first.order_no, first.amount_minor))
+    )
+    fulfilment.place_order(shop, data)
+
+
+def _flash(
+    shop: fulfilment.Shop, code: str, *, start: timedelta, end: timedelta, quota: int, limit: int
+) -> None:
+    now = utcnow()
+    with shop.db.write() as s:
+        catalog.set_flash_sale(
+            s,
+            code,
+            catalog.FlashSaleIn(
+                starts_at=now + start,
+                ends_at=now + end,
+                price_minor=99,
+                per_buyer_limit=limit,
+                quota=quota,
+                reservation_minutes=2,
+            ),
+        )
+
+
+def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, "FLASH", price=5000)
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    _flash(shop, "FLASH", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=3, limit=2)
+    assert _problem(place, shop, "FLASH", 1) == "flash-sale-not-started"
+    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=3, limit=2)
+    a = place(shop, "FLASH", 2, email="a@example.com").order
+    assert a.amount_minor == 198  # the sale price
+    assert a.expires_at - a.created_at == timedelta(minutes=2)  # the shorter time to pay
+    assert _problem(place, shop, "FLASH", 1, email="a@example.com") == "limit-reached"
+    place(shop, "FLASH", 1, email="b@example.com")
+    assert (
+        _problem(place, shop, "FLASH", 1, email="c@example.com") == "sold-out"
+    )  # quota, not stock
+    assert _keys(shop) == {"reserved": 3, "available": 7}
+    # An expired flash order gives its quota back as well as its keys.
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": a.id},
+        )
+    assert fulfilment.expire_orders(shop) == 1
+    place(shop, "FLASH", 2, email="c@example.com")
+    with shop.db.read() as s:
+        assert catalog.find_flash_sale(s, sku.id).taken == 3  # type: ignore[union-attr]
+    _flash(shop, "FLASH", start=timedelta(minutes=-10), end=timedelta(minutes=-1), quota=3, limit=2)
+    assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "flash-sale-ended"
+
+
+def test_64_threads_racing_for_10_keys_get_exactly_10(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, "RACE")
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    start = threading.Barrier(64, timeout=30)
+
+    def buy(n: int) -> str:
+        start.wait()
+        try:
+            place(shop, "RACE", 1, email=f"racer{n}@example.com")
+            return "ok"
+        except KamiError as exc:
+            return exc.slug
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(buy, range(64)))
+    assert results.count("ok") == 10
+    assert results.count("sold-out") == 54
+    assert _keys(shop) == {"reserved": 10}
+    with shop.db.read() as s:
+        assert s.execute(text("SELECT count(DISTINCT order_id) FROM vault_key")).scalar_one() == 10
+
+
+def test_flash_quota_under_a_race(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, "FQ")
+    add_keys(shop, sku, [f"K-{n}" for n in range(50)])
+    _flash(shop, "FQ", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=7, limit=1)
+    barrier = threading.Barrier(32, timeout=30)
+
+    def buy(n: int) -> str:
+        barrier.wait()
+        try:
+            place(shop, "FQ", 1, email=f"q{n}@example.com")
+            return "ok"
+        except KamiError as exc:
+            return exc.slug
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(buy, range(32)))
+    assert results.count("ok") == 7 and results.count("sold-out") == 25
+    assert _keys(shop)["reserved"] == 7
