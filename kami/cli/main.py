@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from kami import bootstrap
-from kami.cli import keys, vaultcmd
+from kami.cli import bench, keys, vaultcmd
 from kami.cli.context import clear_errors, console, container, err, settings
 
 app = typer.Typer(
@@ -25,6 +25,10 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(orders_app, name="orders")
 app.add_typer(keys.app, name="keys")
 app.add_typer(vaultcmd.app, name="vault")
+app.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(bench.bench)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,41 @@
+"""`kami bench NAME …`: run a harness from bench/ (claim, purchase, flashsale, import_keys)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import typer
+
+from kami.cli.context import err
+
+
+def _bench_dir() -> Path | None:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "bench").is_dir():
+            return base / "bench"
+    return None
+
+
+def bench(
+    ctx: typer.Context,
+    name: str = typer.Argument(help="harness name: claim, purchase, flashsale or import"),
+) -> None:
+    """Run a benchmark harness; its options follow the name (see `kami bench NAME --help`).
+
+    Each prints one JSON object as its last line. The harnesses live in the source checkout's
+    bench/ folder and are not part of an installed package.
+    """
+    folder = _bench_dir()
+    if folder is None:
+        err.print("error: no bench/ folder here; run from a Kami source checkout")
+        raise typer.Exit(2)
+    aliases = {"import": "import_keys"}
+    script = folder / f"{aliases.get(name, name)}.py"
+    if not script.is_file():
+        known = sorted(p.stem for p in folder.glob("*.py") if p.stem != "scratch")
+        err.print(f"error: no benchmark {name!r} (have: {', '.join(known)})")
+        raise typer.Exit(2)
+    sys.argv = [str(script), *ctx.args]
+    runpy.run_path(str(script), run_name="__main__")
