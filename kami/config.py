@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     open_orders_per_buyer: int = Field(default=3, ge=1, le=10_000)
     open_orders_per_ip: int = Field(default=20, ge=1, le=1_000_000)
     redis_url: str | None = None
+    redis_namespace: str = "kami"  # key prefix, so several shops can share one Redis
     rate_limit_orders: str = "30/minute"
     rate_limit_reveals: str = "60/minute"
     shop_name: str = "Kami"

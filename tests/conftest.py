@@ -86,6 +86,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         sandbox_secret=SANDBOX_SECRET,
         public_url="http://testserver",
         inprocess_worker=False,
+        # Tests place many orders from one address; the limits have tests of their own.
+        rate_limit_orders="100000/minute",
+        rate_limit_reveals="100000/minute",
     )
 
 

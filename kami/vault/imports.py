@@ -1,27 +1,39 @@
 """Bulk import of card keys with de-duplication by keyed fingerprint.
 
-Rows are processed in chunks: each chunk is fingerprinted, encrypted and inserted with
-`ON CONFLICT (sku_id, fingerprint) DO NOTHING RETURNING fingerprint`. A row that did not insert
-collided either with an earlier line of this file (its batch is ours) or with stock already held
-(another batch); one query per chunk tells which. Memory stays bounded by the chunk size, whatever
+Rows are processed in chunks: each chunk is fingerprinted, encrypted and inserted so that a
+fingerprint the SKU already has is skipped. A row that did not insert collided either with an
+earlier line of this file (its batch is ours) or with stock already held (another batch); one
+query per chunk that had collisions tells which. Memory stays bounded by the chunk size, whatever
 the file size. The whole import is one transaction (the caller's), so a failure leaves nothing
 half-imported.
 
-The insert is the hot path of a million-line import, so it is written for the driver: one
-statement per chunk whose per-row parameters are only fingerprint, ciphertext and mask (the
-columns every row shares are bound once), on PostgreSQL as `INSERT … SELECT … FROM unnest(<three
-arrays>)`, on SQLite as a multi-row VALUES list with numbered parameters. Shared values go through
-the columns' own SQLAlchemy bind processing, so they are stored exactly as the ORM stores them.
+This is the hot path of a million-line import, so:
+
+* Reading, fingerprinting, encrypting and masking run in a helper thread, one chunk ahead of the
+  inserts, which stay on the caller's thread and session; the driver releases the GIL while the
+  database works, so the two overlap. At most `AHEAD` prepared chunks wait between them. Only the
+  caller's thread touches the session and the report.
+* The insert is written for the driver: one statement per chunk whose per-row parameters are only
+  fingerprint, ciphertext and mask (the columns every row shares are bound once, after the
+  columns' own SQLAlchemy bind processing, so they are stored exactly as the ORM stores them).
+  PostgreSQL: `INSERT … SELECT … FROM unnest(<three binary arrays>) ON CONFLICT (sku_id,
+  fingerprint) DO NOTHING RETURNING fingerprint`, exact even beside a concurrent import. SQLite:
+  the chunk's fingerprints already held are looked up first, then the rest go in as one
+  multi-row VALUES list; the write transaction (`BEGIN IMMEDIATE`) keeps other writers out in
+  between, and the inserted row count is checked all the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
@@ -33,6 +45,7 @@ from kami.vault.sources import BadLine, GoodLine, Row
 from kami.vault.states import NO_EXPIRY, KeyStatus
 
 CHUNK = 2000
+AHEAD = 2  # prepared chunks waiting for the database, at most
 LISTED = 1000  # line numbers listed per category in a report; counts are always complete
 FINGERPRINT_SECRET = "fingerprint"
 
@@ -63,74 +76,258 @@ class BatchInfo:
     source_name: str = ""
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """One chunk, ready to insert: fingerprints unique within it, in first-seen order."""
+
+    fps: list[bytes]
+    lines: list[int]  # the line of each fingerprint
+    ciphertexts: list[bytes]
+    masks: list[str]
+    repeated: list[int]  # lines repeating an earlier line of this chunk
+    invalid: list[BadLine]  # bad lines read while filling this chunk
+
+
+def _prepare(
+    rows: Iterable[Row],
+    fingerprint: Callable[[bytes], bytes],
+    encrypt: Callable[[Sequence[bytes], Sequence[bytes]], list[bytes]],
+) -> Iterator[_Prepared]:
+    def prepared(goods: list[GoodLine], invalid: list[BadLine]) -> _Prepared:
+        by_fp: dict[bytes, int] = {}
+        plaintexts: list[bytes] = []
+        masks: list[str] = []
+        repeated: list[int] = []
+        for good in goods:
+            plaintext = good.secret.encode()
+            fp = fingerprint(plaintext)
+            if fp in by_fp:
+                repeated.append(good.line)
+                continue
+            by_fp[fp] = good.line
+            plaintexts.append(plaintext)
+            masks.append(mask(good.secret))
+        fps = list(by_fp)
+        return _Prepared(
+            fps, list(by_fp.values()), encrypt(plaintexts, fps), masks, repeated, invalid
+        )
+
+    goods: list[GoodLine] = []
+    invalid: list[BadLine] = []
+    for row in rows:
+        if isinstance(row, BadLine):
+            invalid.append(row)
+        else:
+            goods.append(row)
+        if len(goods) >= CHUNK or len(invalid) >= CHUNK:
+            yield prepared(goods, invalid)
+            goods, invalid = [], []
+    if goods or invalid:
+        yield prepared(goods, invalid)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def _ahead(chunks: Iterator[_Prepared]) -> Generator[_Prepared, None, None]:
+    """`chunks`, produced by a helper thread up to `AHEAD` chunks before they are consumed.
+
+    An exception in the helper is raised here, in the consumer; a consumer that stops early
+    (an exception of its own) stops the helper and waits for it before going on."""
+    handoff: queue.Queue[object] = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+
+    helper = threading.Thread(target=produce, name="kami-import-prepare", daemon=True)
+    helper.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            assert isinstance(item, _Prepared)
+            yield item
+    finally:
+        stop.set()
+        helper.join()
+
+
+def _inline(chunks: Iterator[_Prepared]) -> Generator[_Prepared, None, None]:
+    yield from chunks
+
+
 _COLUMNS = (
     "sku_id, batch_id, data_key_id, status, expires_at, created_at, fingerprint, ciphertext, masked"
 )
 _SHARED = ("sku_id", "batch_id", "data_key_id", "status", "expires_at", "created_at")
 
-Inserter = Callable[[Sequence[bytes], Sequence[bytes], Sequence[str]], set[bytes]]
+# What became of a chunk's fingerprints that did not insert: the batch already holding each.
+Clashes = dict[bytes, int | None]
 
 
-def _inserter(conn: Connection, shared: dict[str, Any]) -> Inserter:
-    """A function inserting (fingerprint, ciphertext, masked) rows that share `shared` columns,
-    skipping fingerprints the SKU already has; it returns the fingerprints it inserted."""
-    dialect = conn.dialect
-    table = Key.__tablename__
-    bound = []
-    for name in _SHARED:
-        column = Key.__table__.c[name]
-        process = column.type.dialect_impl(dialect).bind_processor(dialect)
-        bound.append(process(shared[name]) if process else shared[name])
-    tail = "ON CONFLICT (sku_id, fingerprint) DO NOTHING RETURNING fingerprint"
+class _Inserter:
+    """Inserts (fingerprint, ciphertext, masked) rows sharing the `shared` column values and
+    skips fingerprints the SKU already has. `send` starts a chunk's insert and returns a function
+    that finishes it and tells the clashes; the caller may prepare the next chunk in between."""
 
-    if dialect.name == "postgresql":
-        # Interpolated are constants of this module and the model's table name, never input.
-        sql = (
-            f"INSERT INTO {table} ({_COLUMNS}) "  # noqa: S608
+    overlaps = False  # whether the database works on a sent chunk while Python goes on
+
+    def __init__(self, conn: Connection, shared: dict[str, Any]) -> None:
+        dialect = conn.dialect
+        self.conn = conn
+        self.table = Key.__tablename__
+        self.sku_id: int = shared["sku_id"]
+        self.batch_id: int = shared["batch_id"]
+        self.bound = []
+        for name in _SHARED:
+            column = Key.__table__.c[name]
+            process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            self.bound.append(process(shared[name]) if process else shared[name])
+
+    def streaming(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def send(
+        self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
+    ) -> Callable[[], Clashes]:
+        raise NotImplementedError
+
+
+class _PostgresInserter(_Inserter):
+    """`INSERT … SELECT … FROM unnest(<three binary arrays>) ON CONFLICT DO NOTHING RETURNING`,
+    sent in psycopg's pipeline mode so the server inserts one chunk while the next is prepared.
+    Exact even beside a concurrent import of the same keys."""
+
+    def __init__(self, conn: Connection, shared: dict[str, Any]) -> None:
+        super().__init__(conn, shared)
+        # The driver's own connection, inside the session's transaction. Interpolated below are
+        # constants of this module and the model's table name, never input. Arrays travel in
+        # binary (%b): psycopg's text form escapes every element.
+        self.raw: Any = conn.connection.driver_connection
+        self.insert_sql = (
+            f"INSERT INTO {self.table} ({_COLUMNS}) "  # noqa: S608
             "SELECT %s::integer, %s::integer, %s::integer, %s::varchar, %s::timestamptz, "
             "%s::timestamptz, u.fp, u.ct, u.m "
-            f"FROM unnest(%s::bytea[], %s::bytea[], %s::varchar[]) AS u(fp, ct, m) {tail}"
+            "FROM unnest(%b::bytea[], %b::bytea[], %b::varchar[]) AS u(fp, ct, m) "
+            "ON CONFLICT (sku_id, fingerprint) DO NOTHING RETURNING fingerprint"
         )
+        self.owner_sql = (
+            f"SELECT fingerprint, batch_id FROM {self.table} "  # noqa: S608
+            "WHERE sku_id = %s AND fingerprint = ANY(%b::bytea[])"
+        )
+        from psycopg import Pipeline
 
-        def insert_pg(
-            fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
-        ) -> set[bytes]:
-            params = (*bound, list(fps), list(cts), list(masks))
-            return {bytes(fp) for (fp,) in conn.exec_driver_sql(sql, params)}
+        self.overlaps = Pipeline.is_supported()
 
-        return insert_pg
+    def streaming(self) -> AbstractContextManager[object]:
+        return self.raw.pipeline() if self.overlaps else nullcontext()
 
-    if dialect.name != "sqlite":
-        raise NotImplementedError(f"key import on {dialect.name}")
-    # Numbered parameters: ?1…?6 are the shared values, then three per row.
-    per_statement = max(1, (dialect.insertmanyvalues_max_parameters - len(_SHARED)) // 3)
-    statements: dict[int, str] = {}
+    def send(
+        self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
+    ) -> Callable[[], Clashes]:
+        cur = self.raw.cursor()
+        cur.execute(self.insert_sql, (*self.bound, list(fps), list(cts), list(masks)))
 
-    def statement(rows: int) -> str:
-        sql = statements.get(rows)
+        def finish() -> Clashes:
+            with cur:
+                inserted = {bytes(fp) for (fp,) in cur.fetchall()}
+            clashed = [fp for fp in fps if fp not in inserted]
+            if not clashed:
+                return {}
+            with self.raw.cursor() as owners:
+                owners.execute(self.owner_sql, (self.sku_id, clashed))
+                owner = {bytes(fp): batch for fp, batch in owners.fetchall()}
+            return {fp: owner.get(fp) for fp in clashed}
+
+        return finish
+
+
+class _SqliteInserter(_Inserter):
+    """The chunk's fingerprints already held are looked up, then the rest go in as one multi-row
+    VALUES list with numbered parameters (?1…?6 the shared values, then three per row). The
+    write transaction (`BEGIN IMMEDIATE`) keeps other writers out in between; the inserted row
+    count is checked all the same."""
+
+    def __init__(self, conn: Connection, shared: dict[str, Any]) -> None:
+        super().__init__(conn, shared)
+        limit = conn.dialect.insertmanyvalues_max_parameters
+        self.per_statement = max(1, (limit - len(_SHARED)) // 3)
+        self.statements: dict[int, str] = {}
+
+    def statement(self, rows: int) -> str:
+        sql = self.statements.get(rows)
         if sql is None:
             values = ", ".join(
                 f"(?1, ?2, ?3, ?4, ?5, ?6, ?{i}, ?{i + 1}, ?{i + 2})"
                 for i in range(7, 7 + 3 * rows, 3)
             )
-            sql = f"INSERT INTO {table} ({_COLUMNS}) VALUES {values} {tail}"  # noqa: S608
-            statements[rows] = sql
+            sql = (
+                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES {values} "  # noqa: S608
+                "ON CONFLICT (sku_id, fingerprint) DO NOTHING"
+            )
+            self.statements[rows] = sql
         return sql
 
-    def insert_sqlite(
-        fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
-    ) -> set[bytes]:
-        inserted: set[bytes] = set()
-        for start in range(0, len(fps), per_statement):
-            end = start + per_statement
-            params = list(bound)
-            for row in zip(fps[start:end], cts[start:end], masks[start:end], strict=True):
-                params.extend(row)
-            rows = (len(params) - len(_SHARED)) // 3
-            inserted.update(fp for (fp,) in conn.exec_driver_sql(statement(rows), tuple(params)))
-        return inserted
+    def held(self, fps: Sequence[bytes]) -> dict[bytes, int]:
+        found: dict[bytes, int] = {}
+        for start in range(0, len(fps), self.per_statement):
+            part = fps[start : start + self.per_statement]
+            sql = (
+                f"SELECT fingerprint, batch_id FROM {self.table} "  # noqa: S608
+                f"WHERE sku_id = ? AND fingerprint IN ({', '.join('?' * len(part))})"
+            )
+            found.update(self.conn.exec_driver_sql(sql, (self.sku_id, *part)).tuples().all())
+        return found
 
-    return insert_sqlite
+    def send(
+        self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
+    ) -> Callable[[], Clashes]:
+        clashes: Clashes = dict(self.held(fps))
+        rows = [r for r in zip(fps, cts, masks, strict=True) if r[0] not in clashes]
+        done = 0
+        for start in range(0, len(rows), self.per_statement):
+            part = rows[start : start + self.per_statement]
+            params = list(self.bound)
+            for row in part:
+                params.extend(row)
+            done += self.conn.exec_driver_sql(self.statement(len(part)), tuple(params)).rowcount
+        if done != len(rows):  # not expected under BEGIN IMMEDIATE; stay exact regardless
+            now_held = self.held([r[0] for r in rows])
+            clashes.update((fp, b) for fp, b in now_held.items() if b != self.batch_id)
+        ordered = {fp: clashes[fp] for fp in fps if fp in clashes}
+        return lambda: ordered
+
+
+def _inserter(conn: Connection, shared: dict[str, Any]) -> _Inserter:
+    if conn.dialect.name == "postgresql":
+        return _PostgresInserter(conn, shared)
+    if conn.dialect.name == "sqlite":
+        return _SqliteInserter(conn, shared)
+    raise NotImplementedError(f"key import on {conn.dialect.name}")
 
 
 def import_keys(
@@ -175,66 +372,53 @@ def import_keys(
             "created_at": now,
         },
     )
-    fingerprint = cipher.fingerprinter(fp_key)
 
-    def flush(chunk: list[GoodLine]) -> None:
-        by_fp: dict[bytes, int] = {}
-        plaintexts: list[bytes] = []
-        masks: list[str] = []
-        for good in chunk:
-            plaintext = good.secret.encode()
-            fp = fingerprint(plaintext)
-            if fp in by_fp:  # repeated inside this chunk
-                report.duplicates_in_file += 1
-                if len(report.duplicate_lines_in_file) < LISTED:
-                    report.duplicate_lines_in_file.append(good.line)
-                continue
-            by_fp[fp] = good.line
-            plaintexts.append(plaintext)
-            masks.append(mask(good.secret))
-        if not by_fp:
-            return
-        fps = list(by_fp)
-        inserted = insert(fps, cipher.encrypt_many(aead, plaintexts, fps), masks)
-        report.imported += len(inserted)
-        if len(inserted) == len(fps):
-            return
-        clashed = [fp for fp in fps if fp not in inserted]
-        owner = dict(
-            session.execute(
-                select(Key.fingerprint, Key.batch_id).where(
-                    Key.sku_id == sku_id, Key.fingerprint.in_(clashed)
-                )
-            )
-            .tuples()
-            .all()
-        )
-        for fp in clashed:
-            line = by_fp[fp]
-            if owner.get(fp) == batch.id:
-                report.duplicates_in_file += 1
-                if len(report.duplicate_lines_in_file) < LISTED:
-                    report.duplicate_lines_in_file.append(line)
-            else:
-                report.duplicates_in_stock += 1
-                if len(report.duplicate_lines_in_stock) < LISTED:
-                    report.duplicate_lines_in_stock.append(line)
+    def in_file(line: int) -> None:
+        report.duplicates_in_file += 1
+        if len(report.duplicate_lines_in_file) < LISTED:
+            report.duplicate_lines_in_file.append(line)
 
-    chunk: list[GoodLine] = []
-    for row in rows:
-        if isinstance(row, BadLine):
-            report.invalid += 1
-            if len(report.invalid_lines) < LISTED:
-                report.invalid_lines.append((row.line, row.reason))
-            continue
-        chunk.append(row)
-        if len(chunk) >= CHUNK:
-            flush(chunk)
-            chunk = []
-            if on_chunk:
-                on_chunk(report)
-    flush(chunk)
-    if on_chunk:
+    def in_stock(line: int) -> None:
+        report.duplicates_in_stock += 1
+        if len(report.duplicate_lines_in_stock) < LISTED:
+            report.duplicate_lines_in_stock.append(line)
+
+    def encrypt(plaintexts: Sequence[bytes], fps: Sequence[bytes]) -> list[bytes]:
+        return cipher.encrypt_many(aead, plaintexts, fps)
+
+    def finish(chunk: _Prepared, clashes: Clashes) -> None:
+        report.invalid += len(chunk.invalid)
+        room = LISTED - len(report.invalid_lines)
+        report.invalid_lines.extend((bad.line, bad.reason) for bad in chunk.invalid[:room])
+        for line in chunk.repeated:
+            in_file(line)
+        report.imported += len(chunk.fps) - len(clashes)
+        if clashes:
+            line_of = dict(zip(chunk.fps, chunk.lines, strict=True))
+            for fp, owner in clashes.items():
+                (in_file if owner == batch.id else in_stock)(line_of[fp])
+        if on_chunk:
+            on_chunk(report)
+
+    def no_clashes() -> Clashes:
+        return {}
+
+    prepared = _prepare(rows, cipher.fingerprinter(fp_key), encrypt)
+    # Without a database that works on its own meanwhile, a helper thread prepares ahead.
+    # closing(): that thread is stopped and joined before an exception leaves this frame.
+    with (
+        closing(_inline(prepared) if insert.overlaps else _ahead(prepared)) as chunks,
+        insert.streaming(),
+    ):
+        pending: tuple[_Prepared, Callable[[], Clashes]] | None = None
+        for chunk in chunks:  # prepared while the database inserted the pending chunk
+            if pending:
+                finish(pending[0], pending[1]())
+            sent = insert.send(chunk.fps, chunk.ciphertexts, chunk.masks) if chunk.fps else None
+            pending = (chunk, sent or no_clashes)
+        if pending:
+            finish(pending[0], pending[1]())
+    if on_chunk and report.lines_read == 0:
         on_chunk(report)
     session.execute(
         update(Batch)

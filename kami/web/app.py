@@ -15,6 +15,7 @@ from kami.config import Settings
 from kami.web import problems
 from kami.web.admin.api import router as admin_router
 from kami.web.api.public import router as public_router
+from kami.web.ratelimit import RateLimits
 from kami.web.storefront.pages import router as storefront_router
 from kami.worker import runner
 
@@ -47,6 +48,12 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
         lifespan=lifespan,
     )
     app.state.container = container
+    s = container.settings
+    app.state.rate_limits = RateLimits(
+        s.redis_url,
+        {"orders": s.rate_limit_orders, "reveals": s.rate_limit_reveals},
+        namespace=s.redis_namespace,
+    )
     problems.install(app)
 
     @app.middleware("http")

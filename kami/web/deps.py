@@ -31,6 +31,21 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+DEVICE_COOKIE = "kami_device"
+
+
+def device_id(request: Request) -> str | None:
+    """The buyer's device: the storefront's cookie, or an app's own X-Device-Id header."""
+    value = request.cookies.get(DEVICE_COOKIE) or request.headers.get("x-device-id")
+    if value and 8 <= len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum():
+        return value
+    return None
+
+
+def rate_limit(request: Request, name: str) -> None:
+    request.app.state.rate_limits.hit(name, client_ip(request) or "unknown")
+
+
 def admin(request: Request) -> accounts.AdminView:
     token = bearer(request)
     if token is None:

@@ -31,7 +31,14 @@ _HTTP_SLUGS = {
 }
 
 
-def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"/problems/{slug}",
         "title": title,
@@ -39,7 +46,9 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JS
         "detail": detail,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -53,7 +62,9 @@ def install(app: FastAPI) -> None:
     async def _kami(_: Request, exc: KamiError) -> JSONResponse:
         if exc.status >= 500:
             log.error("%s: %s", exc.slug, exc)
-        return problem(exc.status, exc.slug, exc.title, exc.detail, where=exc.where)
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry else None
+        return problem(exc.status, exc.slug, exc.title, exc.detail, headers, where=exc.where)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -89,6 +89,15 @@ def update_sku(code: str, body: catalog.SkuPatch, shop: ShopDep, _: AdminDep) ->
         return catalog.update_sku(s, code, body)
 
 
+@router.put("/skus/{code}/flash-sale", response_model=catalog.FlashSaleView)
+def set_flash_sale(
+    code: str, body: catalog.FlashSaleIn, shop: ShopDep, _: AdminDep
+) -> catalog.FlashSaleView:
+    """Create or change the SKU's flash sale: window, sale price, quota, per-buyer limit."""
+    with shop.db.write() as s:
+        return catalog.set_flash_sale(s, code, body)
+
+
 # -- keys and stock ----------------------------------------------------------------------------
 class ImportReportOut(BaseModel):
     batch: str

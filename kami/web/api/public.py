@@ -16,7 +16,7 @@ from kami.web.api.schemas import (
     RevealOut,
     order_out,
 )
-from kami.web.deps import ShopDep, bearer, client_ip
+from kami.web.deps import ShopDep, bearer, client_ip, device_id, rate_limit
 
 router = APIRouter(prefix="/api/v1", tags=["shop"])
 
@@ -38,8 +38,13 @@ def create_order(
     shop: ShopDep,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> CreatedOrderOut:
+    rate_limit(request, "orders")
     placed = fulfilment.place_order(
-        shop, body, idempotency_key=idempotency_key, buyer_ip=client_ip(request)
+        shop,
+        body,
+        idempotency_key=idempotency_key,
+        buyer_ip=client_ip(request),
+        device_id=device_id(request),
     )
     o = placed.order
     response.headers["Location"] = f"/api/v1/orders/{o.order_no}"
@@ -67,6 +72,7 @@ def get_order(order_no: str, request: Request, shop: ShopDep) -> OrderOut:
 
 @router.post("/orders/{order_no}/reveal", response_model=RevealOut)
 def reveal_order(order_no: str, request: Request, response: Response, shop: ShopDep) -> RevealOut:
+    rate_limit(request, "reveals")
     order, items = fulfilment.reveal(
         shop,
         order_no,
@@ -82,6 +88,13 @@ def reveal_order(order_no: str, request: Request, response: Response, shop: Shop
             RevealedItemOut(position=i.position, card=i.card, password=i.password) for i in items
         ],
     )
+
+
+@router.post("/orders/{order_no}/cancel", response_model=OrderOut)
+def cancel_order(order_no: str, request: Request, shop: ShopDep) -> OrderOut:
+    """Give up an unpaid order: its reserved keys go back on sale at once."""
+    order = fulfilment.cancel_order(shop, order_no, bearer(request))
+    return order_out(order, [])
 
 
 async def _notify(gateway: str, request: Request) -> Response:

@@ -14,7 +14,7 @@ from kami import catalog, fulfilment, orders, payments, vault
 from kami.kernel.errors import NotFound
 from kami.kernel.ids import new_token
 from kami.kernel.money import Money
-from kami.web.deps import ShopDep, client_ip
+from kami.web.deps import DEVICE_COOKIE, ShopDep, client_ip
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(resources.files("kami.web.storefront") / "templates"))
@@ -23,7 +23,18 @@ templates.env.globals["money"] = lambda minor, currency: Money(minor, currency).
 
 def _render(request: Request, name: str, shop: fulfilment.Shop, **context: Any) -> HTMLResponse:
     context.setdefault("shop_name", shop.shop_name)
-    return templates.TemplateResponse(request, name, context)
+    response = templates.TemplateResponse(request, name, context)
+    if DEVICE_COOKIE not in request.cookies:
+        # Identifies the device for per-buyer caps on unpaid orders; it authorises nothing.
+        response.set_cookie(
+            DEVICE_COOKIE,
+            new_token(16),
+            max_age=365 * 86400,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)
