@@ -81,7 +81,12 @@ def build(settings: Settings) -> Container:
     if settings.sandbox_enabled:
         if settings.sandbox_secret:
             sandbox_secret = settings.sandbox_secret.get_secret_value().encode()
-        gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url))
+
+        def lookup(order_no: str) -> payments.PaymentNotice | None:
+            with db.read() as s:
+                return payments.find_sandbox_trade(s, order_no)
+
+        gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url, lookup))
     shop = fulfilment.Shop(
         db=db,
         cipher=cipher,

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     rate_limit_reveals: str = "60/minute"
     shop_name: str = "Kami"
     smtp: SmtpConfig = SmtpConfig()
+    sync_after_minutes: float = Field(default=2, gt=0, description="ask the channel after")
+    sync_every_minutes: float = Field(default=5, gt=0, description="and again this often")
     inprocess_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"

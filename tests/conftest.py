@@ -72,6 +72,8 @@ def database_url(database_template: str, tmp_path: Path) -> Iterator[str]:
     engine = create_engine(database_template)
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
+        # A test that leaked an open transaction fails here instead of hanging the suite.
+        conn.execute(text("SET LOCAL lock_timeout = '20s'"))
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
 

@@ -90,6 +90,8 @@ def test_demo_stock_admin_and_errors(env: dict[str, str], tmp_path: Path) -> Non
     assert code == 2 and "at least 10" in out
     code, out = kami(env, "orders", "show", "K000NOSUCH")
     assert code == 2 and "no order" in out
+    code, out = kami(env, "orders", "sync", "K000NOSUCH")
+    assert code == 2 and "no order" in out
     code, out = kami(env, "vault", "status")
     assert code == 0 and "current master key version: 1" in out
     if BACKEND == "sqlite":

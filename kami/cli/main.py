@@ -158,6 +158,20 @@ def orders_show(order_no: str) -> None:
         console.print(f"  {e.at:%Y-%m-%d %H:%M:%S} {e.event} {extra}")
 
 
+@orders_app.command("sync")
+def orders_sync(order_no: str) -> None:
+    """Ask the payment channel about an unpaid order and apply what it says (lost callback)."""
+    from kami import fulfilment
+
+    with clear_errors(), container() as c:
+        result = fulfilment.sync_order(c.shop, order_no)
+    if not result.found:
+        console.print(f"{order_no}: the channel has no payment for it; status {result.status}")
+    else:
+        verdict = result.outcome.verdict if result.outcome else "not paid"
+        console.print(f"{order_no}: payment found ({verdict}); status {result.status}")
+
+
 def main() -> None:
     app()
 

@@ -12,6 +12,7 @@ from kami.fulfilment.delivering import (
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
 from kami.fulfilment.shop import ORDER_TOKEN_SECRET, Shop
+from kami.fulfilment.sync import SyncResult, sync_due, sync_order
 from kami.fulfilment.views import (
     AdminOrderDetail,
     BuyerItem,
@@ -32,6 +33,7 @@ __all__ = [
     "PlacedOrder",
     "RevealedItem",
     "Shop",
+    "SyncResult",
     "TimelineEntry",
     "TooManyOpenOrders",
     "admin_detail",
@@ -48,4 +50,6 @@ __all__ = [
     "reveal",
     "send_order_mail",
     "serve_awaiting_stock",
+    "sync_due",
+    "sync_order",
 ]

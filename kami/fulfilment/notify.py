@@ -107,6 +107,17 @@ def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
         notice = gateway.verify_notification(raw)
     except payments.NotificationRejected as rejection:
         return _rejected(shop, gateway, raw, rejection, None, received_at)
+    return apply_notice(shop, gateway, raw, notice, received_at)
+
+
+def apply_notice(
+    shop: Shop,
+    gateway: payments.Gateway,
+    raw: payments.RawNotification,
+    notice: payments.PaymentNotice,
+    received_at: datetime,
+) -> Outcome:
+    """Apply a verified notice: the one path for notifications and for answers to queries."""
     try:
         with shop.db.write() as s:
             verdict, reason, delivered = _apply(s, notice, shop.claim_hints)

@@ -4,6 +4,7 @@ from kami.orders.queries import (
     awaiting_stock,
     count_by_status,
     count_open,
+    due_for_sync,
     find_order,
     get_order,
     get_order_by_id,
@@ -19,6 +20,7 @@ from kami.orders.service import (
     create_order,
     expire_due,
     find_idempotent,
+    mark_synced,
     move,
 )
 from kami.orders.states import PAID_STATES, PAYABLE, TRANSITIONS, OrderStatus, can_move
@@ -41,6 +43,7 @@ __all__ = [
     "count_by_status",
     "count_open",
     "create_order",
+    "due_for_sync",
     "expire_due",
     "find_idempotent",
     "find_order",
@@ -48,6 +51,7 @@ __all__ = [
     "get_order_by_id",
     "list_orders",
     "lock_buyer",
+    "mark_synced",
     "move",
     "quantity_held",
 ]

@@ -47,3 +47,5 @@ class Order(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the payment channel was last asked about this order (query-and-fix).
+    synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

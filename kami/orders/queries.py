@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
@@ -145,6 +145,28 @@ def quantity_held(
         )
     ).scalar_one()
     return int(total)
+
+
+def due_for_sync(
+    session: Session, now: datetime, after: timedelta, every: timedelta, limit: int = 200
+) -> list[str]:
+    """Unpaid orders to ask the channel about: pending longer than `after` and not asked in the
+    last `every`, and once more in the last minute before they expire."""
+    not_recent = or_(Order.synced_at.is_(None), Order.synced_at <= now - every)
+    last_minute = and_(
+        Order.expires_at <= now + timedelta(minutes=1),
+        or_(Order.synced_at.is_(None), Order.synced_at <= now - timedelta(minutes=1)),
+    )
+    rows = session.execute(
+        select(Order.order_no)
+        .where(
+            Order.status == OrderStatus.PENDING,
+            or_(and_(Order.created_at <= now - after, not_recent), last_minute),
+        )
+        .order_by(Order.created_at)
+        .limit(limit)
+    )
+    return list(rows.scalars())
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -149,3 +149,12 @@ def cancel(session: Session, order_id: int) -> Released | None:
         .execution_options(synchronize_session=False)
     ).first()
     return Released(*row) if row else None
+
+
+def mark_synced(session: Session, order_no: str, now: datetime) -> None:
+    session.execute(
+        update(Order)
+        .where(Order.order_no == order_no)
+        .values(synced_at=now)
+        .execution_options(synchronize_session=False)
+    )

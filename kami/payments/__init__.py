@@ -8,6 +8,7 @@ from kami.payments.gateways.base import (
     PaymentInstruction,
     PaymentNotice,
     PaymentRequest,
+    QueryResult,
     RawNotification,
     TradeStatus,
 )
@@ -19,6 +20,7 @@ from kami.payments.inbox import (
     record_inbox,
     record_notification,
 )
+from kami.payments.sandbox_books import find_sandbox_trade, record_sandbox_trade
 
 __all__ = [
     "Ack",
@@ -29,11 +31,14 @@ __all__ = [
     "PaymentInstruction",
     "PaymentNotice",
     "PaymentRequest",
+    "QueryResult",
     "RawNotification",
     "SandboxGateway",
     "TradeStatus",
     "Verdict",
+    "find_sandbox_trade",
     "list_notifications",
     "record_inbox",
     "record_notification",
+    "record_sandbox_trade",
 ]

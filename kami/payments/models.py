@@ -42,3 +42,16 @@ class Inbox(Base):
     amount_minor: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
     applied_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SandboxTrade(Base):
+    """The sandbox channel's own books: what it was paid, whether or not it told us."""
+
+    __tablename__ = "payments_sandbox_trade"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_no: Mapped[str] = mapped_column(String(64), unique=True)
+    trade_no: Mapped[str] = mapped_column(String(64), unique=True)
+    amount_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    paid_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,34 +1,24 @@
 """Bulk import of card keys with de-duplication by keyed fingerprint.
 
-Rows are processed in chunks: each chunk is fingerprinted, encrypted and inserted so that a
-fingerprint the SKU already has is skipped. A row that did not insert collided either with an
-earlier line of this file (its batch is ours) or with stock already held (another batch); one
-query per chunk that had collisions tells which. Memory stays bounded by the chunk size, whatever
-the file size. The whole import is one transaction (the caller's), so a failure leaves nothing
-half-imported.
+Rows are processed in chunks: each chunk is fingerprinted, encrypted and inserted with
+`ON CONFLICT (sku_id, fingerprint) DO NOTHING RETURNING fingerprint`. A row that did not insert
+collided either with an earlier line of this file (its batch is ours) or with stock already held
+(another batch); one query per chunk that had collisions tells which. Memory stays bounded by the
+chunk size, whatever the file size. The whole import is one transaction (the caller's), so a
+failure leaves nothing half-imported.
 
-This is the hot path of a million-line import, so:
-
-* Reading, fingerprinting, encrypting and masking run in a helper thread, one chunk ahead of the
-  inserts, which stay on the caller's thread and session; the driver releases the GIL while the
-  database works, so the two overlap. At most `AHEAD` prepared chunks wait between them. Only the
-  caller's thread touches the session and the report.
-* The insert is written for the driver: one statement per chunk whose per-row parameters are only
-  fingerprint, ciphertext and mask (the columns every row shares are bound once, after the
-  columns' own SQLAlchemy bind processing, so they are stored exactly as the ORM stores them).
-  PostgreSQL: `INSERT … SELECT … FROM unnest(<three binary arrays>) ON CONFLICT (sku_id,
-  fingerprint) DO NOTHING RETURNING fingerprint`, exact even beside a concurrent import. SQLite:
-  the chunk's fingerprints already held are looked up first, then the rest go in as one
-  multi-row VALUES list; the write transaction (`BEGIN IMMEDIATE`) keeps other writers out in
-  between, and the inserted row count is checked all the same.
+This is the hot path of a million-line import, so the insert is written for the driver: one
+statement per chunk whose per-row parameters are only fingerprint, ciphertext and mask; the
+columns every row shares are bound once, after the columns' own SQLAlchemy bind processing, so
+they are stored exactly as the ORM stores them. On PostgreSQL the rows travel as three binary
+arrays into `INSERT … SELECT … FROM unnest(…)`, sent in psycopg's pipeline mode: the server
+inserts one chunk while Python prepares the next. On SQLite they are one multi-row VALUES list.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, closing, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,7 +35,6 @@ from kami.vault.sources import BadLine, GoodLine, Row
 from kami.vault.states import NO_EXPIRY, KeyStatus
 
 CHUNK = 2000
-AHEAD = 2  # prepared chunks waiting for the database, at most
 LISTED = 1000  # line numbers listed per category in a report; counts are always complete
 FINGERPRINT_SECRET = "fingerprint"
 
@@ -126,60 +115,6 @@ def _prepare(
         yield prepared(goods, invalid)
 
 
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_DONE = object()
-
-
-def _ahead(chunks: Iterator[_Prepared]) -> Generator[_Prepared, None, None]:
-    """`chunks`, produced by a helper thread up to `AHEAD` chunks before they are consumed.
-
-    An exception in the helper is raised here, in the consumer; a consumer that stops early
-    (an exception of its own) stops the helper and waits for it before going on."""
-    handoff: queue.Queue[object] = queue.Queue(maxsize=AHEAD)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not put(chunk):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(_Failed(exc))
-
-    helper = threading.Thread(target=produce, name="kami-import-prepare", daemon=True)
-    helper.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.exc
-            assert isinstance(item, _Prepared)
-            yield item
-    finally:
-        stop.set()
-        helper.join()
-
-
-def _inline(chunks: Iterator[_Prepared]) -> Generator[_Prepared, None, None]:
-    yield from chunks
-
-
 _COLUMNS = (
     "sku_id, batch_id, data_key_id, status, expires_at, created_at, fingerprint, ciphertext, masked"
 )
@@ -192,16 +127,14 @@ Clashes = dict[bytes, int | None]
 class _Inserter:
     """Inserts (fingerprint, ciphertext, masked) rows sharing the `shared` column values and
     skips fingerprints the SKU already has. `send` starts a chunk's insert and returns a function
-    that finishes it and tells the clashes; the caller may prepare the next chunk in between."""
-
-    overlaps = False  # whether the database works on a sent chunk while Python goes on
+    that finishes it and tells the clashes; the caller may prepare the next chunk in between.
+    `streaming()` is held around all of it."""
 
     def __init__(self, conn: Connection, shared: dict[str, Any]) -> None:
         dialect = conn.dialect
         self.conn = conn
         self.table = Key.__tablename__
         self.sku_id: int = shared["sku_id"]
-        self.batch_id: int = shared["batch_id"]
         self.bound = []
         for name in _SHARED:
             column = Key.__table__.c[name]
@@ -241,10 +174,10 @@ class _PostgresInserter(_Inserter):
         )
         from psycopg import Pipeline
 
-        self.overlaps = Pipeline.is_supported()
+        self.pipelined = Pipeline.is_supported()  # libpq 14 or later
 
     def streaming(self) -> AbstractContextManager[object]:
-        return self.raw.pipeline() if self.overlaps else nullcontext()
+        return self.raw.pipeline() if self.pipelined else nullcontext()
 
     def send(
         self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
@@ -267,10 +200,8 @@ class _PostgresInserter(_Inserter):
 
 
 class _SqliteInserter(_Inserter):
-    """The chunk's fingerprints already held are looked up, then the rest go in as one multi-row
-    VALUES list with numbered parameters (?1…?6 the shared values, then three per row). The
-    write transaction (`BEGIN IMMEDIATE`) keeps other writers out in between; the inserted row
-    count is checked all the same."""
+    """One multi-row VALUES list per chunk with numbered parameters (?1…?6 the shared values,
+    then three per row), `ON CONFLICT DO NOTHING RETURNING fingerprint`."""
 
     def __init__(self, conn: Connection, shared: dict[str, Any]) -> None:
         super().__init__(conn, shared)
@@ -287,12 +218,12 @@ class _SqliteInserter(_Inserter):
             )
             sql = (
                 f"INSERT INTO {self.table} ({_COLUMNS}) VALUES {values} "  # noqa: S608
-                "ON CONFLICT (sku_id, fingerprint) DO NOTHING"
+                "ON CONFLICT (sku_id, fingerprint) DO NOTHING RETURNING fingerprint"
             )
             self.statements[rows] = sql
         return sql
 
-    def held(self, fps: Sequence[bytes]) -> dict[bytes, int]:
+    def owners(self, fps: Sequence[bytes]) -> dict[bytes, int]:
         found: dict[bytes, int] = {}
         for start in range(0, len(fps), self.per_statement):
             part = fps[start : start + self.per_statement]
@@ -306,20 +237,18 @@ class _SqliteInserter(_Inserter):
     def send(
         self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
     ) -> Callable[[], Clashes]:
-        clashes: Clashes = dict(self.held(fps))
-        rows = [r for r in zip(fps, cts, masks, strict=True) if r[0] not in clashes]
-        done = 0
-        for start in range(0, len(rows), self.per_statement):
-            part = rows[start : start + self.per_statement]
+        inserted: set[bytes] = set()
+        for start in range(0, len(fps), self.per_statement):
+            end = start + self.per_statement
             params = list(self.bound)
-            for row in part:
+            for row in zip(fps[start:end], cts[start:end], masks[start:end], strict=True):
                 params.extend(row)
-            done += self.conn.exec_driver_sql(self.statement(len(part)), tuple(params)).rowcount
-        if done != len(rows):  # not expected under BEGIN IMMEDIATE; stay exact regardless
-            now_held = self.held([r[0] for r in rows])
-            clashes.update((fp, b) for fp, b in now_held.items() if b != self.batch_id)
-        ordered = {fp: clashes[fp] for fp in fps if fp in clashes}
-        return lambda: ordered
+            sql = self.statement((len(params) - len(_SHARED)) // 3)
+            inserted.update(fp for (fp,) in self.conn.exec_driver_sql(sql, tuple(params)))
+        clashed = [fp for fp in fps if fp not in inserted]
+        owner = self.owners(clashed) if clashed else {}
+        clashes: Clashes = {fp: owner.get(fp) for fp in clashed}
+        return lambda: clashes
 
 
 def _inserter(conn: Connection, shared: dict[str, Any]) -> _Inserter:
@@ -339,6 +268,10 @@ def import_keys(
     *,
     on_chunk: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
+    """Import `rows` as one new batch of the SKU, inside the caller's transaction.
+
+    `on_chunk` is called with the report as it grows (for progress); it must not use `session`,
+    which is busy with the import (on PostgreSQL its connection is in pipeline mode)."""
     now = utcnow()
     if info.expires_at is not None and info.expires_at <= now:
         raise InvalidInput("the batch expiry date is already past", where="expires_at")
@@ -403,15 +336,10 @@ def import_keys(
     def no_clashes() -> Clashes:
         return {}
 
-    prepared = _prepare(rows, cipher.fingerprinter(fp_key), encrypt)
-    # Without a database that works on its own meanwhile, a helper thread prepares ahead.
-    # closing(): that thread is stopped and joined before an exception leaves this frame.
-    with (
-        closing(_inline(prepared) if insert.overlaps else _ahead(prepared)) as chunks,
-        insert.streaming(),
-    ):
+    with insert.streaming():
         pending: tuple[_Prepared, Callable[[], Clashes]] | None = None
-        for chunk in chunks:  # prepared while the database inserted the pending chunk
+        for chunk in _prepare(rows, cipher.fingerprinter(fp_key), encrypt):
+            # On PostgreSQL this chunk was prepared while the server inserted the pending one.
             if pending:
                 finish(pending[0], pending[1]())
             sent = insert.send(chunk.fps, chunk.ciphertexts, chunk.masks) if chunk.fps else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from kami import fulfilment
 from kami.bootstrap import Container
@@ -25,6 +26,12 @@ def run_once(container: Container, *, sweep: bool = True) -> int:
     fulfilment.expire_orders(container.shop)
     if sweep:
         fulfilment.serve_awaiting_stock(container.shop)
+        s = container.settings
+        fulfilment.sync_due(
+            container.shop,
+            after=timedelta(minutes=s.sync_after_minutes),
+            every=timedelta(minutes=s.sync_every_minutes),
+        )
     return ran
 
 

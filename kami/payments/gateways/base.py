@@ -69,6 +69,15 @@ class Ack:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """The channel's answer to a query: the trade as a notice (any status), or none at all,
+    with the channel's own response kept as text for the order's record."""
+
+    notice: PaymentNotice | None
+    raw: str
+
+
 class NotificationRejected(KamiError):
     """A notification that must change nothing; `slug` names the specific reason."""
 
@@ -88,6 +97,10 @@ class Gateway(Protocol):
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
         """The reply the channel expects: success stops its retries, failure keeps them."""
+        ...
+
+    def query(self, request: PaymentRequest) -> QueryResult:
+        """Ask the channel itself what became of the order's payment (a lost callback)."""
         ...
 
 

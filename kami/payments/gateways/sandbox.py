@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from kami.payments.gateways.base import (
@@ -19,6 +20,7 @@ from kami.payments.gateways.base import (
     PaymentInstruction,
     PaymentNotice,
     PaymentRequest,
+    QueryResult,
     RawNotification,
     TradeStatus,
 )
@@ -31,14 +33,19 @@ def sign(secret: bytes, body: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+TradeLookup = Callable[[str], "PaymentNotice | None"]
+
+
 class SandboxGateway:
     name = "sandbox"
 
-    def __init__(self, secret: bytes, public_url: str) -> None:
+    def __init__(self, secret: bytes, public_url: str, lookup: TradeLookup | None = None) -> None:
         if len(secret) < 16:
             raise ValueError("the sandbox secret must be at least 16 bytes")
         self._secret = secret
         self._public_url = public_url.rstrip("/")
+        # The channel's side of a query: the sandbox keeps its books in payments_sandbox_trade.
+        self._lookup = lookup
 
     def sign(self, body: bytes) -> str:
         return sign(self._secret, body)
@@ -108,6 +115,21 @@ class SandboxGateway:
             currency=data["currency"],
             status=status,
         )
+
+    def query(self, request: PaymentRequest) -> QueryResult:
+        notice = self._lookup(request.order_no) if self._lookup else None
+        if notice is None:
+            return QueryResult(
+                None, json.dumps({"order_no": request.order_no, "status": "not_found"})
+            )
+        raw = {
+            "order_no": notice.order_no,
+            "trade_no": notice.trade_no,
+            "amount_minor": notice.amount_minor,
+            "currency": notice.currency,
+            "status": notice.status.value,
+        }
+        return QueryResult(notice, json.dumps(raw))
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
         if rejection is None:

@@ -325,6 +325,25 @@ def redeliver(order_no: str, shop: ShopDep, _: AdminDep) -> RedeliverOut:
     return RedeliverOut(**fulfilment.redeliver(shop, order_no))
 
 
+class SyncOut(BaseModel):
+    order_no: str
+    found: bool
+    verdict: str | None
+    status: str
+
+
+@router.post("/orders/{order_no}/sync", response_model=SyncOut)
+def sync_order(order_no: str, shop: ShopDep, _: AdminDep) -> SyncOut:
+    """Ask the payment channel about an unpaid order and apply its answer like a notification."""
+    r = fulfilment.sync_order(shop, order_no)
+    return SyncOut(
+        order_no=r.order_no,
+        found=r.found,
+        verdict=r.outcome.verdict if r.outcome else None,
+        status=r.status,
+    )
+
+
 @router.get("/notifications")
 def list_notifications(
     shop: ShopDep,
