@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     order_ttl_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)
     open_orders_per_buyer: int = Field(default=3, ge=1, le=10_000)
     open_orders_per_ip: int = Field(default=20, ge=1, le=1_000_000)
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses, or "*"). Behind a
+    # reverse proxy on another address, list it, or every buyer shares the proxy's address.
+    forwarded_allow_ips: str = "127.0.0.1"
     redis_url: str | None = None
     redis_namespace: str = "kami"  # key prefix, so several shops can share one Redis
     rate_limit_orders: str = "30/minute"

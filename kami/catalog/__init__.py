@@ -9,6 +9,7 @@ from kami.catalog.flash import (
     take_quota,
 )
 from kami.catalog.queries import (
+    find_sku,
     get_sku,
     get_sku_by_id,
     is_empty,
@@ -67,6 +68,7 @@ __all__ = [
     "delete_category",
     "display_stock",
     "find_flash_sale",
+    "find_sku",
     "get_sku",
     "get_sku_by_id",
     "give_back_quota",

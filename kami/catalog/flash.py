@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select, update
@@ -11,13 +11,14 @@ from sqlalchemy.orm import Session
 from kami.catalog.models import FlashSale, Sku
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import InvalidInput, NotFound
+from kami.kernel.money import MAX_MINOR
 
 
 class FlashSaleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     starts_at: datetime
     ends_at: datetime
-    price_minor: int = Field(ge=0, le=10**12)
+    price_minor: int = Field(ge=0, le=MAX_MINOR)
     per_buyer_limit: int = Field(default=1, ge=1, le=10_000)
     quota: int = Field(ge=1, le=10**9)
     reservation_minutes: int = Field(default=5, ge=1, le=60, description="time to pay")
@@ -26,6 +27,11 @@ class FlashSaleIn(BaseModel):
     def _window(self) -> FlashSaleIn:
         if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
             raise ValueError("starts_at and ends_at need a timezone")
+        try:  # stored in UTC, where 0001-01-01T00:00+14:00 does not exist
+            for moment in (self.starts_at, self.ends_at):
+                moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("starts_at and ends_at must be in years 1 to 9999 in UTC") from None
         if self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self

@@ -79,6 +79,13 @@ def get_sku(session: Session, code: str) -> SkuView:
     return _sku_view(row[0], row[1])
 
 
+def find_sku(session: Session, code: str) -> SkuView | None:
+    row = session.execute(
+        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.code == code)
+    ).first()
+    return _sku_view(row[0], row[1]) if row else None
+
+
 def get_sku_by_id(session: Session, sku_id: int) -> SkuView:
     row = session.execute(
         select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.id == sku_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kami.catalog.rules import DeliveryKind, DisplayedStock, StockDisplay
+from kami.kernel.money import MAX_MINOR
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -54,7 +55,7 @@ class SkuIn(BaseModel):
     code: str = Field(pattern=CODE)
     product: str = Field(description="slug of the product")
     name: str = Field(min_length=1, max_length=200)
-    price_minor: int = Field(ge=0, le=10**12)
+    price_minor: int = Field(ge=0, le=MAX_MINOR)
     currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     delivery_kind: DeliveryKind = DeliveryKind.CARD_KEY
     min_quantity: int = Field(default=1, ge=1, le=10_000)
@@ -74,7 +75,7 @@ class SkuIn(BaseModel):
 class SkuPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    price_minor: int | None = Field(default=None, ge=0, le=10**12)
+    price_minor: int | None = Field(default=None, ge=0, le=MAX_MINOR)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     min_quantity: int | None = Field(default=None, ge=1, le=10_000)
     max_quantity: int | None = Field(default=None, ge=1, le=10_000)

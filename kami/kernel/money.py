@@ -36,6 +36,9 @@ EXPONENTS: dict[str, int] = {
 
 _CODE = re.compile(r"^[A-Z]{3}$")
 
+# Amounts are stored in 32-bit INTEGER columns: a larger one would fail in the database.
+MAX_MINOR = 2**31 - 1
+
 
 def check_currency(code: str, *, where: str = "currency") -> str:
     if not _CODE.match(code) or code not in EXPONENTS:
@@ -72,7 +75,14 @@ def parse_major(text: str, currency: str, *, where: str = "amount") -> int:
         value = Decimal(text.strip())
     except InvalidOperation:
         raise InvalidInput(f"{text!r} is not a decimal amount", where=where) from None
+    if not value.is_finite():  # Infinity, NaN and sNaN parse, but are no amount
+        raise InvalidInput(f"{text!r} is not a decimal amount", where=where)
+    # Checked before scaling, which would overflow the decimal context for 1e999999.
+    if value.adjusted() + exp > len(str(MAX_MINOR)):
+        raise InvalidInput(f"{text!r} is too large an amount", where=where)
     scaled = value.scaleb(exp)
     if scaled != scaled.to_integral_value():
         raise InvalidInput(f"{text!r} has more than {exp} decimal places", where=where)
+    if abs(scaled) > MAX_MINOR:
+        raise InvalidInput(f"{text!r} is too large an amount", where=where)
     return int(scaled)

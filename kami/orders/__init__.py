@@ -1,6 +1,7 @@
 """Orders: creation with idempotency keys, the state machine, access tokens."""
 
 from kami.orders.queries import (
+    any_expired_due,
     awaiting_stock,
     count_by_status,
     count_open,
@@ -36,6 +37,7 @@ __all__ = [
     "Priced",
     "Released",
     "access_token",
+    "any_expired_due",
     "awaiting_stock",
     "can_move",
     "cancel",

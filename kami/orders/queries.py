@@ -117,6 +117,16 @@ def _lock_key(text: str) -> int:
     )
 
 
+def any_expired_due(session: Session, sku_id: int, now: datetime) -> bool:
+    """Whether a pending order of this SKU is past its time (its keys are about to return)."""
+    row = session.execute(
+        select(Order.id)
+        .where(Order.status == OrderStatus.PENDING, Order.expires_at <= now, Order.sku_id == sku_id)
+        .limit(1)
+    ).first()
+    return row is not None
+
+
 def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
     """Pending orders of this SKU with the given email, buyer_ip or device_id."""
     col = {"email": Order.email, "buyer_ip": Order.buyer_ip, "device_id": Order.device_id}[column]

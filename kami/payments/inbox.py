@@ -53,7 +53,8 @@ def record_notification(
     received_at: datetime | None = None,
 ) -> None:
     """Keep the raw notification whatever became of it; the body is capped, never dropped."""
-    body = raw.body[:MAX_BODY].decode("utf-8", errors="replace")
+    # PostgreSQL text cannot hold NUL: it is stored as U+FFFD, like bytes that are not UTF-8.
+    body = raw.body[:MAX_BODY].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     session.add(
         Notification(
             gateway=raw.gateway,

@@ -89,6 +89,12 @@ class SandboxGateway:
                 raise NotificationRejected(
                     f"{name} must be a non-empty string", where=name, slug="malformed-notification"
                 )
+            if not data[name].isprintable():
+                raise NotificationRejected(
+                    f"{name} must not contain control characters",
+                    where=name,
+                    slug="malformed-notification",
+                )
         amount = data.get("amount_minor")
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise NotificationRejected(

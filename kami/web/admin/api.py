@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,9 @@ from kami.kernel import outbox
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import check_currency, parse_major
 from kami.web.deps import AdminDep, ShopDep
+from kami.web.inputs import CheckedRoute, check_text
 
-router = APIRouter(prefix="/api/admin", tags=["admin"])
+router = APIRouter(prefix="/api/admin", tags=["admin"], route_class=CheckedRoute)
 
 MAX_UPLOAD = 512 * 1024 * 1024
 MAX_ID = 2**31 - 1  # row ids are 32-bit INTEGER columns; a larger one cannot exist
@@ -150,6 +152,18 @@ def report_out(sku: str, r: vault.ImportReport) -> ImportReportOut:
     )
 
 
+def upload_name(filename: str | None) -> str:
+    """The client's file name as a label: its last component, printable, at most 255 characters."""
+    name = "".join(ch for ch in Path(filename or "").name if ch.isprintable())[:255]
+    return name if name.strip(" .") else "upload.txt"
+
+
+def upload_suffix(name: str) -> str:
+    """The extension `vault.open_rows` guesses the format from, if it looks like one."""
+    suffix = Path(name).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+
+
 def parse_batch_info(
     source_name: str,
     supplier: str,
@@ -170,6 +184,10 @@ def parse_batch_info(
             raise InvalidInput(
                 "expires_at needs a timezone, e.g. 2027-01-01T00:00:00+08:00", where="expires_at"
             )
+        try:  # stored in UTC: 0001-01-01T00:00+14:00 has no UTC equivalent
+            expiry = expiry.astimezone(UTC)
+        except OverflowError:
+            raise InvalidInput(f"{expires_at!r} is out of range", where="expires_at") from None
     return vault.BatchInfo(
         supplier=supplier[:200],
         unit_cost_minor=cost,
@@ -198,10 +216,16 @@ def import_keys(
 ) -> ImportReportOut:
     with shop.db.read() as s:
         sku = catalog.get_sku(s, code)
-    name = Path(file.filename or "upload.txt").name
+    fields = {"separator": separator, "supplier": supplier, "unit_cost": unit_cost}
+    fields |= {"cost_currency": cost_currency, "expires_at": expires_at}
+    for where, value in fields.items():
+        if value is not None:
+            check_text(value, where)
+    name = upload_name(file.filename)
     info = parse_batch_info(name, supplier, unit_cost, cost_currency, expires_at)
     with tempfile.TemporaryDirectory(prefix="kami-import-") as tmp:
-        path = Path(tmp) / name
+        # The client's file name labels the batch and hints at the format; it never makes a path.
+        path = Path(tmp) / f"upload{upload_suffix(name)}"
         with path.open("wb") as out:
             shutil.copyfileobj(file.file, out, length=1024 * 1024)
         if path.stat().st_size > MAX_UPLOAD:

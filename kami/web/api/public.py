@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kami import catalog, fulfilment, orders, payments, vault
@@ -17,11 +17,14 @@ from kami.web.api.schemas import (
     order_out,
 )
 from kami.web.deps import ShopDep, bearer, client_ip, device_id, rate_limit
+from kami.web.inputs import CheckedRoute
 
-router = APIRouter(prefix="/api/v1", tags=["shop"])
+router = APIRouter(prefix="/api/v1", tags=["shop"], route_class=CheckedRoute)
 
 MAX_NOTIFY_BODY = 256 * 1024
 ORDER_NO = r"^[A-Za-z0-9]{1,32}$"
+# Gateway names are registered in code; anything else is refused before it is looked up or logged.
+GatewayName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="payment channel")]
 
 
 @router.get("/catalog", response_model=list[catalog.PublicCategory])
@@ -127,10 +130,10 @@ async def _notify(gateway: str, request: Request) -> Response:
         400: {"description": "rejected; the body says why"},
     },
 )
-async def notify_post(gateway: str, request: Request) -> Response:
+async def notify_post(gateway: GatewayName, request: Request) -> Response:
     return await _notify(gateway, request)
 
 
 @router.get("/payments/{gateway}/notify", include_in_schema=False)
-async def notify_get(gateway: str, request: Request) -> Response:
+async def notify_get(gateway: GatewayName, request: Request) -> Response:
     return await _notify(gateway, request)

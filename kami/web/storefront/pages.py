@@ -15,8 +15,9 @@ from kami.kernel.errors import NotFound
 from kami.kernel.ids import new_token
 from kami.kernel.money import Money
 from kami.web.deps import DEVICE_COOKIE, ShopDep, client_ip
+from kami.web.inputs import CheckedRoute
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=CheckedRoute)
 templates = Jinja2Templates(directory=str(resources.files("kami.web.storefront") / "templates"))
 templates.env.globals["money"] = lambda minor, currency: Money(minor, currency).format()
 
