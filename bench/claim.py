@@ -29,49 +29,86 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scratch import scratch_database  # noqa: E402
+from scratch import scratch_database
 
-from kami import vault  # noqa: E402
-from kami.kernel.clock import utcnow  # noqa: E402
-from kami.kernel.db import Database, make_engine  # noqa: E402
+from kami import vault
+from kami.kernel.clock import utcnow
+from kami.kernel.db import Database, make_engine
 
 
 def fill_pool(db: Database, n: int) -> int:
     """A category, product and SKU, and `n` available keys, the fastest way each engine allows."""
     now = utcnow()
     with db.write() as s:
-        s.execute(text("INSERT INTO catalog_category (slug, name, position, created_at) "
-                       "VALUES ('bench', 'bench', 0, :t)"), {"t": now})
-        s.execute(text("INSERT INTO catalog_product (slug, category_id, name, description, benefits, "
-                       "redemption, position, active, created_at) "
-                       "VALUES ('bench', 1, 'bench', '', '[]', '', 0, true, :t)"), {"t": now})
-        s.execute(text("INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
-                       "delivery_kind, min_quantity, max_quantity, active, stock_display, "
-                       "low_stock_threshold, position, created_at) VALUES ('BENCH', 1, 'bench', 100, "
-                       "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t)"), {"t": now})
-        s.execute(text("INSERT INTO vault_data_key (master_version, wrapped, created_at) "
-                       "VALUES (1, :w, :t)"), {"w": b"x" * 60, "t": now})
-        s.execute(text("INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
-                       "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
-                       "VALUES ('bench', 1, 1, '', '', :n, 0, 0, 0, :t)"), {"n": n, "t": now})
+        s.execute(
+            text(
+                "INSERT INTO catalog_category (slug, name, position, created_at) "
+                "VALUES ('bench', 'bench', 0, :t)"
+            ),
+            {"t": now},
+        )
+        s.execute(
+            text(
+                "INSERT INTO catalog_product (slug, category_id, name, description, benefits, "
+                "redemption, position, active, created_at) "
+                "VALUES ('bench', 1, 'bench', '', '[]', '', 0, true, :t)"
+            ),
+            {"t": now},
+        )
+        s.execute(
+            text(
+                "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
+                "delivery_kind, min_quantity, max_quantity, active, stock_display, "
+                "low_stock_threshold, position, created_at) VALUES ('BENCH', 1, 'bench', 100, "
+                "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t)"
+            ),
+            {"t": now},
+        )
+        s.execute(
+            text(
+                "INSERT INTO vault_data_key (master_version, wrapped, created_at) "
+                "VALUES (1, :w, :t)"
+            ),
+            {"w": b"x" * 60, "t": now},
+        )
+        s.execute(
+            text(
+                "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
+                "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
+                "VALUES ('bench', 1, 1, '', '', :n, 0, 0, 0, :t)"
+            ),
+            {"n": n, "t": now},
+        )
         if db.dialect == "postgresql":
-            s.execute(text(
-                "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
-                "masked, status, expires_at, created_at) "
-                "SELECT 1, 1, 1, sha256(i::text::bytea), sha256(('c' || i)::bytea), 'BE****CH', "
-                "'available', '9999-12-31 00:00:00+00', :t FROM generate_series(1, :n) AS i"),
-                {"n": n, "t": now})
+            s.execute(
+                text(
+                    "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
+                    "masked, status, expires_at, created_at) "
+                    "SELECT 1, 1, 1, sha256(i::text::bytea), sha256(('c' || i)::bytea), 'BE****CH', "
+                    "'available', '9999-12-31 00:00:00+00', :t FROM generate_series(1, :n) AS i"
+                ),
+                {"n": n, "t": now},
+            )
         else:
-            s.execute(text(
-                "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
-                "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
-                "masked, status, expires_at, created_at) "
-                "SELECT 1, 1, 1, randomblob(32), randomblob(48), 'BE****CH', 'available', "
-                "'9999-12-31 00:00:00.000000', :t FROM seq"), {"n": n, "t": now.replace(tzinfo=None)})
+            s.execute(
+                text(
+                    "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
+                    "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
+                    "masked, status, expires_at, created_at) "
+                    "SELECT 1, 1, 1, randomblob(32), randomblob(48), 'BE****CH', 'available', "
+                    "'9999-12-31 00:00:00.000000', :t FROM seq"
+                ),
+                {"n": n, "t": now.replace(tzinfo=None)},
+            )
         s.execute(text("CREATE TABLE bench_row (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
-        s.execute(text("INSERT INTO bench_row (id, n) VALUES " + ",".join(f"({i}, 0)" for i in range(1, 1001))))
+        s.execute(
+            text(
+                "INSERT INTO bench_row (id, n) VALUES "
+                + ",".join(f"({i}, 0)" for i in range(1, 1001))
+            )
+        )
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE" if db.dialect == "postgresql" else "ANALYZE"))
+        conn.execute(text("ANALYZE"))
         if db.dialect == "postgresql":
             conn.execute(text("VACUUM (ANALYZE) vault_key"))
     return 1
@@ -85,7 +122,10 @@ def baseline(db: Database, threads: int, seconds: float) -> float:
         rnd = random.Random(t)
         while time.monotonic() < stop:
             with db.write() as s:
-                s.execute(text("UPDATE bench_row SET n = n + 1 WHERE id = :i"), {"i": rnd.randint(1, 1000)})
+                s.execute(
+                    text("UPDATE bench_row SET n = n + 1 WHERE id = :i"),
+                    {"i": rnd.randint(1, 1000)},
+                )
             counts[t] += 1
 
     started = time.monotonic()
@@ -129,7 +169,9 @@ def claim(db: Database, sku_id: int, threads: int, claims: int) -> tuple[list[fl
     return stamps, taken
 
 
-def run(url: str, keys: int, threads: int, claims: int, baseline_seconds: float) -> dict[str, object]:
+def run(
+    url: str, keys: int, threads: int, claims: int, baseline_seconds: float
+) -> dict[str, object]:
     db = Database(make_engine(url, pool_size=threads))
     try:
         t0 = time.monotonic()
@@ -148,11 +190,18 @@ def run(url: str, keys: int, threads: int, claims: int, baseline_seconds: float)
         first = rate(stamps[:tenth], start)
         last = rate(stamps[-tenth:], stamps[-tenth - 1] if len(stamps) > tenth else start)
         with db.read() as s:
-            table_doubles = s.execute(text(
-                "SELECT count(*) FROM (SELECT order_id FROM vault_key WHERE status = 'sold' "
-                "GROUP BY order_id HAVING count(*) > 1) AS d")).scalar_one()
-            sold = s.execute(text("SELECT count(*) FROM vault_key WHERE status = 'sold'")).scalar_one()
-        double = (len(taken) - len(set(taken))) + int(table_doubles) + abs(int(sold) - len(set(taken)))
+            table_doubles = s.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT order_id FROM vault_key WHERE status = 'sold' "
+                    "GROUP BY order_id HAVING count(*) > 1) AS d"
+                )
+            ).scalar_one()
+            sold = s.execute(
+                text("SELECT count(*) FROM vault_key WHERE status = 'sold'")
+            ).scalar_one()
+        double = (
+            (len(taken) - len(set(taken))) + int(table_doubles) + abs(int(sold) - len(set(taken)))
+        )
         claims_per_s = len(stamps) / elapsed
         return {
             "bench": "claim",
@@ -177,14 +226,21 @@ def run(url: str, keys: int, threads: int, claims: int, baseline_seconds: float)
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--db", default="sqlite", help="'sqlite', 'postgresql' or a PostgreSQL server URL")
+    p.add_argument(
+        "--db", default="sqlite", help="'sqlite', 'postgresql' or a PostgreSQL server URL"
+    )
     p.add_argument("--keys", type=int, default=1_000_000)
     p.add_argument("--threads", type=int, default=16)
-    p.add_argument("--claims", type=int, default=0, help="stop after this many (default: drain the pool)")
+    p.add_argument(
+        "--claims", type=int, default=0, help="stop after this many (default: drain the pool)"
+    )
     p.add_argument("--baseline-seconds", type=float, default=10.0)
     a = p.parse_args(argv)
     claims = a.claims or a.keys
-    with tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp, scratch_database(a.db, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp,
+        scratch_database(a.db, Path(tmp)) as url,
+    ):
         result = run(url, a.keys, a.threads, claims, a.baseline_seconds)
     print(json.dumps(result))
 

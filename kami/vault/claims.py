@@ -172,19 +172,24 @@ def claim_keys(
 
 
 def sell_reserved(session: Session, order_id: int, quantity: int, now: datetime) -> list[int]:
-    """Turn an order's reservation into a sale; [] (and nothing changed) if it is not whole."""
+    """Turn an order's reservation into a sale; [] if it is not whole and still unexpired.
+
+    A reserved key whose batch expired between checkout and payment is never sold: the whole
+    reservation is released and the caller takes fresh keys (or the order waits for stock).
+    """
     rows = list(
         session.execute(
             update(Key)
-            .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
+            .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED, Key.expires_at > now)
             .values(status=KeyStatus.SOLD, sold_at=now)
             .returning(Key.id)
             .execution_options(synchronize_session=False)
         ).scalars()
     )
     if len(rows) != quantity:
-        if rows:  # cannot happen while reservations are all-or-none; never sell part of one
+        if rows:  # never sell part of a reservation
             _put_back(session, order_id, rows)
+        release_reserved(session, [order_id])
         return []
     return sorted(rows)
 

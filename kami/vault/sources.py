@@ -8,7 +8,6 @@ line must not stop an import, and the report lists every one by number.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,21 +94,35 @@ def read_text(stream: IO[bytes], progress: Progress, separator: str | None) -> I
 
 
 def read_csv(stream: IO[bytes], progress: Progress) -> Iterator[Row]:
-    class Counting(io.RawIOBase):
-        def readable(self) -> bool:
-            return True
+    """CSV rows with the number of the physical line each starts on.
 
-        def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-            data = stream.read(len(buf))
-            progress.done += len(data)
-            buf[: len(data)] = data
-            return len(data)
+    Lines are decoded one at a time, so a byte that is not UTF-8 is reported on its own line. A
+    record may not run past the end of its line: keys never contain line breaks, and a quote
+    that is never closed would otherwise swallow the rest of the file silently.
+    """
+    at = [0]
 
-    text = io.TextIOWrapper(io.BufferedReader(Counting()), encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    def texts() -> Iterator[str]:
+        for n, raw in enumerate(stream, start=1):
+            at[0] = n
+            progress.done += len(raw)
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("the CSV file is not UTF-8", where=f"line {n}") from None
+
+    reader = csv.reader(texts())
+    start = 1
     try:
         for record in reader:
-            n = reader.line_num
+            n, start = start, at[0] + 1
+            if at[0] != n:
+                raise InvalidInput(
+                    "a quoted field runs past the end of its line (a quote is not closed)",
+                    where=f"line {n}",
+                )
             cells = [c.strip() for c in record]
             if not any(cells):
                 continue
@@ -121,12 +134,9 @@ def read_csv(stream: IO[bytes], progress: Progress) -> Iterator[Row]:
             yield make_row(
                 n, cells[0], cells[1] if len(cells) > 1 and cells[1] else None, need_password=False
             )
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            "the CSV file is not UTF-8", where=f"line {reader.line_num + 1}"
-        ) from None
     except csv.Error as exc:
-        raise InvalidInput(f"malformed CSV: {exc}", where=f"line {reader.line_num}") from None
+        detail = "a quote is not closed" if "field larger" in str(exc) else str(exc)
+        raise InvalidInput(f"malformed CSV: {detail}", where=f"line {start}") from None
 
 
 def read_xlsx(path: Path, progress: Progress) -> Iterator[Row]:

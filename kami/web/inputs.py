@@ -23,20 +23,23 @@ NUL = "\x00"
 def check_text(value: str, where: str) -> str:
     """`value` unchanged, or InvalidInput if it holds a NUL character."""
     if NUL in value:
-        raise InvalidInput("must not contain a NUL (U+0000) character", where=where)
+        raise InvalidInput(f"{where}: must not contain a NUL (U+0000) character", where=where)
     return value
 
 
-def _check_json(value: Any, where: str) -> None:
-    if isinstance(value, str):
-        check_text(value, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_text(key, where)
-            _check_json(item, f"{where}.{key}" if where != "body" else key)
-    elif isinstance(value, list):
-        for n, item in enumerate(value):
-            _check_json(item, f"{where}.{n}" if where != "body" else str(n))
+def _check_json(document: Any) -> None:
+    """Every string in a parsed JSON document, keys too; iterative, as documents nest deeply."""
+    todo: list[tuple[Any, str | None]] = [(document, None)]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, str):
+            check_text(value, where or "body")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check_text(key, where or "body")
+                todo.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            todo.extend((item, f"{where}.{n}" if where else str(n)) for n, item in enumerate(value))
 
 
 def _is_json(content_type: str) -> bool:
@@ -56,9 +59,9 @@ async def check_request(request: Request, *, has_body: bool) -> None:
         raw = await request.body()
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
-            return  # not JSON: FastAPI answers that with its own 422
-        _check_json(data, "body")
+        except (ValueError, RecursionError):
+            return  # not JSON (or nested past Python's limit): FastAPI answers that itself
+        _check_json(data)
 
 
 class CheckedRoute(APIRoute):

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from kami import fulfilment, vault
 from kami.kernel.clock import utcnow
-from tests.conftest import add_keys, make_sku
+from tests.conftest import BACKEND, add_keys, make_sku
 
 
 def test_claims_exactly_the_quantity_all_or_none(shop: fulfilment.Shop) -> None:
@@ -38,5 +38,21 @@ def test_racing_claimers_never_share_a_key(shop: fulfilment.Shop) -> None:
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(claim, range(1, 151)))
     taken = [k for r in results for k in r]
-    assert len(taken) == len(set(taken)) == 300
-    assert sum(1 for r in results if r) == 100 and all(len(r) in (0, 3) for r in results)
+    assert len(taken) == len(set(taken))  # no key twice
+    assert all(len(r) in (0, 3) for r in results)  # all or none
+    with shop.db.read() as s:
+        sold = s.execute(text("SELECT count(*) FROM vault_key WHERE status = 'sold'")).scalar_one()
+        per_order = s.execute(
+            text(
+                "SELECT count(*) FROM vault_key WHERE status = 'sold' "
+                "GROUP BY order_id HAVING count(*) <> 3"
+            )
+        ).all()
+    assert sold == len(taken) and per_order == []
+    if BACKEND == "sqlite":
+        assert len(taken) == 300  # writers are serialised: nobody is ever told "short" wrongly
+    else:
+        # SKIP LOCKED: a claimer that finds the last free keys locked by others comes up short and
+        # puts its own back, so a few keys can stay unsold at the very end of a race (the order
+        # then waits in awaiting_stock and the sweep serves it). Most are always taken.
+        assert len(taken) >= 270

@@ -1,0 +1,313 @@
+"""A flash sale over HTTP against the real server: many buyers, few keys, nothing oversold.
+
+    kami bench flashsale --db postgresql --keys 1000 --buyers 20000 --concurrency 256
+    kami bench flashsale --db sqlite --keys 100 --buyers 2000 --concurrency 64
+
+A scratch database gets one SKU with `--keys` real (encrypted) keys and a flash sale on it that
+is open now: quota `--quota` (default: the number of keys), one per buyer, sale price 1. The
+real server is started, and the load generated, as in bench/purchase.py (see bench/loadgen.py,
+`--client`). Then `--buyers` distinct buyers (distinct e-mail, distinct X-Device-Id header)
+each try once to create an order, at most `--concurrency` at a time; each buyer who gets an
+order pays it at once with a signed sandbox notification (which sells and delivers the reserved
+key). All from one client address, as a load generator is, with the per-IP cap and the rate
+limits raised; `--distinct-ips` instead sends each buyer's own X-Forwarded-For address (uvicorn
+trusts it from 127.0.0.1; nothing is sent to those addresses), which shows what the shop's
+per-(SKU, IP) checkout lock costs when every buyer shares one address.
+
+Reported: `delivered` (orders delivered, from the database), `oversold` (keys delivered beyond
+`--keys` plus keys delivered twice, from the database), `sold_out_answers` and `limit_answers`
+(409 problems /problems/sold-out and /problems/limit-reached), `other_errors` (any other
+non-2xx answer or exception, to a creation or a payment; `errors_by_kind` says which),
+`create_p50_ms` / `create_p99_ms` (client wall time of every answered creation, whatever the
+answer), `won_create_*` (those that got an order), `sold_out_after_s` (from the first request
+to the last order that got a key), `duration_s` (the whole buyer phase, payments included).
+`server_cpu_s` / `client_cpu_s`: CPU seconds of the server processes / the load generator
+during the buyer phase. `limit_breaches` counts buyers (by e-mail or device) holding more than
+one order in the database, which with distinct buyers must be 0.
+
+`--nodelay-fix` starts the server through a wrapper that fixes uvicorn's multi-worker listening
+socket (TCP_NODELAY was lost: +~40 ms per keep-alive request, see loadgen.NODELAY_FIX); off by
+default, so the figures are those of `kami serve` as shipped. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (
+    CLIENTS,
+    Lane,
+    LaneError,
+    PgSampler,
+    Server,
+    bounded,
+    build_container,
+    buyer_ip,
+    cpu_self,
+    database_counts,
+    exit_on_signals,
+    make_sku,
+    ms,
+    notification,
+    open_lanes,
+    percentile,
+    problem,
+    run_server,
+)
+from scratch import scratch_database
+
+from kami import catalog
+from kami.kernel.clock import utcnow
+from kami.kernel.db import normalise_url
+
+
+async def load(
+    server: Server,
+    url: str,
+    sku: str,
+    buyers: int,
+    concurrency: int,
+    seconds: float,
+    distinct_ips: bool,
+    client: str,
+) -> dict[str, object]:
+    tag = secrets.token_hex(3)
+    answers: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    create_all: list[float] = []
+    create_won: list[float] = []
+    paid = [0]
+    last_win = [0.0]
+
+    async def buyer(lane: Lane, i: int) -> None:
+        headers = {"content-type": "application/json", "x-device-id": f"dev{tag}{i:08d}"}
+        if distinct_ips:
+            headers["x-forwarded-for"] = buyer_ip(i)
+        order = {
+            "sku": sku,
+            "quantity": 1,
+            "email": f"f{i}.{tag}@bench.example",
+            "gateway": "sandbox",
+        }
+        answers["tried"] += 1
+        start = time.perf_counter()
+        try:
+            r = await lane.request(
+                "POST", "/api/v1/orders", body=json.dumps(order).encode(), headers=headers
+            )
+        except LaneError as exc:
+            errors[f"create {str(exc).split(':', 1)[0]}"] += 1
+            return
+        took = time.perf_counter() - start
+        create_all.append(took)
+        if r.status != 201:
+            kind = problem(r)
+            if r.status == 409 and kind in ("sold-out", "limit-reached"):
+                answers[kind] += 1
+            else:
+                errors[f"create {r.status} {kind}".strip()] += 1
+            return
+        answers["created"] += 1
+        create_won.append(took)
+        last_win[0] = time.perf_counter()
+        try:
+            created = r.json()
+            body, note_headers = notification(
+                created["order_no"], created["amount_minor"], created["currency"]
+            )
+            r = await lane.request(
+                "POST", "/api/v1/payments/sandbox/notify", body=body, headers=note_headers
+            )
+        except (LaneError, ValueError, KeyError) as exc:
+            errors[f"pay {type(exc).__name__}"] += 1
+            return
+        if r.status != 200:
+            errors[f"pay {r.status} {problem(r)}".strip()] += 1
+            return
+        paid[0] += 1
+
+    async with open_lanes(server.base_url, concurrency, client) as lanes:
+        cpu_server, cpu_client = server.cpu_seconds(), cpu_self()
+        begin = time.perf_counter()
+        with PgSampler(url) as pg:
+            duration = await bounded(lanes, buyers, seconds, buyer)
+        cpu_server, cpu_client = server.cpu_seconds() - cpu_server, cpu_self() - cpu_client
+    return {
+        "buyers_tried": answers["tried"],
+        "orders_created": answers["created"],
+        "orders_paid": paid[0],
+        "sold_out_answers": answers["sold-out"],
+        "limit_answers": answers["limit-reached"],
+        "other_errors": sum(errors.values()),
+        "errors_by_kind": dict(errors.most_common(10)),
+        "create_p50_ms": ms(percentile(create_all, 50)),
+        "create_p99_ms": ms(percentile(create_all, 99)),
+        "won_create_p50_ms": ms(percentile(create_won, 50)),
+        "won_create_p99_ms": ms(percentile(create_won, 99)),
+        "sold_out_after_s": round(last_win[0] - begin, 2) if last_win[0] else None,
+        "duration_s": round(duration, 2),
+        "server_cpu_s": round(cpu_server, 1),
+        "client_cpu_s": round(cpu_client, 1),
+        "pg_activity": pg.summary(),
+    }
+
+
+def sale_checks(url: str) -> dict[str, int]:
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+
+            def one(sql: str) -> int:
+                return int(conn.execute(text(sql)).scalar_one())
+
+            return {
+                "quota_taken": one("SELECT coalesce(sum(taken), 0) FROM catalog_flash_sale"),
+                "limit_breaches": one(
+                    "SELECT count(*) FROM (SELECT email FROM orders_order "
+                    "WHERE status IN ('pending', 'paid', 'delivered', 'awaiting_stock') "
+                    "GROUP BY email HAVING sum(quantity) > 1) AS e"
+                )
+                + one(
+                    "SELECT count(*) FROM (SELECT device_id FROM orders_order "
+                    "WHERE device_id IS NOT NULL "
+                    "AND status IN ('pending', 'paid', 'delivered', 'awaiting_stock') "
+                    "GROUP BY device_id HAVING sum(quantity) > 1) AS d"
+                ),
+            }
+    finally:
+        engine.dispose()
+
+
+def run(
+    url: str,
+    work: Path,
+    keys: int,
+    quota: int,
+    buyers: int,
+    concurrency: int,
+    workers: int,
+    seconds: float,
+    distinct_ips: bool,
+    no_worker: bool,
+    client: str,
+    nodelay_fix: bool,
+) -> dict[str, object]:
+    container = build_container(url, work)
+    try:
+        dialect = container.db.dialect
+        sku = make_sku(container.shop, "FLASH", keys)
+        now = utcnow()
+        with container.db.write() as s:
+            catalog.set_flash_sale(
+                s,
+                sku.code,
+                catalog.FlashSaleIn(
+                    starts_at=now - timedelta(minutes=1),
+                    ends_at=now + timedelta(hours=6),
+                    price_minor=1,
+                    per_buyer_limit=1,
+                    quota=quota,
+                    reservation_minutes=15,
+                ),
+            )
+    finally:
+        container.close()
+    with run_server(
+        url, work, workers=workers, no_worker=no_worker, nodelay_fix=nodelay_fix
+    ) as server:
+        figures = asyncio.run(
+            load(server, url, sku.code, buyers, concurrency, seconds, distinct_ips, client)
+        )
+        rss = server.peak_rss_mb()
+        problems = server.log_problems()
+    counts = database_counts(url)
+    checks = sale_checks(url)
+    oversold = max(0, counts["distinct_keys"] - keys) + (
+        counts["delivery_items"] - counts["distinct_keys"]
+    )
+    return {
+        "bench": "flashsale",
+        "db": dialect,
+        "machine": f"{platform.machine()}, nproc {os.cpu_count()}",
+        "workers": workers,
+        "inprocess_worker": not no_worker,
+        "keys": keys,
+        "quota": quota,
+        "buyers": buyers,
+        "concurrency": concurrency,
+        "distinct_ips": distinct_ips,
+        "client": client,
+        "nodelay_fix": nodelay_fix,
+        "delivered": counts["delivered_orders"],
+        "oversold": oversold,
+        **figures,
+        "distinct_keys": counts["distinct_keys"],
+        "delivery_items": counts["delivery_items"],
+        "orders_in_db": counts["orders"],
+        "orders_not_delivered": counts["orders_not_delivered"],
+        **checks,
+        "peak_rss_mb": rss,
+        "server_log_problems": dict(problems.most_common(5)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", default="sqlite", help="'sqlite', 'postgresql' or a PostgreSQL URL")
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--quota", type=int, default=0, help="flash-sale quota (default: --keys)")
+    p.add_argument("--buyers", type=int, default=20_000)
+    p.add_argument("--concurrency", type=int, default=256, help="requests in flight at most")
+    p.add_argument("--workers", type=int, default=2, help="server processes")
+    p.add_argument("--seconds", type=float, default=600.0, help="buyer phase at most this long")
+    p.add_argument("--distinct-ips", action="store_true", help="an X-Forwarded-For per buyer")
+    p.add_argument("--no-worker", action="store_true", help="serve without the in-process worker")
+    p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator lanes")
+    p.add_argument(
+        "--nodelay-fix",
+        action="store_true",
+        help="start the server with uvicorn's listening socket fixed (see loadgen.NODELAY_FIX)",
+    )
+    a = p.parse_args(argv)
+    quota = a.quota or a.keys
+    if quota < a.keys:
+        raise SystemExit("--quota must be at least --keys")
+    with (
+        exit_on_signals(),
+        tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp,
+        scratch_database(a.db, Path(tmp)) as url,
+    ):
+        result = run(
+            url,
+            Path(tmp),
+            a.keys,
+            quota,
+            a.buyers,
+            a.concurrency,
+            a.workers,
+            a.seconds,
+            a.distinct_ips,
+            a.no_worker,
+            a.client,
+            a.nodelay_fix,
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
