@@ -22,7 +22,6 @@ from kami.web.inputs import CheckedRoute
 router = APIRouter(prefix="/api/v1", tags=["shop"], route_class=CheckedRoute)
 
 MAX_NOTIFY_BODY = 256 * 1024
-ORDER_NO = r"^[A-Za-z0-9]{1,32}$"
 # Gateway names are registered in code; anything else is refused before it is looked up or logged.
 GatewayName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="payment channel")]
 
