@@ -51,12 +51,19 @@ class ClaimHints:
             return None
         return hint[0], hint[1]
 
-    def advance(self, sku_id: int, expires_at: datetime, key_id: int) -> None:
+    def advance(self, sku_id: int, expires_at: datetime, key_id: int, *, rescanned: bool) -> None:
+        """Move the hint forward; after a scan from the start of the range, restart its clock.
+
+        A hinted scan keeps the hint's age, so the range is rescanned from its start at least
+        once every HINT_TTL; that rescan sets a fresh hint, which hinted scans then extend.
+        """
+        now = time.monotonic()
         with self._lock:
             old = self._hints.get(sku_id)
-            stamp = old[2] if old else time.monotonic()
-            if old is None or (expires_at, key_id) > (old[0], old[1]):
-                self._hints[sku_id] = (expires_at, key_id, stamp)
+            if rescanned or old is None or now - old[2] > HINT_TTL:
+                self._hints[sku_id] = (expires_at, key_id, now)
+            elif (expires_at, key_id) > (old[0], old[1]):
+                self._hints[sku_id] = (expires_at, key_id, old[2])
 
     def forget(self, sku_id: int | None = None) -> None:
         with self._lock:
@@ -151,16 +158,18 @@ def take_keys(
         return []
     start = hints.get(sku_id) if hints else None
     got = _take(session, sku_id, order_id, quantity, now, target, start)
+    rescanned = start is None
     if len(got) < quantity and start is not None:
         more = _take(session, sku_id, order_id, quantity - len(got), now, target, None)
         got += more
+        rescanned = True
     if len(got) < quantity:
         if got:
             _put_back(session, order_id, [k for k, _ in got])
         return []
     if hints is not None:
         last_expiry, last_id = max((e, k) for k, e in got)
-        hints.advance(sku_id, last_expiry, last_id)
+        hints.advance(sku_id, last_expiry, last_id, rescanned=rescanned)
     return sorted(k for k, _ in got)
 
 

@@ -56,3 +56,24 @@ def test_racing_claimers_never_share_a_key(shop: fulfilment.Shop) -> None:
         # puts its own back, so a few keys can stay unsold at the very end of a race (the order
         # then waits in awaiting_stock and the sweep serves it). Most are always taken.
         assert len(taken) >= 270
+
+
+def test_scan_hint_lapses_and_a_rescan_renews_it(monkeypatch: object) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from kami.vault import claims
+
+    monkeypatch.setattr(claims, "HINT_TTL", 0.05)  # type: ignore[attr-defined]
+    hints = vault.ClaimHints()
+    t = datetime(2030, 1, 1, tzinfo=UTC)
+    hints.advance(1, t, 10, rescanned=True)
+    hints.advance(1, t, 12, rescanned=False)
+    assert hints.get(1) == (t, 12)
+    hints.advance(1, t, 11, rescanned=False)  # never moves backwards
+    assert hints.get(1) == (t, 12)
+    time.sleep(0.06)
+    assert hints.get(1) is None  # lapsed: the next claim scans the whole range
+    # Regression: the rescan must restart the hint's clock, or every later claim rescans.
+    hints.advance(1, t, 20, rescanned=True)
+    assert hints.get(1) == (t, 20)
