@@ -34,8 +34,12 @@ class PlacedOrder:
     created: bool
 
 
+class SoldOut(Conflict):
+    slug = "sold-out"
+
+
 def _sold_out(sku: catalog.SkuView) -> Conflict:
-    return Conflict(f"SKU {sku.code!r} is sold out", where="sku", slug="sold-out")
+    return SoldOut(f"SKU {sku.code!r} is sold out", where="sku")
 
 
 def _check_caps(
@@ -112,14 +116,18 @@ def place_order(
         gateway = shop.gateways.get(data.gateway)
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
-    if idempotency_key is None:
+    if idempotency_key is None and shop.recently_sold_out(data.sku):
         _refuse_early(shop, data)
     with shop.db.write() as s:
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             order, created = replay, False
         else:
-            order = _place(s, shop, data, idempotency_key, buyer_ip, device_id, channel)
+            try:
+                order = _place(s, shop, data, idempotency_key, buyer_ip, device_id, channel)
+            except SoldOut:
+                shop.mark_sold_out(data.sku)
+                raise
             created = True
     # Asked after the commit: a channel's network call must never hold the write lock.
     payment = gateway.create_payment(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from kami.vault import ClaimHints, VaultCipher
 VaultClaimHints = ClaimHints
 
 ORDER_TOKEN_SECRET = "order-access"
+SOLD_OUT_MEMO = 1.0
 
 
 @dataclass
@@ -29,10 +31,25 @@ class Shop:
     open_orders_per_buyer: int = 3
     open_orders_per_ip: int = 20
     claim_hints: VaultClaimHints = field(default_factory=lambda: ClaimHints())
+    _sold_out: dict[str, float] = field(default_factory=dict, repr=False)
 
     def token_secret(self) -> bytes:
+        # Made at start-up (bootstrap) and cached by the cipher; the session is opened only if
+        # it is not cached yet, never once per request.
+        cached = self.cipher.cached_secret(ORDER_TOKEN_SECRET)
+        if cached is not None:
+            return cached
         with self.db.read() as s:
             return self.cipher.named_secret(s, ORDER_TOKEN_SECRET)
+
+    def mark_sold_out(self, sku_code: str) -> None:
+        self._sold_out[sku_code] = time.monotonic()
+
+    def recently_sold_out(self, sku_code: str) -> bool:
+        """Whether this process told a buyer "sold out" for the SKU in the last second: then
+        the next checkout is first answered from a read, without the write lock."""
+        at = self._sold_out.get(sku_code)
+        return at is not None and time.monotonic() - at < SOLD_OUT_MEMO
 
     def order_link(self, order_no: str, token: str) -> str:
         # The token rides in the fragment: browsers never send it to the server, so it stays out

@@ -111,6 +111,9 @@ class VaultCipher:
         return aead
 
     # -- named secrets ----------------------------------------------------------------------
+    def cached_secret(self, name: str) -> bytes | None:
+        return self._named.get(name)
+
     def named_secret(self, session: Session, name: str) -> bytes:
         """A stable random secret kept wrapped in the database, created on first use."""
         cached = self._named.get(name)
