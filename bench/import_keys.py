@@ -267,9 +267,13 @@ def clock_cpu(clock: CpuClock) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", required=True, help="'sqlite' or a PostgreSQL server URL")
+    parser.add_argument(
+        "--db", default="sqlite", help="'sqlite', 'postgresql' or a PostgreSQL server URL"
+    )
     parser.add_argument("--keys", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.db == "postgresql":
+        args.db = "postgresql://postgres@127.0.0.1:5432/postgres"
     if args.keys < 1:
         parser.error("--keys must be positive")
     with tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp:
