@@ -25,9 +25,10 @@ to the last order that got a key), `duration_s` (the whole buyer phase, payments
 during the buyer phase. `limit_breaches` counts buyers (by e-mail or device) holding more than
 one order in the database, which with distinct buyers must be 0.
 
-`--nodelay-fix` starts the server through a wrapper that fixes uvicorn's multi-worker listening
-socket (TCP_NODELAY was lost: +~40 ms per keep-alive request, see loadgen.NODELAY_FIX); off by
-default, so the figures are those of `kami serve` as shipped. The last line is one JSON object.
+`--nodelay-fix` starts the server through a wrapper that sets TCP_NODELAY on uvicorn's
+multi-worker listening socket (loadgen.NODELAY_FIX). `kami serve` now does this itself, so the
+flag changes nothing on current code; it stays for measuring older revisions. The last line is
+one JSON object.
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ used during the purchase phase (on a small machine they share the cores); `hello
 same for the hello phase. On PostgreSQL, `pg_activity` is the mean number of the server's
 connections per state and wait event, sampled from pg_stat_activity during the purchase phase.
 
-`--nodelay-fix` starts the server through a wrapper that fixes uvicorn's multi-worker listening
-socket (TCP_NODELAY was lost: +~40 ms per keep-alive request, see loadgen.NODELAY_FIX); off by
-default, so the figures are those of `kami serve` as shipped. The last line is one JSON object.
+`--nodelay-fix` starts the server through a wrapper that sets TCP_NODELAY on uvicorn's
+multi-worker listening socket (loadgen.NODELAY_FIX). `kami serve` now does this itself, so the
+flag changes nothing on current code; it stays for measuring older revisions. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
