@@ -11,7 +11,6 @@ from kami.catalog.flash import (
 from kami.catalog.queries import (
     find_sku,
     get_sku,
-    get_sku_by_id,
     is_empty,
     list_categories,
     list_products,
@@ -70,7 +69,6 @@ __all__ = [
     "find_flash_sale",
     "find_sku",
     "get_sku",
-    "get_sku_by_id",
     "give_back_quota",
     "is_empty",
     "list_categories",

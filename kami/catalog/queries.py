@@ -86,15 +86,6 @@ def find_sku(session: Session, code: str) -> SkuView | None:
     return _sku_view(row[0], row[1]) if row else None
 
 
-def get_sku_by_id(session: Session, sku_id: int) -> SkuView:
-    row = session.execute(
-        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.id == sku_id)
-    ).first()
-    if row is None:
-        raise NotFound(f"no SKU with id {sku_id}", where="sku")
-    return _sku_view(row[0], row[1])
-
-
 def list_skus(session: Session) -> list[SkuView]:
     rows = session.execute(
         select(Sku, Product)

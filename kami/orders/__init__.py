@@ -8,7 +8,6 @@ from kami.orders.queries import (
     due_for_sync,
     find_order,
     get_order,
-    get_order_by_id,
     list_orders,
     lock_buyer,
     quantity_held,
@@ -24,11 +23,10 @@ from kami.orders.service import (
     mark_synced,
     move,
 )
-from kami.orders.states import PAID_STATES, PAYABLE, TRANSITIONS, OrderStatus, can_move
+from kami.orders.states import PAYABLE, TRANSITIONS, OrderStatus, can_move
 from kami.orders.tokens import access_token, check_access_token
 
 __all__ = [
-    "PAID_STATES",
     "PAYABLE",
     "TRANSITIONS",
     "OrderIn",
@@ -50,7 +48,6 @@ __all__ = [
     "find_idempotent",
     "find_order",
     "get_order",
-    "get_order_by_id",
     "list_orders",
     "lock_buyer",
     "mark_synced",

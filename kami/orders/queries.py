@@ -54,13 +54,6 @@ def get_order(session: Session, order_no: str) -> OrderView:
     return order
 
 
-def get_order_by_id(session: Session, order_id: int) -> OrderView:
-    order = session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"no order with id {order_id}", where="order")
-    return to_view(order)
-
-
 def list_orders(
     session: Session,
     *,

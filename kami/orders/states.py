@@ -31,8 +31,6 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 PAYABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.PAID in targets)
-OPEN = frozenset({S.PENDING})
-PAID_STATES = frozenset({S.PAID, S.AWAITING_STOCK, S.DELIVERED})
 # Orders that count against a buyer's flash-sale limit: everything not given up or given back.
 HOLDING = frozenset({S.PENDING, S.PAID, S.AWAITING_STOCK, S.DELIVERED})
 

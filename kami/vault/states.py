@@ -21,7 +21,3 @@ TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
 }
 
 NO_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
-
-
-def shown_expiry(stored: datetime) -> datetime | None:
-    return None if stored.year == 9999 else stored

@@ -206,3 +206,15 @@ def test_upload_stock_and_order_detail(
     _ok(client.post(f"/api/admin/orders/{o.order_no}/redeliver", headers=admin))
     jobs = _ok(client.get("/api/admin/jobs", headers=admin))
     assert len(jobs) == 2  # type: ignore[arg-type]
+
+
+def test_admin_password_check(shop: fulfilment.Shop) -> None:
+    from kami.kernel.errors import Unauthorized
+
+    with shop.db.write() as s:
+        accounts.create_admin(s, "finance1", "long enough password", accounts.Role.FINANCE)
+    with shop.db.read() as s:
+        assert accounts.check_password(s, "finance1", "long enough password").role == "finance"
+        for user, pw in [("finance1", "wrong password!"), ("nobody", "long enough password")]:
+            with pytest.raises(Unauthorized):
+                accounts.check_password(s, user, pw)

@@ -49,3 +49,12 @@ def test_guarded_move_in_the_database(shop: fulfilment.Shop, current: S, target:
     assert moved == ((current, target) in ALLOWED)
     with shop.db.read() as s:
         assert orders.get_order(s, o.order_no).status == (target if moved else current)
+
+
+def test_count_by_status(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    place(shop, sku.code, email="a@example.com")
+    place(shop, sku.code, email="b@example.com")
+    with shop.db.read() as s:
+        assert orders.count_by_status(s) == {"pending": 2}
