@@ -183,21 +183,26 @@ def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Sh
     assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "flash-sale-ended"
 
 
-def test_64_threads_racing_for_10_keys_get_exactly_10(shop: fulfilment.Shop) -> None:
-    sku = make_sku(shop, "RACE")
-    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
-    start = threading.Barrier(64, timeout=30)
+def _race(shop: fulfilment.Shop, code: str, buyers: int) -> list[str]:
+    """`buyers` threads each try to buy one unit at the same moment; their answers."""
+    start = threading.Barrier(buyers, timeout=30)
 
     def buy(n: int) -> str:
         start.wait()
         try:
-            place(shop, "RACE", 1, email=f"racer{n}@example.com")
+            place(shop, code, 1, email=f"racer{n}@example.com")
             return "ok"
         except KamiError as exc:
             return exc.slug
 
-    with ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(buy, range(64)))
+    with ThreadPoolExecutor(buyers) as pool:
+        return list(pool.map(buy, range(buyers)))
+
+
+def test_64_threads_racing_for_10_keys_get_exactly_10(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, "RACE")
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    results = _race(shop, "RACE", 64)
     assert results.count("ok") == 10
     assert results.count("sold-out") == 54
     assert _keys(shop) == {"reserved": 10}
@@ -209,17 +214,6 @@ def test_flash_quota_under_a_race(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FQ")
     add_keys(shop, sku, [f"K-{n}" for n in range(50)])
     _flash(shop, "FQ", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=7, limit=1)
-    barrier = threading.Barrier(32, timeout=30)
-
-    def buy(n: int) -> str:
-        barrier.wait()
-        try:
-            place(shop, "FQ", 1, email=f"q{n}@example.com")
-            return "ok"
-        except KamiError as exc:
-            return exc.slug
-
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(buy, range(32)))
+    results = _race(shop, "FQ", 32)
     assert results.count("ok") == 7 and results.count("sold-out") == 25
     assert _keys(shop)["reserved"] == 7
