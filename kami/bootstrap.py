@@ -87,6 +87,17 @@ def build(settings: Settings) -> Container:
                 return payments.find_sandbox_trade(s, order_no)
 
         gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url, lookup))
+    stripe = settings.stripe
+    if stripe.secret_key and stripe.webhook_secret:
+        gateways.register(
+            payments.StripeGateway(
+                stripe.secret_key.get_secret_value(),
+                stripe.webhook_secret.get_secret_value(),
+                settings.base_url,
+                api_base=stripe.api_base,
+                query_lookback=timedelta(minutes=settings.order_ttl_minutes) + timedelta(days=1),
+            )
+        )
     shop = fulfilment.Shop(
         db=db,
         cipher=cipher,

@@ -18,6 +18,12 @@ class SmtpConfig(BaseModel):
     security: str = Field(default="starttls", pattern="^(starttls|ssl|none)$")
 
 
+class StripeConfig(BaseModel):
+    secret_key: SecretStr | None = None  # sk_… from Developers → API keys
+    webhook_secret: SecretStr | None = None  # whsec_… of the webhook endpoint
+    api_base: str = "https://api.stripe.com"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAMI_", env_nested_delimiter="__", extra="ignore")
 
@@ -41,6 +47,7 @@ class Settings(BaseSettings):
     rate_limit_reveals: str = "60/minute"
     shop_name: str = "Kami"
     smtp: SmtpConfig = SmtpConfig()
+    stripe: StripeConfig = StripeConfig()
     sync_after_minutes: float = Field(default=2, gt=0, description="ask the channel after")
     sync_every_minutes: float = Field(default=5, gt=0, description="and again this often")
     inprocess_worker: bool = True

@@ -33,7 +33,8 @@ class Order(Base):
     email: Mapped[str] = mapped_column(String(254), index=True)
     gateway: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
-    trade_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Channels' trade numbers: Stripe's checkout session ids run past 64 characters.
+    trade_no: Mapped[str | None] = mapped_column(String(255), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     buyer_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -13,6 +13,7 @@ from kami.payments.gateways.base import (
     TradeStatus,
 )
 from kami.payments.gateways.sandbox import SandboxGateway
+from kami.payments.gateways.stripe import StripeGateway
 from kami.payments.inbox import (
     NotificationView,
     Verdict,
@@ -34,6 +35,7 @@ __all__ = [
     "QueryResult",
     "RawNotification",
     "SandboxGateway",
+    "StripeGateway",
     "TradeStatus",
     "Verdict",
     "find_sandbox_trade",

@@ -23,7 +23,7 @@ class Notification(Base):
     query: Mapped[dict[str, Any]] = mapped_column(JSON)
     body: Mapped[str] = mapped_column(Text)
     order_no: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    trade_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    trade_no: Mapped[str | None] = mapped_column(String(255), nullable=True)
     verdict: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -37,7 +37,7 @@ class Inbox(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gateway: Mapped[str] = mapped_column(String(32))
-    trade_no: Mapped[str] = mapped_column(String(64))
+    trade_no: Mapped[str] = mapped_column(String(255))
     order_id: Mapped[int] = mapped_column(Integer, index=True)
     amount_minor: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
