@@ -98,6 +98,17 @@ def build(settings: Settings) -> Container:
                 query_lookback=timedelta(minutes=settings.order_ttl_minutes) + timedelta(days=1),
             )
         )
+    epay = settings.epay
+    if epay.base_url and epay.pid and epay.key:
+        gateways.register(
+            payments.EpayGateway(
+                epay.base_url,
+                epay.pid,
+                epay.key.get_secret_value(),
+                settings.base_url,
+                pay_type=epay.pay_type,
+            )
+        )
     shop = fulfilment.Shop(
         db=db,
         cipher=cipher,

@@ -24,6 +24,13 @@ class StripeConfig(BaseModel):
     api_base: str = "https://api.stripe.com"
 
 
+class EpayConfig(BaseModel):
+    base_url: str | None = None  # the 易支付 site's address, https://…
+    pid: str | None = None  # 商户ID
+    key: SecretStr | None = None  # 商户密钥
+    pay_type: str | None = None  # alipay, wxpay, qqpay …; unset lets the cashier ask
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAMI_", env_nested_delimiter="__", extra="ignore")
 
@@ -48,6 +55,7 @@ class Settings(BaseSettings):
     shop_name: str = "Kami"
     smtp: SmtpConfig = SmtpConfig()
     stripe: StripeConfig = StripeConfig()
+    epay: EpayConfig = EpayConfig()
     sync_after_minutes: float = Field(default=2, gt=0, description="ask the channel after")
     sync_every_minutes: float = Field(default=5, gt=0, description="and again this often")
     inprocess_worker: bool = True

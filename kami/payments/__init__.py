@@ -12,6 +12,7 @@ from kami.payments.gateways.base import (
     RawNotification,
     TradeStatus,
 )
+from kami.payments.gateways.epay import EpayGateway
 from kami.payments.gateways.sandbox import SandboxGateway
 from kami.payments.gateways.stripe import StripeGateway
 from kami.payments.inbox import (
@@ -25,6 +26,7 @@ from kami.payments.sandbox_books import find_sandbox_trade, record_sandbox_trade
 
 __all__ = [
     "Ack",
+    "EpayGateway",
     "Gateway",
     "GatewayRegistry",
     "NotificationRejected",
