@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from kami import delivery, fulfilment, payments, vault
 from kami.config import Settings
+from kami.gateway_config import configured_gateways
 from kami.kernel.db import Database, make_engine, normalise_url
 from kami.kernel.errors import Unavailable
 from kami.kernel.outbox import Handler
@@ -61,6 +62,7 @@ def build_mailer(settings: Settings) -> delivery.Mailer | None:
 
 
 def build(settings: Settings) -> Container:
+    channels = configured_gateways(settings)  # a misconfigured channel stops us before any I/O
     db = Database(make_engine(settings.database_url))
     cipher = vault.VaultCipher(build_keyring(settings))
     gateways = payments.GatewayRegistry()
@@ -87,28 +89,8 @@ def build(settings: Settings) -> Container:
                 return payments.find_sandbox_trade(s, order_no)
 
         gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url, lookup))
-    stripe = settings.stripe
-    if stripe.secret_key and stripe.webhook_secret:
-        gateways.register(
-            payments.StripeGateway(
-                stripe.secret_key.get_secret_value(),
-                stripe.webhook_secret.get_secret_value(),
-                settings.base_url,
-                api_base=stripe.api_base,
-                query_lookback=timedelta(minutes=settings.order_ttl_minutes) + timedelta(days=1),
-            )
-        )
-    epay = settings.epay
-    if epay.base_url and epay.pid and epay.key:
-        gateways.register(
-            payments.EpayGateway(
-                epay.base_url,
-                epay.pid,
-                epay.key.get_secret_value(),
-                settings.base_url,
-                pay_type=epay.pay_type,
-            )
-        )
+    for gateway in channels:
+        gateways.register(gateway)
     shop = fulfilment.Shop(
         db=db,
         cipher=cipher,

@@ -21,9 +21,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 admin_app = typer.Typer(help="Admin accounts.", no_args_is_help=True)
 orders_app = typer.Typer(help="Orders.", no_args_is_help=True)
+gateways_app = typer.Typer(help="Payment channels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(orders_app, name="orders")
+app.add_typer(gateways_app, name="gateways")
 app.add_typer(keys.app, name="keys")
 app.add_typer(vaultcmd.app, name="vault")
 app.command(
@@ -170,6 +172,32 @@ def orders_show(order_no: str) -> None:
     for e in d.timeline:
         extra = ", ".join(f"{k}={v}" for k, v in e.detail.items() if v is not None)
         console.print(f"  {e.at:%Y-%m-%d %H:%M:%S} {e.event} {extra}")
+
+
+@gateways_app.command("check")
+def gateways_check() -> None:
+    """Check every configured payment channel (key formats, missing fields) without starting."""
+    from kami.gateway_config import check_channels
+
+    s = settings()
+    checks = check_channels(s)
+    failed = False
+    if s.sandbox_enabled:
+        console.print(
+            "sandbox: enabled — a test channel where anyone can pay; never on a live shop"
+        )
+    if not checks and not s.sandbox_enabled:
+        console.print("no payment channel is configured (see docs/payments.md)")
+    for check in checks:
+        status = "[red]FAILED[/]" if check.errors else "[green]ok[/]"
+        console.print(f"{check.name}: {status}")
+        for problem in check.errors:
+            console.print(f"  error: {problem}")
+        for note in check.warnings:
+            console.print(f"  warning: {note}")
+        failed = failed or bool(check.errors)
+    if failed:
+        raise typer.Exit(2)
 
 
 @orders_app.command("sync")
