@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -290,8 +291,9 @@ class FakeStripe(BaseHTTPRequestHandler):
         )
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[str, type[FakeStripe]]]:
+@contextmanager
+def serve_fake() -> Iterator[tuple[str, type[FakeStripe]]]:
+    """A loopback Stripe API with its own request log and sessions: (base URL, handler)."""
     handler = type("Handler", (FakeStripe,), {"requests": [], "sessions": [], "fail_with": None})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -300,6 +302,12 @@ def fake() -> Iterator[tuple[str, type[FakeStripe]]]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, type[FakeStripe]]]:
+    with serve_fake() as served:
+        yield served
 
 
 def request(expires_in: timedelta = timedelta(hours=1)) -> payments.PaymentRequest:

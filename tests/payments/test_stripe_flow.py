@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,7 +17,15 @@ from kami import bootstrap, fulfilment, orders, payments
 from kami.config import Settings, StripeConfig
 from kami.web.app import create_app
 from tests.conftest import add_keys, make_sku
-from tests.payments.test_stripe import API_KEY, SECRET, FakeStripe, event, session, signed
+from tests.payments.test_stripe import (
+    API_KEY,
+    SECRET,
+    FakeStripe,
+    event,
+    serve_fake,
+    session,
+    signed,
+)
 
 # Stripe's own example session id is 66 characters: longer than a 64-character column.
 LONG_ID = "cs_test_" + "a1" * 31
@@ -26,14 +33,8 @@ LONG_ID = "cs_test_" + "a1" * 31
 
 @pytest.fixture
 def stripe_api() -> Iterator[tuple[str, type[FakeStripe]]]:
-    handler = type("Handler", (FakeStripe,), {"requests": [], "sessions": [], "fail_with": None})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_fake() as served:
+        yield served
 
 
 @pytest.fixture
