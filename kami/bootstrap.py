@@ -88,7 +88,23 @@ def build(settings: Settings) -> Container:
             with db.read() as s:
                 return payments.find_sandbox_trade(s, order_no)
 
-        gateways.register(payments.SandboxGateway(sandbox_secret, settings.base_url, lookup))
+        def refund_book(request: payments.RefundRequest) -> payments.RefundResult:
+            with db.write() as s:
+                return payments.book_sandbox_refund(s, request)
+
+        def refund_lookup(request: payments.RefundRequest) -> payments.RefundResult:
+            with db.read() as s:
+                return payments.find_sandbox_refund(s, request)
+
+        gateways.register(
+            payments.SandboxGateway(
+                sandbox_secret,
+                settings.base_url,
+                lookup,
+                refund_book=refund_book,
+                refund_lookup=refund_lookup,
+            )
+        )
     for gateway in channels:
         gateways.register(gateway)
     shop = fulfilment.Shop(

@@ -56,8 +56,12 @@ class Settings(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     stripe: StripeConfig = StripeConfig()
     epay: EpayConfig = EpayConfig()
+    # Merchant accounts, any number per channel (TOML, one table each): see docs/payments.md.
+    payment_accounts_file: Path | None = None
     sync_after_minutes: float = Field(default=2, gt=0, description="ask the channel after")
     sync_every_minutes: float = Field(default=5, gt=0, description="and again this often")
+    # An open refund (channel unreachable, or still processing) is asked about again after this.
+    refund_sync_after_minutes: float = Field(default=1, gt=0)
     inprocess_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"

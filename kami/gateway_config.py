@@ -1,88 +1,248 @@
-"""Payment channels as configured: built here for the composition root, and checked for
-`kami gateways check` with one clear line per problem. Secrets never appear in a message."""
+"""Payment accounts as configured: built here for the composition root, and checked for
+`kami gateways check` with one clear line per problem. Secrets never appear in a message.
+
+Accounts come from two places:
+
+- the accounts file (`KAMI_PAYMENT_ACCOUNTS_FILE`, TOML): one table per merchant account, any
+  number per channel; the table's name is the account's name, which is the gateway name orders
+  and notification URLs use (`/api/v1/payments/<name>/notify`). `channel` says which protocol;
+  `enabled = false` keeps an account configured and checked but out of the shop. Every option
+  may be given as `<option>_file` (a path, relative to the accounts file) or `<option>_env` (an
+  environment variable); a channel's secret options may only be given that way.
+- the environment, for one account per channel without a file: `KAMI_STRIPE__*` (named
+  "stripe") and `KAMI_EPAY__*` (named "epay").
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any
 
 from kami import payments
 from kami.config import Settings
 from kami.kernel.errors import InvalidInput
 
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+RESERVED_NAMES = frozenset({"sandbox"})
+_MAX_SECRET_FILE = 64 * 1024
+
+
+def channel_specs() -> dict[str, payments.ChannelSpec]:
+    return {spec.channel: spec for spec in payments.CHANNEL_SPECS}
+
 
 @dataclass
 class ChannelCheck:
+    """One account: where it came from, what was wrong with it, the gateway when it is sound."""
+
     name: str
+    channel: str = "?"
+    source: str = ""
+    enabled: bool = True
     gateway: payments.Gateway | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-def _stripe(settings: Settings) -> ChannelCheck | None:
-    c = settings.stripe
-    given = {
-        "KAMI_STRIPE__SECRET_KEY": c.secret_key,
-        "KAMI_STRIPE__WEBHOOK_SECRET": c.webhook_secret,
-    }
-    if not any(given.values()):
-        return None
-    check = ChannelCheck("stripe")
-    check.errors += [f"{name} is missing" for name, value in given.items() if not value]
-    if c.secret_key and c.webhook_secret:
-        try:
-            check.gateway = payments.StripeGateway(
-                c.secret_key.get_secret_value(),
-                c.webhook_secret.get_secret_value(),
-                settings.base_url,
-                api_base=c.api_base,
-                query_lookback=timedelta(minutes=settings.order_ttl_minutes) + timedelta(days=1),
+def _resolve(
+    check: ChannelCheck,
+    spec: payments.ChannelSpec,
+    table: Mapping[str, Any],
+    base_dir: Path | None,
+    environ: Mapping[str, str],
+) -> dict[str, str]:
+    """The account's options as plain strings, read from files and variables where so given."""
+    known = set(spec.required) | set(spec.optional)
+    options: dict[str, str] = {}
+    for key, value in table.items():
+        if key in ("channel", "enabled"):
+            continue
+        option, _, how = key.rpartition("_")
+        if how not in ("file", "env") or option not in known:
+            option, how = key, "inline"
+        if option not in known:
+            check.errors.append(
+                f"unknown option {key!r} for channel {spec.channel} "
+                f"(known: {', '.join(sorted(known))})"
             )
-        except ValueError as exc:
-            check.errors.append(str(exc))
-        if c.secret_key.get_secret_value().startswith("sk_test_"):
-            check.warnings.append("a test-mode key (sk_test_…): no real money moves")
+            continue
+        if option in options:
+            check.errors.append(f"{option} is given twice")
+            continue
+        if isinstance(value, bool) and how == "inline":
+            text = "true" if value else "false"
+        elif isinstance(value, str | int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            check.errors.append(f"{key}: must be a string")
+            continue
+        if how == "inline":
+            if option in spec.secrets and base_dir is not None:
+                check.errors.append(
+                    f"{option}: a secret must not be written in the accounts file; "
+                    f'use {option}_file = "path" or {option}_env = "VARIABLE"'
+                )
+                continue
+            options[option] = text
+        elif how == "env":
+            if text not in environ:
+                check.errors.append(f"{key}: environment variable {text} is not set")
+                continue
+            options[option] = environ[text].strip()
+        else:
+            path = Path(text).expanduser()
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            try:
+                if path.stat().st_size > _MAX_SECRET_FILE:
+                    check.errors.append(f"{key}: {path} is larger than 64 KiB")
+                    continue
+                options[option] = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                check.errors.append(f"{key}: {path} does not exist")
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = (
+                    "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "unreadable"
+                )
+                check.errors.append(f"{key}: {path} {reason}")
+                continue
+        if not options[option]:
+            check.errors.append(f"{option} is empty")
+            del options[option]
+    check.errors += [f"{name} is missing" for name in spec.required if name not in options]
+    return options
+
+
+def _account(
+    name: str,
+    table: Mapping[str, Any],
+    source: str,
+    base_dir: Path | None,
+    public_url: str,
+    environ: Mapping[str, str],
+) -> ChannelCheck:
+    check = ChannelCheck(name, source=source)
+    specs = channel_specs()
+    channel = table.get("channel")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.errors.append("enabled: must be true or false")
+    else:
+        check.enabled = enabled
+    if not ACCOUNT_NAME.match(name) or name in RESERVED_NAMES:
+        check.errors.append(
+            f"account name {name[:40]!r}: 1–32 of a-z, 0-9, - and _, starting with a letter or "
+            "digit, and not 'sandbox'"
+        )
+    if not isinstance(channel, str) or channel not in specs:
+        check.errors.append(
+            f"channel: {str(channel)[:40]!r} is not one of {', '.join(sorted(specs))}"
+        )
+        return check
+    check.channel = channel
+    spec = specs[channel]
+    options = _resolve(check, spec, table, base_dir, environ)
+    if check.errors:
+        return check
+    try:
+        check.gateway = spec.build(name, options, public_url)
+    except ValueError as exc:
+        check.errors.append(str(exc))
+    if spec.warnings is not None:
+        check.warnings += spec.warnings(options)
     return check
 
 
-def _epay(settings: Settings) -> ChannelCheck | None:
-    c = settings.epay
-    given = {"KAMI_EPAY__BASE_URL": c.base_url, "KAMI_EPAY__PID": c.pid, "KAMI_EPAY__KEY": c.key}
-    if not any(given.values()):
-        return None
-    check = ChannelCheck("epay")
-    check.errors += [f"{name} is missing" for name, value in given.items() if not value]
-    if c.base_url and c.pid and c.key:
-        try:
-            check.gateway = payments.EpayGateway(
-                c.base_url,
-                c.pid,
-                c.key.get_secret_value(),
-                settings.base_url,
-                pay_type=c.pay_type,
+def _from_environment(settings: Settings, environ: Mapping[str, str]) -> list[ChannelCheck]:
+    found: list[ChannelCheck] = []
+    stripe = settings.stripe
+    if stripe.secret_key or stripe.webhook_secret:
+        table: dict[str, str] = {"channel": "stripe", "api_base": stripe.api_base}
+        if stripe.secret_key:
+            table["secret_key"] = stripe.secret_key.get_secret_value()
+        if stripe.webhook_secret:
+            table["webhook_secret"] = stripe.webhook_secret.get_secret_value()
+        found.append(_account("stripe", table, "KAMI_STRIPE__*", None, settings.base_url, environ))
+    epay = settings.epay
+    if epay.base_url or epay.pid or epay.key:
+        table = {"channel": "epay"}
+        for option, value in (("base_url", epay.base_url), ("pid", epay.pid)):
+            if value:
+                table[option] = value
+        if epay.key:
+            table["key"] = epay.key.get_secret_value()
+        if epay.pay_type:
+            table["pay_type"] = epay.pay_type
+        found.append(_account("epay", table, "KAMI_EPAY__*", None, settings.base_url, environ))
+    for check in found:  # name the variables the way the seller wrote them
+        prefix = f"KAMI_{check.name.upper()}__"
+        check.errors = [_env_name(e, prefix) for e in check.errors]
+    return found
+
+
+def _env_name(message: str, prefix: str) -> str:
+    option, sep, rest = message.partition(" ")
+    if re.fullmatch(r"[a-z_]+:?", option):
+        return (
+            f"{prefix}{option.rstrip(':').upper()}{':' if option.endswith(':') else ''}{sep}{rest}"
+        )
+    return message
+
+
+def _from_file(path: Path, public_url: str, environ: Mapping[str, str]) -> list[ChannelCheck]:
+    where = f"accounts file {path}"
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [ChannelCheck(str(path), source=where, errors=["the file does not exist"])]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        # tomllib names the line and column; the text itself is never echoed.
+        return [ChannelCheck(str(path), source=where, errors=[f"not valid TOML: {exc}"])]
+    checks = []
+    for name, table in document.items():
+        if not isinstance(table, dict):
+            checks.append(
+                ChannelCheck(name, source=where, errors=[f"[{name}] must be a table of options"])
             )
-        except ValueError as exc:
-            check.errors.append(str(exc))
-        if urlsplit(c.base_url).scheme != "https":
-            check.warnings.append("KAMI_EPAY__BASE_URL is not https: the query sends the key in it")
-    return check
+            continue
+        checks.append(_account(name, table, f"{where} [{name}]", path.parent, public_url, environ))
+    return checks
 
 
-def check_channels(settings: Settings) -> list[ChannelCheck]:
-    """Every configured channel but the sandbox (which needs the database for its books)."""
-    return [c for c in (_stripe(settings), _epay(settings)) if c is not None]
+def check_channels(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> list[ChannelCheck]:
+    """Every configured account but the sandbox (which needs the database for its books)."""
+    env = os.environ if environ is None else environ
+    checks = _from_environment(settings, env)
+    if settings.payment_accounts_file is not None:
+        checks += _from_file(settings.payment_accounts_file, settings.base_url, env)
+    seen: dict[str, str] = {}
+    for check in checks:
+        if check.name in seen:
+            check.errors.append(f"account name {check.name!r} is also used by {seen[check.name]}")
+        seen.setdefault(check.name, check.source)
+    return checks
 
 
 def configured_gateways(settings: Settings) -> list[payments.Gateway]:
-    """The channels to register; a misconfigured one stops start-up with its first problem."""
+    """The enabled accounts; a misconfigured one stops start-up with its first problem."""
     gateways = []
     for check in check_channels(settings):
         if check.errors or check.gateway is None:
+            problem = check.errors[0] if check.errors else "not built"
             raise InvalidInput(
-                f"payment channel {check.name}: {check.errors[0]}; run `kami gateways check`",
+                f"payment account {check.name} ({check.source}): {problem}; "
+                "run `kami gateways check`",
                 where=check.name,
                 slug="gateway-config",
             )
-        gateways.append(check.gateway)
+        if check.enabled:
+            gateways.append(check.gateway)
     return gateways

@@ -58,6 +58,8 @@ class Sku(Base):
     stock_display: Mapped[str] = mapped_column(String(16))
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=10)
     position: Mapped[int] = mapped_column(Integer, default=0)
+    # Payment accounts this SKU may be paid through; NULL: every enabled account.
+    gateways: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -6,8 +6,10 @@ from kami.delivery.service import (
     RevealView,
     item_key_ids,
     list_reveals,
+    live_items,
     record_items,
     record_reveal,
+    revoke_items,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "SmtpSettings",
     "item_key_ids",
     "list_reveals",
+    "live_items",
     "record_items",
     "record_reveal",
+    "revoke_items",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
@@ -30,10 +30,43 @@ def record_items(session: Session, order_id: int, key_ids: Sequence[int], now: d
 
 
 def item_key_ids(session: Session, order_id: int) -> list[int]:
+    """The keys the order holds now (revoked items left out), in delivery order."""
     rows = session.execute(
-        select(Item.key_id).where(Item.order_id == order_id).order_by(Item.position)
+        select(Item.key_id)
+        .where(Item.order_id == order_id, Item.revoked_at.is_(None))
+        .order_by(Item.position)
     )
     return list(rows.scalars())
+
+
+def live_items(session: Session, order_id: int) -> list[tuple[int, int]]:
+    """(position, key_id) of the order's items that are not revoked."""
+    rows = session.execute(
+        select(Item.position, Item.key_id)
+        .where(Item.order_id == order_id, Item.revoked_at.is_(None))
+        .order_by(Item.position)
+    )
+    return [(p, k) for p, k in rows.tuples()]
+
+
+def revoke_items(
+    session: Session, order_id: int, positions: Sequence[int], reason: str, now: datetime
+) -> list[int]:
+    """Take these items back from the order (after a refund); returns their key ids."""
+    if not positions:
+        return []
+    rows = session.execute(
+        update(Item)
+        .where(
+            Item.order_id == order_id,
+            Item.position.in_(list(positions)),
+            Item.revoked_at.is_(None),
+        )
+        .values(revoked_at=now, revoked_reason=reason[:200])
+        .returning(Item.key_id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())
 
 
 def record_reveal(

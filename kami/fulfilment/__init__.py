@@ -11,6 +11,15 @@ from kami.fulfilment.delivering import (
 )
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
+from kami.fulfilment.refunds import (
+    KEY_ACTIONS,
+    RefundOutcome,
+    dispose_keys,
+    list_order_refunds,
+    request_refund,
+    sync_refund,
+    sync_refunds_due,
+)
 from kami.fulfilment.shop import ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
 from kami.fulfilment.views import (
@@ -25,12 +34,14 @@ from kami.fulfilment.views import (
 )
 
 __all__ = [
+    "KEY_ACTIONS",
     "MAIL_JOB",
     "ORDER_TOKEN_SECRET",
     "AdminOrderDetail",
     "BuyerItem",
     "Outcome",
     "PlacedOrder",
+    "RefundOutcome",
     "RevealedItem",
     "Shop",
     "SyncResult",
@@ -42,14 +53,19 @@ __all__ = [
     "buyer_view",
     "cancel_order",
     "deliver_paid",
+    "dispose_keys",
     "expire_orders",
     "handle_notification",
     "import_and_serve",
+    "list_order_refunds",
     "place_order",
     "redeliver",
+    "request_refund",
     "reveal",
     "send_order_mail",
     "serve_awaiting_stock",
     "sync_due",
     "sync_order",
+    "sync_refund",
+    "sync_refunds_due",
 ]

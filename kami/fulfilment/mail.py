@@ -18,16 +18,23 @@ log = logging.getLogger("kami.mail")
 _SUBJECTS = {
     "delivered": "订单已发货 / Your order is delivered",
     "awaiting_stock": "订单已付款，等待补货 / Paid, waiting for stock",
+    "refunded": "订单已退款 / Refund made",
 }
 
 
-def build_email(shop: Shop, order: orders.OrderView, event: str) -> delivery.Email:
+def build_email(
+    shop: Shop, order: orders.OrderView, event: str, refund_minor: int | None = None
+) -> delivery.Email:
     token = orders.access_token(shop.token_secret(), order.order_no)
     link = shop.order_link(order.order_no, token)
     amount = Money(order.amount_minor, order.currency).format()
     if event == "delivered":
         zh = "您的商品已发货，请打开下面的链接查看卡密。"
         en = "Your goods are ready. Open the link below to see your keys."
+    elif event == "refunded":
+        back = Money(refund_minor or 0, order.currency).format()
+        zh = f"已为您退款 {back}，款项将原路退回您的支付账户。"
+        en = f"We refunded {back} to the account you paid with."
     else:
         zh = "我们已收到您的付款。库存补充后将自动发货，届时会再次通知您。"
         en = "We received your payment; the order is delivered automatically when stock arrives."
@@ -48,4 +55,6 @@ def send_order_mail(shop: Shop, payload: dict[str, Any]) -> None:
         return
     with shop.db.read() as s:
         order = orders.get_order(s, str(payload["order_no"]))
-    shop.mailer.send(build_email(shop, order, str(payload.get("event", "delivered"))))
+    event = str(payload.get("event", "delivered"))
+    refund = payload.get("amount_minor")
+    shop.mailer.send(build_email(shop, order, event, refund if isinstance(refund, int) else None))

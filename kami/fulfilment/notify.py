@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from kami import orders, payments, vault
 from kami.fulfilment.delivering import deliver_paid
+from kami.fulfilment.refunds import apply_refund_notice
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import NotFound
@@ -107,7 +108,27 @@ def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
         notice = gateway.verify_notification(raw)
     except payments.NotificationRejected as rejection:
         return _rejected(shop, gateway, raw, rejection, None, received_at)
+    if isinstance(notice, payments.RefundNotice):
+        return _apply_refund(shop, gateway, raw, notice, received_at)
     return apply_notice(shop, gateway, raw, notice, received_at)
+
+
+def _apply_refund(
+    shop: Shop,
+    gateway: payments.Gateway,
+    raw: payments.RawNotification,
+    notice: payments.RefundNotice,
+    received_at: datetime,
+) -> Outcome:
+    try:
+        with shop.db.write() as s:
+            result = apply_refund_notice(s, shop, notice)
+            payments.record_notification(
+                s, raw, result.verdict, notice=notice, received_at=received_at
+            )
+    except payments.NotificationRejected as rejection:
+        return _rejected(shop, gateway, raw, rejection, notice, received_at)
+    return Outcome(gateway.acknowledge(None), result.verdict, None, result.order_no)
 
 
 def apply_notice(
@@ -141,7 +162,7 @@ def _rejected(
     gateway: payments.Gateway,
     raw: payments.RawNotification,
     rejection: payments.NotificationRejected,
-    notice: payments.PaymentNotice | None,
+    notice: payments.PaymentNotice | payments.RefundNotice | None,
     received_at: datetime,
 ) -> Outcome:
     log.warning(

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from kami import delivery, orders, payments, vault
 from kami.fulfilment.shop import Shop
 from kami.kernel import outbox
@@ -41,6 +43,11 @@ class AdminOrderDetail:
     reveals: list[delivery.RevealView]
     jobs: list[outbox.JobView]
     timeline: list[TimelineEntry]
+    refunds: list[payments.RefundView] = field(default_factory=list)
+
+
+# A partly refunded order still holds the keys the seller did not withdraw.
+REVEALABLE = frozenset({orders.OrderStatus.DELIVERED, orders.OrderStatus.PARTIALLY_REFUNDED})
 
 
 def authorise(shop: Shop, order_no: str, token: str | None) -> None:
@@ -59,8 +66,14 @@ def buyer_view(
     authorise(shop, order_no, token)
     with shop.db.read() as s:
         order = orders.get_order(s, order_no)
-        masked = vault.masked_keys(s, delivery.item_key_ids(s, order.id))
-    return order, [BuyerItem(n, m.masked) for n, m in enumerate(masked, start=1)]
+        return order, _items(s, order.id)
+
+
+def _items(s: Session, order_id: int) -> list[BuyerItem]:
+    """The items the order holds now, numbered as delivered (a withdrawn one leaves a gap)."""
+    live = delivery.live_items(s, order_id)
+    masked = vault.masked_keys(s, [k for _, k in live])
+    return [BuyerItem(p, m.masked) for (p, _), m in zip(live, masked, strict=True)]
 
 
 def reveal(
@@ -69,27 +82,29 @@ def reveal(
     authorise(shop, order_no, token)
     with shop.db.write() as s:
         order = orders.get_order(s, order_no)
-        if order.status != orders.OrderStatus.DELIVERED:
+        if order.status not in REVEALABLE:
             raise Conflict(
                 f"order {order_no} is {order.status}; keys can be revealed once it is delivered",
                 where="order_no",
                 slug="not-delivered",
             )
-        key_ids = delivery.item_key_ids(s, order.id)
+        live = delivery.live_items(s, order.id)
         # Recorded in the same transaction as the decryption it authorises.
         delivery.record_reveal(s, order.id, utcnow(), ip, user_agent)
-        secrets = vault.reveal_keys(s, shop.cipher, key_ids)
-    return order, [RevealedItem(n, x.card, x.password) for n, x in enumerate(secrets, start=1)]
+        secrets = vault.reveal_keys(s, shop.cipher, [k for _, k in live])
+    return order, [
+        RevealedItem(p, x.card, x.password) for (p, _), x in zip(live, secrets, strict=True)
+    ]
 
 
 def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
     with shop.db.read() as s:
         order = orders.get_order(s, order_no)
-        masked = vault.masked_keys(s, delivery.item_key_ids(s, order.id))
+        items = _items(s, order.id)
         notes = payments.list_notifications(s, order_no=order_no)
+        refunds = payments.list_refunds(s, order.id)
         reveals = delivery.list_reveals(s, order.id)
         jobs = outbox.list_jobs(s, ref=order_no)
-    items = [BuyerItem(n, m.masked) for n, m in enumerate(masked, start=1)]
     timeline = [TimelineEntry(order.created_at, "created", {"amount_minor": order.amount_minor})]
     timeline += [
         TimelineEntry(
@@ -112,7 +127,15 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
         )
         for j in jobs
     ]
+    for r in refunds:
+        info = {"refund_no": r.refund_no, "amount_minor": r.amount_minor, "origin": r.origin}
+        timeline.append(
+            TimelineEntry(r.created_at, "refund_requested", info | {"reason": r.reason})
+        )
+        if r.settled_at is not None:
+            extra = {"keys": r.keys, "detail": r.detail}
+            timeline.append(TimelineEntry(r.settled_at, f"refund_{r.status.value}", info | extra))
     if order.status == orders.OrderStatus.EXPIRED:
         timeline.append(TimelineEntry(order.expires_at, "expired"))
     timeline.sort(key=lambda e: e.at)
-    return AdminOrderDetail(order, items, notes, reveals, jobs, timeline)
+    return AdminOrderDetail(order, items, notes, reveals, jobs, timeline, refunds)

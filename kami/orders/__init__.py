@@ -6,6 +6,7 @@ from kami.orders.queries import (
     count_by_status,
     count_open,
     due_for_sync,
+    find_by_trade,
     find_order,
     get_order,
     list_orders,
@@ -23,11 +24,20 @@ from kami.orders.service import (
     mark_synced,
     move,
 )
-from kami.orders.states import PAYABLE, TRANSITIONS, OrderStatus, can_move
+from kami.orders.states import (
+    PARTLY_REFUNDABLE,
+    PAYABLE,
+    REFUNDABLE,
+    TRANSITIONS,
+    OrderStatus,
+    can_move,
+)
 from kami.orders.tokens import access_token, check_access_token
 
 __all__ = [
+    "PARTLY_REFUNDABLE",
     "PAYABLE",
+    "REFUNDABLE",
     "TRANSITIONS",
     "OrderIn",
     "OrderStatus",
@@ -45,6 +55,7 @@ __all__ = [
     "create_order",
     "due_for_sync",
     "expire_due",
+    "find_by_trade",
     "find_idempotent",
     "find_order",
     "get_order",

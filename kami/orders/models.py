@@ -32,7 +32,7 @@ class Order(Base):
     currency: Mapped[str] = mapped_column(String(3))
     email: Mapped[str] = mapped_column(String(254), index=True)
     gateway: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
     # Channels' trade numbers: Stripe's checkout session ids run past 64 characters.
     trade_no: Mapped[str | None] = mapped_column(String(255), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)

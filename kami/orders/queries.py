@@ -47,6 +47,15 @@ def find_order(session: Session, order_no: str, *, for_update: bool = False) -> 
     return to_view(order) if order else None
 
 
+def find_by_trade(session: Session, gateway: str, trade_no: str) -> OrderView | None:
+    """The order a channel's trade number paid (for refunds made in the channel's console)."""
+    stmt = select(Order).where(Order.gateway == gateway, Order.trade_no == trade_no)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    order = session.execute(stmt.limit(1)).scalar_one_or_none()
+    return to_view(order) if order else None
+
+
 def get_order(session: Session, order_no: str) -> OrderView:
     order = find_order(session, order_no)
     if order is None:

@@ -13,6 +13,7 @@ class OrderStatus(StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
     FAILED = "failed"
 
 
@@ -25,14 +26,21 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.CANCELLED: frozenset({S.PAID}),
     S.PAID: frozenset({S.DELIVERED, S.AWAITING_STOCK, S.REFUNDED, S.FAILED}),
     S.AWAITING_STOCK: frozenset({S.DELIVERED, S.REFUNDED, S.FAILED}),
-    S.DELIVERED: frozenset({S.REFUNDED}),
+    # Part of the money back: only once the order has been served (or given up on), so an
+    # order still waiting for stock is never left half-refunded and forgotten by the sweep.
+    S.DELIVERED: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    S.PARTIALLY_REFUNDED: frozenset({S.REFUNDED}),
     S.REFUNDED: frozenset(),
-    S.FAILED: frozenset({S.REFUNDED}),
+    S.FAILED: frozenset({S.REFUNDED, S.PARTIALLY_REFUNDED}),
 }
+
+# Orders whose money may be (partly) given back, and those that may take a partial refund.
+REFUNDABLE = frozenset({S.PAID, S.AWAITING_STOCK, S.DELIVERED, S.PARTIALLY_REFUNDED, S.FAILED})
+PARTLY_REFUNDABLE = frozenset({S.DELIVERED, S.PARTIALLY_REFUNDED, S.FAILED})
 
 PAYABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.PAID in targets)
 # Orders that count against a buyer's flash-sale limit: everything not given up or given back.
-HOLDING = frozenset({S.PENDING, S.PAID, S.AWAITING_STOCK, S.DELIVERED})
+HOLDING = frozenset({S.PENDING, S.PAID, S.AWAITING_STOCK, S.DELIVERED, S.PARTIALLY_REFUNDED})
 
 
 def can_move(current: OrderStatus, target: OrderStatus) -> bool:

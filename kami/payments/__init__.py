@@ -2,6 +2,7 @@
 
 from kami.payments.gateways.base import (
     Ack,
+    ChannelSpec,
     Gateway,
     GatewayRegistry,
     NotificationRejected,
@@ -10,10 +11,16 @@ from kami.payments.gateways.base import (
     PaymentRequest,
     QueryResult,
     RawNotification,
+    RefundNotice,
+    RefundRequest,
+    RefundResult,
+    RefundStatus,
+    RefundUnsupported,
     TradeStatus,
 )
 from kami.payments.gateways.epay import EpayGateway
 from kami.payments.gateways.sandbox import SandboxGateway
+from kami.payments.gateways.specs import CHANNEL_SPECS
 from kami.payments.gateways.stripe import StripeGateway
 from kami.payments.inbox import (
     NotificationView,
@@ -22,10 +29,33 @@ from kami.payments.inbox import (
     record_inbox,
     record_notification,
 )
-from kami.payments.sandbox_books import find_sandbox_trade, record_sandbox_trade
+from kami.payments.refunds import (
+    COMMITTED_STATES,
+    OPEN_STATES,
+    RefundState,
+    RefundView,
+    create_refund,
+    due_refunds,
+    find_by_channel_id,
+    find_by_request,
+    find_refund,
+    list_refunds,
+    refunded_total,
+    settle_refund,
+)
+from kami.payments.sandbox_books import (
+    book_sandbox_refund,
+    find_sandbox_refund,
+    find_sandbox_trade,
+    record_sandbox_trade,
+)
 
 __all__ = [
+    "CHANNEL_SPECS",
+    "COMMITTED_STATES",
+    "OPEN_STATES",
     "Ack",
+    "ChannelSpec",
     "EpayGateway",
     "Gateway",
     "GatewayRegistry",
@@ -36,13 +66,30 @@ __all__ = [
     "PaymentRequest",
     "QueryResult",
     "RawNotification",
+    "RefundNotice",
+    "RefundRequest",
+    "RefundResult",
+    "RefundState",
+    "RefundStatus",
+    "RefundUnsupported",
+    "RefundView",
     "SandboxGateway",
     "StripeGateway",
     "TradeStatus",
     "Verdict",
+    "book_sandbox_refund",
+    "create_refund",
+    "due_refunds",
+    "find_by_channel_id",
+    "find_by_request",
+    "find_refund",
+    "find_sandbox_refund",
     "find_sandbox_trade",
     "list_notifications",
+    "list_refunds",
     "record_inbox",
     "record_notification",
     "record_sandbox_trade",
+    "refunded_total",
+    "settle_refund",
 ]

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
-from kami.payments.gateways.base import PaymentNotice, RawNotification
+from kami.payments.gateways.base import PaymentNotice, RawNotification, RefundNotice
 from kami.payments.models import Inbox, Notification
 
 MAX_BODY = 64 * 1024
@@ -46,7 +46,7 @@ def record_notification(
     raw: RawNotification,
     verdict: Verdict,
     *,
-    notice: PaymentNotice | None = None,
+    notice: PaymentNotice | RefundNotice | None = None,
     order_no: str | None = None,
     reason: str | None = None,
     detail: str | None = None,

@@ -55,3 +55,50 @@ class SandboxTrade(Base):
     amount_minor: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
     paid_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Refund(Base):
+    """One refund of (part of) an order, asked by Kami or learnt from the channel.
+
+    `refund_no` is sent to the channel as its idempotency key; (order_id, request_key) makes a
+    retried request of the seller's find the first one instead of refunding twice.
+    """
+
+    __tablename__ = "payments_refund"
+    __table_args__ = (UniqueConstraint("order_id", "request_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    refund_no: Mapped[str] = mapped_column(String(40), unique=True)
+    order_id: Mapped[int] = mapped_column(Integer, index=True)
+    order_no: Mapped[str] = mapped_column(String(32))
+    gateway: Mapped[str] = mapped_column(String(32))
+    request_key: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    amount_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    origin: Mapped[str] = mapped_column(String(16), default="kami")  # kami | channel
+    # What becomes of the order's keys once the money is back: keep | void | restock.
+    keys: Mapped[str] = mapped_column(String(16), default="keep")
+    positions: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    channel_refund_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class SandboxRefund(Base):
+    """The sandbox channel's refund book: one row per refund number, like a channel's ledger."""
+
+    __tablename__ = "payments_sandbox_refund"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    refund_no: Mapped[str] = mapped_column(String(40), unique=True)
+    order_no: Mapped[str] = mapped_column(String(64), index=True)
+    amount_minor: Mapped[int] = mapped_column(Integer)
+    refunded_at: Mapped[datetime] = mapped_column(UtcDateTime)

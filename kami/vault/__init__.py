@@ -8,6 +8,7 @@ from kami.vault.claims import (
     release_reserved,
     sell_reserved,
     take_keys,
+    withdraw_sold,
 )
 from kami.vault.errors import KeyringError
 from kami.vault.imports import FINGERPRINT_SECRET, BatchInfo, ImportReport, import_keys
@@ -60,4 +61,5 @@ __all__ = [
     "sell_reserved",
     "stock_by_batch",
     "take_keys",
+    "withdraw_sold",
 ]

@@ -224,3 +224,25 @@ def has_stock(session: Session, sku_id: int, quantity: int, now: datetime) -> bo
         .limit(quantity)
     ).all()
     return len(rows) >= quantity
+
+
+def withdraw_sold(
+    session: Session, order_id: int, key_ids: Sequence[int], *, restock: bool
+) -> list[int]:
+    """After a refund, at the seller's choice: put the order's sold keys back on sale
+    (`restock`) or void them for good. Only keys sold to this order move; returns their ids."""
+    if not key_ids:
+        return []
+    values: dict[str, object] = (
+        {"status": KeyStatus.AVAILABLE, "order_id": None, "sold_at": None}
+        if restock
+        else {"status": KeyStatus.VOID}
+    )
+    rows = session.execute(
+        update(Key)
+        .where(Key.id.in_(list(key_ids)), Key.order_id == order_id, Key.status == KeyStatus.SOLD)
+        .values(**values)
+        .returning(Key.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())

@@ -32,6 +32,9 @@ def run_once(container: Container, *, sweep: bool = True) -> int:
             after=timedelta(minutes=s.sync_after_minutes),
             every=timedelta(minutes=s.sync_every_minutes),
         )
+        fulfilment.sync_refunds_due(
+            container.shop, after=timedelta(minutes=s.refund_sync_after_minutes)
+        )
     return ran
 
 

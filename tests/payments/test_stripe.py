@@ -334,6 +334,7 @@ def test_create_payment_posts_a_checkout_session(fake: tuple[str, type[FakeStrip
         "mode": "payment",
         "client_reference_id": ORDER,
         "metadata[kami_order_no]": ORDER,
+        "payment_intent_data[metadata][kami_order_no]": ORDER,
         "line_items[0][quantity]": "1",
         "line_items[0][price_data][currency]": "usd",
         "line_items[0][price_data][unit_amount]": "1990",

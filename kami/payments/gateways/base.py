@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -78,6 +78,69 @@ class QueryResult:
     raw: str
 
 
+class RefundStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    PROCESSING = "processing"  # accepted by the channel, money not yet back
+    FAILED = "failed"  # definitively refused; a new refund (new refund_no) may be tried
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """One refund of (part of) a paid order.
+
+    `refund_no` is Kami's own number for this refund and the channel's idempotency key
+    (Alipay `out_request_no`, WeChat `out_refund_no`, Stripe's `Idempotency-Key`, epay's refund
+    number): sending the same request again must never refund twice.
+    """
+
+    order_no: str
+    trade_no: str  # the channel's trade number recorded when the order was paid
+    refund_no: str
+    amount_minor: int  # this refund
+    order_amount_minor: int  # what the buyer paid in total (WeChat wants both)
+    currency: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """The channel's answer to a refund or a refund query."""
+
+    refund_no: str
+    status: RefundStatus
+    amount_minor: int
+    channel_refund_id: str | None
+    raw: str  # the channel's response as text, kept on the refund's record
+    detail: str | None = None  # the channel's own words when it refused
+
+
+@dataclass(frozen=True, slots=True)
+class RefundNotice:
+    """A verified notification about a refund (WeChat REFUND.*, Stripe charge.refunded, an
+    Alipay notify carrying refund_fee …). At least one of refund_no / trade_no identifies it."""
+
+    gateway: str
+    order_no: str | None
+    trade_no: str | None
+    refund_no: str | None  # Kami's refund number, when the channel echoes it
+    channel_refund_id: str | None
+    amount_minor: int  # this refund
+    currency: str
+    status: RefundStatus
+    merchant_id: str | None = None
+
+
+Notice = PaymentNotice | RefundNotice
+
+
+class RefundUnsupported(KamiError):
+    """The channel (or this account of it) has no refund API: refund in its console instead."""
+
+    status = 409
+    slug = "refund-unsupported"
+    title = "Refund not supported by the channel"
+
+
 class NotificationRejected(KamiError):
     """A notification that must change nothing; `slug` names the specific reason."""
 
@@ -91,7 +154,7 @@ class Gateway(Protocol):
 
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction: ...
 
-    def verify_notification(self, raw: RawNotification) -> PaymentNotice:
+    def verify_notification(self, raw: RawNotification) -> PaymentNotice | RefundNotice:
         """Check the signature and the channel's own fields; raise NotificationRejected."""
         ...
 
@@ -101,6 +164,18 @@ class Gateway(Protocol):
 
     def query(self, request: PaymentRequest) -> QueryResult:
         """Ask the channel itself what became of the order's payment (a lost callback)."""
+        ...
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        """Ask the channel to refund. Idempotent on `request.refund_no` at the channel: a retry
+        after a time-out or a crash returns the first attempt's result and never refunds twice.
+        Raise RefundUnsupported when the channel cannot refund; raise Unavailable when the
+        channel could not be reached or answered nonsense (the outcome is then unknown and the
+        caller queries before anything else)."""
+        ...
+
+    def query_refund(self, request: RefundRequest) -> RefundResult:
+        """Ask the channel what became of a refund (same request as was sent)."""
         ...
 
 
@@ -126,3 +201,28 @@ class GatewayRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._gateways)
+
+
+Builder = Callable[[str, Mapping[str, str], str], Gateway]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """How one channel is configured: the option names of a merchant account and the builder.
+
+    An account is a table of string options (from the accounts file or `KAMI_<CHANNEL>__*`).
+    Any option may be given as `<name>_file` (read from that file, stripped) or `<name>_env`
+    (read from that environment variable); options named in `secrets` must be given that way
+    in the accounts file, so no secret sits in a file that also holds ordinary settings.
+    `build(name, options, public_url)` returns the gateway registered under the account's name,
+    or raises ValueError whose message starts with the option at fault ("app_private_key: …")
+    and never contains a secret.
+    """
+
+    channel: str
+    required: tuple[str, ...]
+    build: Builder
+    optional: tuple[str, ...] = ()
+    secrets: frozenset[str] = frozenset()
+    # Non-fatal remarks for `kami gateways check` (test mode, plain http …).
+    warnings: Callable[[Mapping[str, str]], list[str]] | None = None

@@ -22,6 +22,9 @@ from kami.payments.gateways.base import (
     PaymentRequest,
     QueryResult,
     RawNotification,
+    RefundRequest,
+    RefundResult,
+    RefundUnsupported,
     TradeStatus,
 )
 
@@ -34,18 +37,29 @@ def sign(secret: bytes, body: bytes) -> str:
 
 
 TradeLookup = Callable[[str], "PaymentNotice | None"]
+RefundBook = Callable[[RefundRequest], RefundResult]
 
 
 class SandboxGateway:
     name = "sandbox"
 
-    def __init__(self, secret: bytes, public_url: str, lookup: TradeLookup | None = None) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        public_url: str,
+        lookup: TradeLookup | None = None,
+        *,
+        refund_book: RefundBook | None = None,
+        refund_lookup: RefundBook | None = None,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the sandbox secret must be at least 16 bytes")
         self._secret = secret
         self._public_url = public_url.rstrip("/")
         # The channel's side of a query: the sandbox keeps its books in payments_sandbox_trade.
         self._lookup = lookup
+        self._refund_book = refund_book
+        self._refund_lookup = refund_lookup
 
     def sign(self, body: bytes) -> str:
         return sign(self._secret, body)
@@ -148,3 +162,13 @@ class SandboxGateway:
             "where": rejection.where,
         }
         return Ack(400, json.dumps(problem).encode(), "application/problem+json")
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        if self._refund_book is None:
+            raise RefundUnsupported("this sandbox has no refund book", where="gateway")
+        return self._refund_book(request)
+
+    def query_refund(self, request: RefundRequest) -> RefundResult:
+        if self._refund_lookup is None:
+            raise RefundUnsupported("this sandbox has no refund book", where="gateway")
+        return self._refund_lookup(request)

@@ -22,12 +22,17 @@ from typing import Any
 from kami.kernel.errors import Unavailable
 from kami.payments.gateways.base import (
     Ack,
+    ChannelSpec,
     NotificationRejected,
     PaymentInstruction,
     PaymentNotice,
     PaymentRequest,
     QueryResult,
     RawNotification,
+    RefundNotice,
+    RefundRequest,
+    RefundResult,
+    RefundStatus,
     TradeStatus,
 )
 
@@ -40,7 +45,16 @@ _EVENTS = (
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
+    "charge.refunded",
+    "charge.refund.updated",
 )
+_REFUND_STATUS = {
+    "succeeded": RefundStatus.SUCCEEDED,
+    "pending": RefundStatus.PROCESSING,
+    "requires_action": RefundStatus.PROCESSING,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
 _COMPLETED = {"paid": TradeStatus.PAID, "unpaid": TradeStatus.PENDING}
 
 
@@ -87,14 +101,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class StripeGateway:
-    name = "stripe"
-
     def __init__(
         self,
         secret_key: str,
         webhook_secret: str,
         public_url: str,
         *,
+        name: str = "stripe",
         api_base: str = "https://api.stripe.com",
         tolerance: int = 300,
         timeout: float = 10.0,
@@ -110,6 +123,7 @@ class StripeGateway:
             raise ValueError("the Stripe API base must be an http(s) URL")
         if tolerance <= 0 or query_pages <= 0:
             raise ValueError("tolerance and query_pages must be positive")
+        self.name = name
         self._secret_key = secret_key
         self._webhook_secret = webhook_secret
         self._public_url = public_url.rstrip("/")
@@ -122,7 +136,7 @@ class StripeGateway:
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     # -- notifications -------------------------------------------------------------------------
-    def verify_notification(self, raw: RawNotification) -> PaymentNotice:
+    def verify_notification(self, raw: RawNotification) -> PaymentNotice | RefundNotice:
         header = raw.headers.get(HEADER, "").strip()
         if not header:
             raise NotificationRejected(
@@ -161,6 +175,11 @@ class StripeGateway:
                 slug="unsupported-event",
             )
         data = event.get("data")
+        account = event.get("account")
+        merchant = account if isinstance(account, str) else None
+        if kind.startswith("charge."):
+            obj = data.get("object") if isinstance(data, dict) else None
+            return self._refund_event(kind, obj, merchant)
         session = data.get("object") if isinstance(data, dict) else None
         if not isinstance(session, dict) or session.get("object") != "checkout.session":
             raise _malformed("data.object must be a checkout.session", "data.object")
@@ -177,8 +196,64 @@ class StripeGateway:
             status = TradeStatus.PAID
         else:
             status = TradeStatus.CLOSED
-        account = event.get("account")
-        return self._notice(session, status, account if isinstance(account, str) else None)
+        return self._notice(session, status, merchant)
+
+    def _refund_event(self, kind: str, obj: Any, merchant_id: str | None) -> RefundNotice:
+        """`charge.refund.updated` carries the refund; `charge.refunded` the charge, whose
+        refunds list (newest first) names the refund that caused it."""
+        if kind == "charge.refunded":
+            if not isinstance(obj, dict) or obj.get("object") != "charge":
+                raise _malformed("data.object must be a charge", "data.object")
+            listed = obj.get("refunds")
+            items = listed.get("data") if isinstance(listed, dict) else None
+            if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+                # Newer API versions leave the list out; the refund's own event
+                # (charge.refund.updated) or Kami's query settles it instead.
+                raise NotificationRejected(
+                    "charge.refunded without its refunds list: subscribe to "
+                    "charge.refund.updated as well",
+                    where="data.object.refunds",
+                    slug="unsupported-event",
+                )
+            refund: dict[str, Any] = items[0]
+            charge_meta = obj.get("metadata")
+        else:
+            if not isinstance(obj, dict) or obj.get("object") != "refund":
+                raise _malformed("data.object must be a refund", "data.object")
+            refund, charge_meta = obj, None
+        return self._refund_notice(refund, charge_meta, merchant_id)
+
+    def _refund_notice(
+        self, refund: Mapping[str, Any], charge_meta: Any, merchant_id: str | None
+    ) -> RefundNotice:
+        refund_id, amount, currency = refund.get("id"), refund.get("amount"), refund.get("currency")
+        if not isinstance(refund_id, str) or not refund_id.startswith("re_"):
+            raise _malformed("the refund id must start with re_", "refund.id")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise _malformed("refund amount must be a positive integer", "refund.amount")
+        if not isinstance(currency, str) or not currency.isalpha():
+            raise _malformed("refund currency must be a currency code", "refund.currency")
+        status = _REFUND_STATUS.get(str(refund.get("status")))
+        if status is None:
+            raise _malformed(f"unknown refund status {refund.get('status')!r}", "refund.status")
+        given = refund.get("metadata")
+        meta: dict[str, Any] = given if isinstance(given, dict) else {}
+        order_no = meta.get("kami_order_no") or (
+            charge_meta.get("kami_order_no") if isinstance(charge_meta, dict) else None
+        )
+        refund_no = meta.get("kami_refund_no")
+        intent = refund.get("payment_intent")
+        return RefundNotice(
+            gateway=self.name,
+            order_no=order_no if isinstance(order_no, str) and order_no else None,
+            trade_no=intent if isinstance(intent, str) and intent else None,
+            refund_no=refund_no if isinstance(refund_no, str) and refund_no else None,
+            channel_refund_id=refund_id,
+            amount_minor=amount,
+            currency=currency.upper(),
+            status=status,
+            merchant_id=merchant_id,
+        )
 
     def _notice(
         self, session: Mapping[str, Any], status: TradeStatus, merchant_id: str | None
@@ -261,6 +336,7 @@ class StripeGateway:
             "mode": "payment",
             "client_reference_id": request.order_no,
             "metadata[kami_order_no]": request.order_no,
+            "payment_intent_data[metadata][kami_order_no]": request.order_no,
             "line_items[0][quantity]": "1",
             "line_items[0][price_data][currency]": request.currency.lower(),
             "line_items[0][price_data][unit_amount]": str(request.amount_minor),
@@ -313,6 +389,98 @@ class StripeGateway:
         raw = {"order_no": request.order_no, "status": "not_found", "scanned": scanned}
         return QueryResult(None, json.dumps(raw))
 
+    # -- refunds -------------------------------------------------------------------------------
+    def _intent(self, request: RefundRequest) -> str:
+        if not request.trade_no.startswith("cs_"):
+            raise _api_error(f"trade {request.trade_no[:40]!r} is not a Checkout Session id")
+        session = self._call(
+            "GET", f"/v1/checkout/sessions/{urllib.parse.quote(request.trade_no, safe='')}", {}
+        )
+        intent = session.get("payment_intent")
+        if isinstance(intent, dict):
+            intent = intent.get("id")
+        if not isinstance(intent, str) or not intent.startswith("pi_"):
+            raise _api_error(f"Checkout Session {request.trade_no} has no payment intent")
+        return intent
+
+    def _existing_refund(self, intent: str, refund_no: str) -> dict[str, Any] | None:
+        """Kami's refund among the payment's refunds, found by the refund number in its
+        metadata: safe at any age, where Stripe keeps idempotency keys for only 24 hours."""
+        params = {"payment_intent": intent, "limit": "100"}
+        for _ in range(self._query_pages):
+            page = self._call("GET", "/v1/refunds", params)
+            items = page.get("data")
+            if not isinstance(items, list):
+                raise _api_error("Stripe's refund list has no data array")
+            refunds = [r for r in items if isinstance(r, dict)]
+            for refund in refunds:
+                meta = refund.get("metadata")
+                if isinstance(meta, dict) and meta.get("kami_refund_no") == refund_no:
+                    return refund
+            last = refunds[-1].get("id") if refunds else None
+            if page.get("has_more") is not True or not isinstance(last, str):
+                return None
+            params["starting_after"] = last
+        return None
+
+    def _refund_result(self, refund_no: str, refund: dict[str, Any]) -> RefundResult:
+        status = _REFUND_STATUS.get(str(refund.get("status")))
+        amount = refund.get("amount")
+        if status is None or isinstance(amount, bool) or not isinstance(amount, int):
+            raise _api_error("Stripe answered with a refund Kami cannot read")
+        reason = refund.get("failure_reason")
+        detail = f"Stripe: {reason}" if status is RefundStatus.FAILED and reason else None
+        refund_id = refund.get("id")
+        return RefundResult(
+            refund_no,
+            status,
+            amount,
+            refund_id if isinstance(refund_id, str) else None,
+            json.dumps(refund),
+            detail,
+        )
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        intent = self._intent(request)
+        existing = self._existing_refund(intent, request.refund_no)
+        if existing is not None:
+            return self._refund_result(request.refund_no, existing)
+        params = {
+            "payment_intent": intent,
+            "amount": str(request.amount_minor),
+            "metadata[kami_refund_no]": request.refund_no,
+            "metadata[kami_order_no]": request.order_no,
+            "metadata[reason]": request.reason[:500],
+        }
+        try:
+            refund = self._call("POST", "/v1/refunds", params, f"kami-refund-{request.refund_no}")
+        except Unavailable as exc:
+            # A 400 is Stripe refusing the refund (amount too large, charge disputed …): a
+            # definite no. Anything else leaves the outcome unknown.
+            if " HTTP 400: " in exc.detail:
+                raw = json.dumps({"refund_no": request.refund_no, "error": exc.detail})
+                return RefundResult(
+                    request.refund_no,
+                    RefundStatus.FAILED,
+                    request.amount_minor,
+                    None,
+                    raw,
+                    exc.detail,
+                )
+            raise
+        return self._refund_result(request.refund_no, refund)
+
+    def query_refund(self, request: RefundRequest) -> RefundResult:
+        intent = self._intent(request)
+        refund = self._existing_refund(intent, request.refund_no)
+        if refund is None:
+            detail = f"Stripe has no refund {request.refund_no} for {intent}"
+            raw = json.dumps({"refund_no": request.refund_no, "status": "not_found"})
+            return RefundResult(
+                request.refund_no, RefundStatus.FAILED, request.amount_minor, None, raw, detail
+            )
+        return self._refund_result(request.refund_no, refund)
+
     def _found(self, session: dict[str, Any]) -> QueryResult:
         if session.get("payment_status") == "paid":
             status = TradeStatus.PAID
@@ -325,3 +493,42 @@ class StripeGateway:
             return QueryResult(self._notice(session, status, None), raw)
         except NotificationRejected:
             return QueryResult(None, raw)
+
+
+def from_options(name: str, options: Mapping[str, str], public_url: str) -> StripeGateway:
+    """An account from its options (see SPEC); errors name the option, never its value."""
+    lookback = options.get("query_lookback_hours", "48")
+    if not lookback.isdigit() or not 1 <= int(lookback) <= 24 * 30:
+        raise ValueError("query_lookback_hours: a whole number of hours from 1 to 720")
+    secret_key = options.get("secret_key", "")
+    if not secret_key.startswith(("sk_", "rk_")):
+        raise ValueError("secret_key: must be a secret (sk_…) or restricted (rk_…) key")
+    if not options.get("webhook_secret", "").startswith("whsec_"):
+        raise ValueError("webhook_secret: must be the endpoint's signing secret (whsec_…)")
+    api_base = options.get("api_base", "https://api.stripe.com")
+    if urllib.parse.urlsplit(api_base).scheme not in ("http", "https"):
+        raise ValueError("api_base: must be an http(s) URL")
+    return StripeGateway(
+        secret_key,
+        options["webhook_secret"],
+        public_url,
+        name=name,
+        api_base=api_base,
+        query_lookback=timedelta(hours=int(lookback)),
+    )
+
+
+def _warnings(options: Mapping[str, str]) -> list[str]:
+    if options.get("secret_key", "").startswith(("sk_test_", "rk_test_")):
+        return ["a test-mode key (sk_test_…): no real money moves"]
+    return []
+
+
+SPEC = ChannelSpec(
+    channel="stripe",
+    required=("secret_key", "webhook_secret"),
+    optional=("api_base", "query_lookback_hours"),
+    secrets=frozenset({"secret_key", "webhook_secret"}),
+    build=from_options,
+    warnings=_warnings,
+)

@@ -1,0 +1,515 @@
+"""Refunds: full and partial, idempotent end to end, settled by the channel's answer, its refund
+notification or a later query, whichever comes first.
+
+Idempotency has two layers. The seller's request carries a key: asking again with the same key
+finds the first refund and never creates a second. Each refund has Kami's own refund number,
+sent to the channel as its idempotency key: when a call times out or the process dies after
+the call, asking the channel again with the same number can only return the first outcome.
+
+The money is committed (counted against what the buyer paid) when the refund row is written,
+before the channel is called, so concurrent requests can never refund more than was paid.
+
+Keys are never resold on their own: a refund keeps the order's keys sold unless the seller
+chose `void` (withdrawn for good) or `restock` (back on sale), at request time or afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from kami import delivery, orders, payments, vault
+from kami.fulfilment.delivering import MAIL_JOB
+from kami.fulfilment.shop import Shop
+from kami.kernel import outbox
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import Conflict, InvalidInput, NotFound, Unavailable
+
+log = logging.getLogger("kami.refunds")
+
+KEY_ACTIONS = ("keep", "void", "restock")
+State = payments.RefundState
+
+
+@dataclass(frozen=True, slots=True)
+class RefundOutcome:
+    refund: payments.RefundView
+    order_status: str
+    # Said when the channel could not be asked just now: the refund stays "requested" and the
+    # worker asks again with the same refund number, which can never refund twice.
+    note: str | None = None
+
+    @property
+    def refund_no(self) -> str:
+        return self.refund.refund_no
+
+    @property
+    def status(self) -> str:
+        return self.refund.status.value
+
+
+def _request_hash(
+    amount_minor: int | None, reason: str, keys: str, positions: Sequence[int] | None
+) -> str:
+    text = json.dumps([amount_minor, reason, keys, sorted(positions) if positions else None])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_request(reason: str, request_key: str, keys: str) -> None:
+    if not request_key or len(request_key) > 128 or not request_key.isprintable():
+        raise InvalidInput(
+            "an idempotency key of 1–128 printable characters is required, so a retried "
+            "refund request is recognised",
+            where="Idempotency-Key",
+            slug="idempotency-key-required",
+        )
+    if not reason.strip() or len(reason) > 500:
+        raise InvalidInput("give a reason of 1–500 characters", where="reason")
+    if keys not in KEY_ACTIONS:
+        raise InvalidInput(f"keys must be one of {', '.join(KEY_ACTIONS)}", where="keys")
+
+
+def _gateway_request(
+    order: orders.OrderView, refund: payments.RefundView
+) -> payments.RefundRequest:
+    return payments.RefundRequest(
+        order_no=order.order_no,
+        trade_no=order.trade_no or "",
+        refund_no=refund.refund_no,
+        amount_minor=refund.amount_minor,
+        order_amount_minor=order.amount_minor,
+        currency=order.currency,
+        reason=refund.reason,
+    )
+
+
+def request_refund(
+    shop: Shop,
+    order_no: str,
+    *,
+    amount_minor: int | None,
+    reason: str,
+    request_key: str,
+    keys: str = "keep",
+    positions: Sequence[int] | None = None,
+    actor: str | None = None,
+) -> RefundOutcome:
+    """Refund `amount_minor` (None: everything not yet refunded) of a paid order."""
+    _check_request(reason, request_key, keys)
+    request_hash = _request_hash(amount_minor, reason, keys, positions)
+    now = utcnow()
+    with shop.db.write() as s:
+        order = orders.find_order(s, order_no, for_update=True)
+        if order is None:
+            raise NotFound(f"no order {order_no}", where="order_no", slug="unknown-order")
+        refund = payments.find_by_request(s, order.id, request_key)
+        if refund is not None and refund.request_hash != request_hash:
+            raise Conflict(
+                "this idempotency key was used for a different refund of this order",
+                where="Idempotency-Key",
+                slug="idempotency-key-reused",
+            )
+        if refund is None:
+            refund = _new_refund(
+                s,
+                order,
+                amount_minor,
+                reason,
+                request_key,
+                request_hash,
+                keys,
+                positions,
+                actor,
+                now,
+            )
+    if refund.status in (State.SUCCEEDED, State.FAILED):
+        return _outcome(shop, refund.refund_no)
+    return _drive(shop, refund.refund_no)
+
+
+def _new_refund(
+    s: Session,
+    order: orders.OrderView,
+    amount_minor: int | None,
+    reason: str,
+    request_key: str,
+    request_hash: str,
+    keys: str,
+    positions: Sequence[int] | None,
+    actor: str | None,
+    now: datetime,
+) -> payments.RefundView:
+    status = orders.OrderStatus(order.status)
+    if status not in orders.REFUNDABLE or not order.trade_no:
+        raise Conflict(
+            f"order {order.order_no} is {status.value}; only a paid order can be refunded",
+            where="order_no",
+            slug="not-refundable",
+        )
+    committed = payments.refunded_total(s, order.id, payments.COMMITTED_STATES)
+    remaining = order.amount_minor - committed
+    if remaining <= 0:
+        raise Conflict(
+            f"order {order.order_no} has nothing left to refund (refunds in progress or done)",
+            where="amount_minor",
+            slug="nothing-to-refund",
+        )
+    amount = remaining if amount_minor is None else amount_minor
+    if amount <= 0 or amount > remaining:
+        raise InvalidInput(
+            f"refund amount {amount} must be between 1 and {remaining}, what is left of "
+            f"the {order.amount_minor} paid",
+            where="amount_minor",
+            slug="refund-exceeds-payment",
+        )
+    if amount < remaining and status not in orders.PARTLY_REFUNDABLE:
+        raise Conflict(
+            f"order {order.order_no} is {status.value}: refund it in full, or wait until it is "
+            "delivered to refund part of it",
+            where="amount_minor",
+            slug="partial-refund-not-allowed",
+        )
+    if positions is not None:
+        live = {p for p, _ in delivery.live_items(s, order.id)}
+        unknown = sorted(set(positions) - live)
+        if not positions or unknown:
+            raise InvalidInput(
+                f"positions {unknown or '[]'} are not items the order holds "
+                f"(it holds {sorted(live) or 'none'})",
+                where="positions",
+            )
+    return payments.create_refund(
+        s,
+        order_id=order.id,
+        order_no=order.order_no,
+        gateway=order.gateway,
+        request_key=request_key,
+        request_hash=request_hash,
+        amount_minor=amount,
+        currency=order.currency,
+        reason=reason.strip(),
+        keys=keys,
+        positions=positions,
+        now=now,
+        requested_by=actor,
+    )
+
+
+def _drive(shop: Shop, refund_no: str) -> RefundOutcome:
+    """Ask the channel (again) about an open refund and settle what it says."""
+    with shop.db.read() as s:
+        refund = payments.find_refund(s, refund_no)
+        if refund is None:
+            raise NotFound(f"no refund {refund_no}", where="refund_no", slug="unknown-refund")
+        order = orders.get_order(s, refund.order_no)
+    if refund.status not in payments.OPEN_STATES:
+        return _outcome(shop, refund_no)
+    gateway = shop.gateways.get(refund.gateway)
+    request = _gateway_request(order, refund)
+    try:
+        if refund.status == State.PROCESSING:
+            result = gateway.query_refund(request)
+        else:
+            # Never asked, or asked with no answer: the same refund number again is safe.
+            result = gateway.refund(request)
+    except payments.RefundUnsupported as exc:
+        if refund.status == State.REQUESTED and refund.attempts == 0:
+            with shop.db.write() as s:
+                payments.settle_refund(
+                    s,
+                    refund.id,
+                    expected=[State.REQUESTED],
+                    status=State.FAILED,
+                    now=utcnow(),
+                    detail=exc.detail,
+                )
+        raise
+    except Unavailable as exc:
+        with shop.db.write() as s:
+            payments.settle_refund(
+                s,
+                refund.id,
+                expected=[refund.status],
+                status=refund.status,
+                now=utcnow(),
+                detail=f"channel not reached: {exc.detail}",
+                attempted=True,
+            )
+        log.warning("refund %s: channel not reached (%s); will ask again", refund_no, exc.slug)
+        return _outcome(
+            shop, refund_no, note="the channel could not be reached; Kami asks again shortly"
+        )
+    _settle(
+        shop,
+        refund,
+        result.status,
+        result.channel_refund_id,
+        result.detail,
+        result.raw,
+        attempted=True,
+    )
+    return _outcome(shop, refund_no)
+
+
+def _settle(
+    shop: Shop,
+    refund: payments.RefundView,
+    status: payments.RefundStatus,
+    channel_refund_id: str | None,
+    detail: str | None,
+    raw: str | None,
+    *,
+    attempted: bool = False,
+) -> bool:
+    now = utcnow()
+    with shop.db.write() as s:
+        return settle_in(
+            s, shop, refund, status, now, channel_refund_id, detail, raw, attempted=attempted
+        )
+
+
+def settle_in(
+    s: Session,
+    shop: Shop,
+    refund: payments.RefundView,
+    status: payments.RefundStatus,
+    now: datetime,
+    channel_refund_id: str | None = None,
+    detail: str | None = None,
+    raw: str | None = None,
+    *,
+    attempted: bool = False,
+) -> bool:
+    """Record the channel's word on a refund inside the caller's transaction; True if it
+    changed anything. Success moves the order and carries out the seller's key choice."""
+    target = {
+        payments.RefundStatus.SUCCEEDED: State.SUCCEEDED,
+        payments.RefundStatus.PROCESSING: State.PROCESSING,
+        payments.RefundStatus.FAILED: State.FAILED,
+    }[status]
+    expected = [State.REQUESTED] if target == State.PROCESSING else list(payments.OPEN_STATES)
+    moved = payments.settle_refund(
+        s,
+        refund.id,
+        expected=expected,
+        status=target,
+        now=now,
+        channel_refund_id=channel_refund_id,
+        detail=detail,
+        raw=raw,
+        attempted=attempted,
+    )
+    if moved and target == State.SUCCEEDED:
+        _refund_succeeded(s, shop, refund, now)
+    return moved
+
+
+def _refund_succeeded(s: Session, shop: Shop, refund: payments.RefundView, now: datetime) -> None:
+    order = orders.find_order(s, refund.order_no, for_update=True)
+    if order is None:  # pragma: no cover - orders are never deleted
+        return
+    paid_back = payments.refunded_total(s, order.id, [State.SUCCEEDED])
+    target = (
+        orders.OrderStatus.REFUNDED
+        if paid_back >= order.amount_minor
+        else orders.OrderStatus.PARTIALLY_REFUNDED
+    )
+    if order.status != target and not orders.move(s, order.id, target):
+        # e.g. part of a paid-but-not-yet-delivered order refunded in the channel's console:
+        # the money is recorded on the refund; the order keeps its status for the admin to see.
+        log.warning(
+            "order %s (%s): refund recorded, status left as is", order.order_no, order.status
+        )
+    if refund.keys != "keep":
+        _withdraw(s, shop, order, refund.keys, refund.positions, f"refund {refund.refund_no}", now)
+    outbox.enqueue(
+        s,
+        MAIL_JOB,
+        {"order_no": order.order_no, "event": "refunded", "amount_minor": refund.amount_minor},
+        ref=order.order_no,
+    )
+
+
+def _withdraw(
+    s: Session,
+    shop: Shop,
+    order: orders.OrderView,
+    action: str,
+    positions: Sequence[int] | None,
+    reason: str,
+    now: datetime,
+) -> list[int]:
+    chosen = (
+        list(positions)
+        if positions is not None
+        else [p for p, _ in delivery.live_items(s, order.id)]
+    )
+    key_ids = delivery.revoke_items(s, order.id, chosen, f"{action}: {reason}", now)
+    moved = vault.withdraw_sold(s, order.id, key_ids, restock=action == "restock")
+    if action == "restock" and moved:
+        shop.claim_hints.forget(order.sku_id)  # the keys may sit behind the scan hint
+    return moved
+
+
+def dispose_keys(
+    shop: Shop, order_no: str, action: str, positions: Sequence[int] | None = None
+) -> list[int]:
+    """The seller's later choice for a refunded order's keys: void them or put them back on
+    sale. Returns the ids of the keys moved."""
+    if action not in ("void", "restock"):
+        raise InvalidInput("action must be void or restock", where="action")
+    with shop.db.write() as s:
+        order = orders.find_order(s, order_no, for_update=True)
+        if order is None:
+            raise NotFound(f"no order {order_no}", where="order_no", slug="unknown-order")
+        if order.status not in (orders.OrderStatus.REFUNDED, orders.OrderStatus.PARTIALLY_REFUNDED):
+            raise Conflict(
+                f"order {order_no} is {order.status}; keys are withdrawn only after a refund",
+                where="order_no",
+                slug="not-refunded",
+            )
+        live = {p for p, _ in delivery.live_items(s, order.id)}
+        if positions is not None and (not positions or set(positions) - live):
+            raise InvalidInput(
+                f"positions must be items the order still holds: {sorted(live) or 'none'}",
+                where="positions",
+            )
+        return _withdraw(s, shop, order, action, positions, "seller's choice", utcnow())
+
+
+def sync_refund(shop: Shop, refund_no: str) -> RefundOutcome:
+    """Ask the channel about a refund that is still open (the admin's button, the sweep)."""
+    return _drive(shop, refund_no)
+
+
+def sync_refunds_due(shop: Shop, *, after: timedelta) -> int:
+    """The sweep: open refunds untouched for `after` are asked about again; returns how many
+    settled."""
+    with shop.db.read() as s:
+        due = payments.due_refunds(s, utcnow() - after)
+    settled = 0
+    for refund_no in due:
+        try:
+            outcome = _drive(shop, refund_no)
+        except Exception as exc:  # one channel being down must not stop the sweep
+            log.warning("refund %s: query failed: %s", refund_no, type(exc).__name__)
+            continue
+        settled += outcome.refund.status not in payments.OPEN_STATES
+    return settled
+
+
+def list_order_refunds(shop: Shop, order_no: str) -> list[payments.RefundView]:
+    with shop.db.read() as s:
+        order = orders.get_order(s, order_no)
+        return payments.list_refunds(s, order.id)
+
+
+def _outcome(shop: Shop, refund_no: str, note: str | None = None) -> RefundOutcome:
+    with shop.db.read() as s:
+        refund = payments.find_refund(s, refund_no)
+        assert refund is not None
+        order = orders.get_order(s, refund.order_no)
+    return RefundOutcome(refund, order.status, note)
+
+
+# -- refund notifications -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NoticeVerdict:
+    verdict: payments.Verdict
+    reason: str | None
+    order_no: str | None
+
+
+def apply_refund_notice(s: Session, shop: Shop, notice: payments.RefundNotice) -> NoticeVerdict:
+    """Apply a verified refund notification inside the caller's transaction. Raises
+    NotificationRejected with the specific reason when it must change nothing."""
+    refund = payments.find_refund(s, notice.refund_no) if notice.refund_no else None
+    if refund is None and notice.channel_refund_id:
+        refund = payments.find_by_channel_id(s, notice.gateway, notice.channel_refund_id)
+    now = utcnow()
+    if refund is not None:
+        if refund.gateway != notice.gateway:
+            raise _reject(
+                "gateway-mismatch",
+                f"refund {refund.refund_no} went through {refund.gateway!r}",
+                "gateway",
+            )
+        if notice.amount_minor != refund.amount_minor:
+            raise _reject(
+                "amount-mismatch",
+                f"notification refund amount {notice.amount_minor} differs from the "
+                f"refund's {refund.amount_minor}",
+                "amount_minor",
+            )
+        changed = settle_in(s, shop, refund, notice.status, now, notice.channel_refund_id)
+        verdict = payments.Verdict.ACCEPTED if changed else payments.Verdict.DUPLICATE
+        return NoticeVerdict(verdict, None, refund.order_no)
+    return _channel_refund(s, shop, notice, now)
+
+
+def _channel_refund(
+    s: Session, shop: Shop, notice: payments.RefundNotice, now: datetime
+) -> NoticeVerdict:
+    """A refund Kami did not ask for (made in the channel's console): recorded, so the order
+    and the books show the money went back."""
+    order = orders.find_order(s, notice.order_no, for_update=True) if notice.order_no else None
+    if order is None and notice.trade_no:
+        order = orders.find_by_trade(s, notice.gateway, notice.trade_no)
+    if order is None:
+        raise _reject("unknown-order", "the refund names no order Kami knows", "order_no")
+    if order.gateway != notice.gateway:
+        raise _reject(
+            "gateway-mismatch",
+            f"order {order.order_no} was paid through {order.gateway!r}",
+            "gateway",
+        )
+    if notice.currency != order.currency:
+        raise _reject(
+            "currency-mismatch",
+            f"refund currency {notice.currency} differs from the order's {order.currency}",
+            "currency",
+        )
+    if notice.status is not payments.RefundStatus.SUCCEEDED:
+        raise _reject(
+            "unknown-refund", f"a {notice.status.value} refund Kami never asked for", "refund_no"
+        )
+    key = f"channel:{notice.channel_refund_id or notice.refund_no}"
+    if payments.find_by_request(s, order.id, key) is not None:
+        return NoticeVerdict(payments.Verdict.DUPLICATE, None, order.order_no)
+    committed = payments.refunded_total(s, order.id, payments.COMMITTED_STATES)
+    if notice.amount_minor <= 0 or committed + notice.amount_minor > order.amount_minor:
+        raise _reject(
+            "refund-exceeds-payment",
+            f"refund of {notice.amount_minor} with {committed} already committed exceeds "
+            f"the {order.amount_minor} paid",
+            "amount_minor",
+        )
+    refund = payments.create_refund(
+        s,
+        order_id=order.id,
+        order_no=order.order_no,
+        gateway=order.gateway,
+        request_key=key[:128],
+        request_hash="",
+        amount_minor=notice.amount_minor,
+        currency=order.currency,
+        reason="refunded in the channel's console",
+        keys="keep",
+        positions=None,
+        now=now,
+        status=State.SUCCEEDED,
+        origin="channel",
+        channel_refund_id=notice.channel_refund_id,
+    )
+    _refund_succeeded(s, shop, refund, now)
+    return NoticeVerdict(payments.Verdict.ACCEPTED, None, order.order_no)
+
+
+def _reject(slug: str, detail: str, where: str) -> payments.NotificationRejected:
+    return payments.NotificationRejected(detail, where=where, slug=slug)
