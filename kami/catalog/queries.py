@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -61,6 +61,7 @@ def _sku_view(sku: Sku, prod: Product) -> SkuView:
         low_stock_threshold=sku.low_stock_threshold,
         validity_days=prod.validity_days,
         redemption=prod.redemption,
+        gateways=list(sku.gateways) if sku.gateways is not None else None,
     )
 
 
@@ -120,8 +121,11 @@ def is_empty(session: Session) -> bool:
     return session.execute(select(Sku.id).limit(1)).first() is None
 
 
-def public_tree(session: Session, available: Mapping[int, int]) -> list[PublicCategory]:
-    """The active catalog as buyers see it; `available` maps SKU id to sellable stock.
+def public_tree(
+    session: Session, available: Mapping[int, int], gateways: Sequence[str] = ()
+) -> list[PublicCategory]:
+    """The active catalog as buyers see it; `available` maps SKU id to sellable stock,
+    `gateways` names the enabled payment accounts (each SKU shows those it may be paid through).
 
     Categories are ordered by position; a category is shown when anything below it is active.
     """
@@ -154,6 +158,7 @@ def public_tree(session: Session, available: Mapping[int, int]) -> list[PublicCa
                 stock=display_stock(
                     StockDisplay(s.stock_display), available.get(s.id, 0), s.low_stock_threshold
                 ),
+                gateways=[g for g in gateways if s.gateways is None or g in s.gateways],
             )
         )
     products_by_cat: dict[int, list[PublicProduct]] = defaultdict(list)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kami.catalog.rules import DeliveryKind, DisplayedStock, StockDisplay
@@ -7,6 +9,8 @@ from kami.kernel.money import MAX_MINOR
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A payment account's name, as in the accounts file (the sandbox is one too).
+AccountName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 
 
 class CategoryIn(BaseModel):
@@ -64,6 +68,12 @@ class SkuIn(BaseModel):
     stock_display: StockDisplay = StockDisplay.LEVEL
     low_stock_threshold: int = Field(default=10, ge=0, le=10**9)
     position: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    gateways: list[AccountName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="payment accounts this SKU may be paid through; null: every enabled one",
+    )
 
     @model_validator(mode="after")
     def _quantities(self) -> SkuIn:
@@ -83,6 +93,9 @@ class SkuPatch(BaseModel):
     stock_display: StockDisplay | None = None
     low_stock_threshold: int | None = Field(default=None, ge=0, le=10**9)
     position: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    gateways: list[AccountName] | None = Field(
+        default=None, min_length=1, max_length=32, description="null: every enabled account"
+    )
 
 
 class SkuView(BaseModel):
@@ -101,6 +114,7 @@ class SkuView(BaseModel):
     low_stock_threshold: int
     validity_days: int | None
     redemption: str
+    gateways: list[str] | None
 
 
 class CategoryView(BaseModel):
@@ -130,6 +144,7 @@ class PublicSku(BaseModel):
     min_quantity: int
     max_quantity: int
     stock: DisplayedStock
+    gateways: list[str] = Field(description="the payment accounts it can be paid through")
 
 
 class PublicProduct(BaseModel):

@@ -158,6 +158,7 @@ def create_sku(session: Session, data: SkuIn) -> SkuView:
         stock_display=data.stock_display,
         low_stock_threshold=data.low_stock_threshold,
         position=data.position,
+        gateways=sorted(set(data.gateways)) if data.gateways is not None else None,
         created_at=utcnow(),
     )
     session.add(sku)
@@ -169,6 +170,9 @@ def update_sku(session: Session, code: str, data: SkuPatch) -> SkuView:
     sku = _sku(session, code)
     fields = data.model_dump(exclude_unset=True)
     for name, value in fields.items():
+        if name == "gateways":  # null is meaningful here: every enabled account
+            sku.gateways = sorted(set(value)) if value is not None else None
+            continue
         if value is None:
             raise InvalidInput(f"{name} cannot be null", where=name)
         if name == "currency":

@@ -190,7 +190,8 @@ def gateways_check() -> None:
         console.print("no payment channel is configured (see docs/payments.md)")
     for check in checks:
         status = "[red]FAILED[/]" if check.errors else "[green]ok[/]"
-        console.print(f"{check.name}: {status}")
+        state = "" if check.enabled else " (disabled)"
+        console.print(f"{check.name}: {status}{state}  [dim]{check.channel}, {check.source}[/]")
         for problem in check.errors:
             console.print(f"  error: {problem}")
         for note in check.warnings:
@@ -198,6 +199,67 @@ def gateways_check() -> None:
         failed = failed or bool(check.errors)
     if failed:
         raise typer.Exit(2)
+
+
+@orders_app.command("refund")
+def orders_refund(
+    order_no: str,
+    reason: Annotated[str, typer.Option(help="why; shown on the order's timeline")],
+    amount: Annotated[
+        str | None, typer.Option(help="in major units, e.g. 12.50; omitted: all that is left")
+    ] = None,
+    keys: Annotated[
+        str, typer.Option(help="keep | void | restock: what becomes of the order's keys")
+    ] = "keep",
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="idempotency key; by default one made of the order, amount and reason, so "
+            "running the same command again never refunds twice"
+        ),
+    ] = None,
+) -> None:
+    """Refund all or part of a paid order through its payment channel."""
+    import hashlib
+
+    from kami import fulfilment, orders
+    from kami.kernel.money import Money, parse_major
+
+    with clear_errors(), container() as c:
+        with c.shop.db.read() as s:
+            order = orders.get_order(s, order_no)
+        minor = parse_major(amount, order.currency, where="--amount") if amount else None
+        digest = hashlib.sha256(f"{minor}|{reason}|{keys}".encode()).hexdigest()[:32]
+        out = fulfilment.request_refund(
+            c.shop,
+            order_no,
+            amount_minor=minor,
+            reason=reason,
+            request_key=key or f"cli:{digest}",
+            keys=keys,
+            actor="cli",
+        )
+    r = out.refund
+    money = Money(r.amount_minor, r.currency).format()
+    console.print(
+        f"refund {r.refund_no}: {money} {r.status}; order {order_no} is {out.order_status}"
+    )
+    if r.detail:
+        console.print(f"  channel: {r.detail}")
+    if out.note:
+        console.print(f"  {out.note}")
+    if r.status == "failed":
+        raise typer.Exit(1)
+
+
+@orders_app.command("refund-sync")
+def orders_refund_sync(refund_no: str) -> None:
+    """Ask the payment channel what became of a refund that is still open."""
+    from kami import fulfilment
+
+    with clear_errors(), container() as c:
+        out = fulfilment.sync_refund(c.shop, refund_no)
+    console.print(f"refund {refund_no}: {out.status}; order is {out.order_status}")
 
 
 @orders_app.command("sync")

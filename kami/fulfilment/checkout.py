@@ -190,6 +190,13 @@ def _place(
             where="quantity",
             slug="quantity-out-of-range",
         )
+    if sku.gateways is not None and data.gateway not in sku.gateways:
+        raise InvalidInput(
+            f"{sku.code} cannot be paid through {data.gateway!r}; choose one of "
+            f"{', '.join(g for g in sku.gateways if g in shop.gateways.names()) or 'none enabled'}",
+            where="gateway",
+            slug="gateway-not-allowed",
+        )
     sale = _flash_terms(s, sku, data, device_id)
     unit_price = sale.price_minor if sale else sku.price_minor
     if unit_price * data.quantity > MAX_MINOR:
