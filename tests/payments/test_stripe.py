@@ -231,6 +231,9 @@ def test_configuration_is_checked() -> None:
 class FakeStripe(BaseHTTPRequestHandler):
     requests: list[dict[str, Any]]
     sessions: list[dict[str, Any]]
+    refunds: list[dict[str, Any]]
+    idempotent: dict[str, dict[str, Any]]
+    refund_status: str = "succeeded"
     fail_with: int | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -273,13 +276,67 @@ class FakeStripe(BaseHTTPRequestHandler):
         seen = self._record()
         if seen is None:
             return
+        if seen["path"] == "/v1/refunds":
+            self._refund(seen)
+            return
         assert seen["path"] == "/v1/checkout/sessions"
         created = session(status="open", payment_status="unpaid", url=f"https://pay.test/{SESSION}")
         self._answer(200, created)
 
+    def _refund(self, seen: dict[str, Any]) -> None:
+        """Like Stripe: an Idempotency-Key replays the first answer; never more back than paid."""
+        key = seen["headers"].get("Idempotency-Key")
+        if key in self.idempotent:
+            self._answer(200, self.idempotent[key])
+            return
+        form = seen["form"]
+        intent = form["payment_intent"]
+        paid = sum(x["amount_total"] for x in self.sessions if x.get("payment_intent") == intent)
+        back = sum(r["amount"] for r in self.refunds if r["payment_intent"] == intent)
+        amount = int(form["amount"])
+        if back + amount > paid:
+            self._answer(
+                400,
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"Refund amount ({amount}) is greater than unrefunded "
+                        f"amount on charge ({paid - back})",
+                    }
+                },
+            )
+            return
+        metadata = {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}
+        refund = {
+            "id": f"re_{len(self.refunds) + 1}",
+            "object": "refund",
+            "amount": amount,
+            "currency": "usd",
+            "payment_intent": intent,
+            "status": self.refund_status,
+            "metadata": metadata,
+        }
+        self.refunds.append(refund)
+        if key:
+            self.idempotent[key] = refund
+        self._answer(200, refund)
+
     def do_GET(self) -> None:
         seen = self._record()
         if seen is None:
+            return
+        if seen["path"] == "/v1/refunds":
+            intent = seen["query"]["payment_intent"]
+            found = [r for r in reversed(self.refunds) if r["payment_intent"] == intent]
+            self._answer(200, {"object": "list", "data": found, "has_more": False})
+            return
+        if seen["path"].startswith("/v1/checkout/sessions/"):
+            wanted = seen["path"].rsplit("/", 1)[1]
+            match = [x for x in self.sessions if x["id"] == wanted]
+            if match:
+                self._answer(200, match[0])
+            else:
+                self._answer(404, {"error": {"message": "No such checkout.session"}})
             return
         after = seen["query"].get("starting_after")
         start = 0 if after is None else [s["id"] for s in self.sessions].index(after) + 1
@@ -294,7 +351,11 @@ class FakeStripe(BaseHTTPRequestHandler):
 @contextmanager
 def serve_fake() -> Iterator[tuple[str, type[FakeStripe]]]:
     """A loopback Stripe API with its own request log and sessions: (base URL, handler)."""
-    handler = type("Handler", (FakeStripe,), {"requests": [], "sessions": [], "fail_with": None})
+    handler = type(
+        "Handler",
+        (FakeStripe,),
+        {"requests": [], "sessions": [], "refunds": [], "idempotent": {}, "fail_with": None},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

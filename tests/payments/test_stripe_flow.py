@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -162,3 +163,142 @@ def test_50_concurrent_duplicate_webhooks_deliver_once(
         assert (
             s.execute(text("SELECT count(*) FROM vault_key WHERE status='sold'")).scalar_one() == 2
         )
+
+
+def _paid(
+    client: TestClient, shop: fulfilment.Shop, api: type[FakeStripe], email: str = "r@example.com"
+) -> str:
+    add_keys(shop, make_sku(shop, "USD-1", price=1990, currency="USD"), ["S-1", "S-2"])
+    o = _order(client, email)
+    paid = session(
+        id=LONG_ID,
+        client_reference_id=o["order_no"],
+        amount_total=1990,
+        currency="usd",
+        payment_intent="pi_3Refund",
+    )
+    api.sessions.append(paid)
+    body = event(**paid)
+    assert _webhook(client, body).status_code == 200
+    assert _status(shop, o["order_no"]) == "delivered"
+    return str(o["order_no"])
+
+
+def test_refund_round_trip_and_retry_refunds_once(
+    stripe_shop: tuple[TestClient, fulfilment.Shop], stripe_api: tuple[str, type[FakeStripe]]
+) -> None:
+    client, shop = stripe_shop
+    api = stripe_api[1]
+    order_no = _paid(client, shop, api)
+    part = fulfilment.request_refund(
+        shop, order_no, amount_minor=500, reason="late", request_key="p1"
+    )
+    assert part.status == "succeeded" and part.order_status == "partially_refunded"
+    (refund,) = api.refunds
+    assert refund["amount"] == 500 and refund["payment_intent"] == "pi_3Refund"
+    assert refund["metadata"]["kami_refund_no"] == part.refund_no
+    posted = [r for r in api.requests if r["method"] == "POST" and r["path"] == "/v1/refunds"]
+    assert posted[0]["headers"]["Idempotency-Key"] == f"kami-refund-{part.refund_no}"
+    # The same request again: found by its key in Kami, nothing sent to Stripe.
+    again = fulfilment.request_refund(
+        shop, order_no, amount_minor=500, reason="late", request_key="p1"
+    )
+    assert again.refund_no == part.refund_no and len(api.refunds) == 1
+    # Someone refunded 1000 in Stripe's dashboard and the event has not arrived yet: Stripe
+    # refuses the rest as too much, a definite failure in Stripe's words; nothing is committed.
+    api.refunds.append(
+        {"id": "re_dash", "amount": 1000, "payment_intent": "pi_3Refund", "metadata": {}}
+    )
+    refused = fulfilment.request_refund(
+        shop, order_no, amount_minor=None, reason="all", request_key="p2"
+    )
+    assert refused.status == "failed" and refused.order_status == "partially_refunded"
+    assert refused.refund.detail and "greater than unrefunded amount" in refused.refund.detail
+    rest = fulfilment.request_refund(
+        shop, order_no, amount_minor=490, reason="rest", request_key="p3"
+    )
+    assert rest.status == "succeeded" and len(api.refunds) == 3
+
+
+def test_lost_answer_is_recovered_from_stripe_not_refunded_twice(
+    stripe_shop: tuple[TestClient, fulfilment.Shop], stripe_api: tuple[str, type[FakeStripe]]
+) -> None:
+    client, shop = stripe_shop
+    api = stripe_api[1]
+    order_no = _paid(client, shop, api)
+    api.fail_with = 500  # Stripe is down: nothing happens there, the outcome is unknown here
+    out = fulfilment.request_refund(shop, order_no, amount_minor=None, reason="x", request_key="k")
+    assert out.status == "requested" and api.refunds == []
+    api.fail_with = None
+    # Stripe took it after all (e.g. the answer was lost): the sweep finds it by its metadata.
+    api.refunds.append(
+        {
+            "id": "re_lost",
+            "object": "refund",
+            "amount": 1990,
+            "currency": "usd",
+            "payment_intent": "pi_3Refund",
+            "status": "succeeded",
+            "metadata": {"kami_refund_no": out.refund_no},
+        }
+    )
+    from datetime import timedelta
+
+    assert fulfilment.sync_refunds_due(shop, after=timedelta(0)) == 1
+    assert len(api.refunds) == 1 and _status(shop, order_no) == "refunded"
+
+
+def test_refund_events(
+    stripe_shop: tuple[TestClient, fulfilment.Shop], stripe_api: tuple[str, type[FakeStripe]]
+) -> None:
+    client, shop = stripe_shop
+    api = stripe_api[1]
+    api.refund_status = "pending"
+    order_no = _paid(client, shop, api)
+    out = fulfilment.request_refund(shop, order_no, amount_minor=990, reason="x", request_key="k")
+    assert out.status == "processing" and _status(shop, order_no) == "delivered"
+    refund = dict(api.refunds[0], status="succeeded")
+
+    def refund_event(kind: str, obj: dict[str, Any]) -> str:
+        envelope = {"id": "evt_r", "object": "event", "type": kind, "data": {"object": obj}}
+        return json.dumps(envelope)
+
+    body = refund_event("charge.refund.updated", refund)
+    r = _webhook(client, body)
+    assert r.status_code == 200, r.text
+    assert _status(shop, order_no) == "partially_refunded"
+    assert _webhook(client, body).status_code == 200  # a duplicate changes nothing
+    # A refund made in Stripe's dashboard: no Kami refund number, found through the order.
+    console = {
+        "id": "re_dashboard",
+        "object": "refund",
+        "amount": 1000,
+        "currency": "usd",
+        "payment_intent": "pi_3Refund",
+        "status": "succeeded",
+        "metadata": {},
+    }
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "payment_intent": "pi_3Refund",
+        "metadata": {"kami_order_no": order_no},
+        "refunds": {"object": "list", "data": [console]},
+    }
+    assert _webhook(client, refund_event("charge.refunded", charge)).status_code == 200
+    assert _status(shop, order_no) == "refunded"
+    refunds = fulfilment.list_order_refunds(shop, order_no)
+    assert [(r.origin, r.amount_minor, r.status.value) for r in refunds] == [
+        ("kami", 990, "succeeded"),
+        ("channel", 1000, "succeeded"),
+    ]
+    # More back than was paid is refused, with its reason recorded.
+    over = dict(console, id="re_over", amount=5)
+    r = _webhook(
+        client,
+        refund_event("charge.refund.updated", over | {"metadata": {"kami_order_no": order_no}}),
+    )
+    assert r.status_code == 400 and r.json()["type"] == "/problems/refund-exceeds-payment"
+    # A tampered refund event is refused before anything is read.
+    r = _webhook(client, body.replace("990", "999"), signed(body))
+    assert r.status_code == 400 and r.json()["type"] == "/problems/bad-signature"
