@@ -125,7 +125,12 @@ def test_restock_puts_the_key_back_on_sale_for_another_buyer(shop: fulfilment.Sh
 def test_void_at_refund_time_and_later_choice(shop: fulfilment.Shop) -> None:
     order_no = paid_order(shop, "R-3", quantity=2, keys=2)
     fulfilment.request_refund(
-        shop, order_no, amount_minor=1000, reason="one bad", request_key="v", keys="void",
+        shop,
+        order_no,
+        amount_minor=1000,
+        reason="one bad",
+        request_key="v",
+        keys="void",
         positions=[2],
     )
     assert status(shop, order_no) == "partially_refunded"
