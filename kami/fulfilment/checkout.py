@@ -137,6 +137,7 @@ def place_order(
             currency=order.currency,
             subject=order.title,
             expires_at=order.expires_at,
+            payer_ip=buyer_ip,
         )
     )
     token = orders.access_token(shop.token_secret(), order.order_no)

@@ -50,13 +50,15 @@ class PaymentRequest:
     currency: str
     subject: str
     expires_at: datetime
+    payer_ip: str | None = None  # the buyer's address (WeChat H5 scene_info.payer_client_ip)
+    payer_openid: str | None = None  # the buyer's openid under the AppID (WeChat JSAPI)
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentInstruction:
     """What the buyer needs to pay: a page to open, or a payload to show as a QR code."""
 
-    kind: str  # "redirect" | "qr"
+    kind: str  # "redirect" | "qr" | "jsapi" (qr then holds the JSON for WeixinJSBridge)
     url: str | None = None
     qr: str | None = None
 

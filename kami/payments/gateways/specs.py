@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from kami.payments.gateways import alipay, stripe
+from kami.payments.gateways import alipay, stripe, wechat
 from kami.payments.gateways.base import ChannelSpec
 from kami.payments.gateways.epay import EpayGateway
 
@@ -36,4 +36,4 @@ EPAY = ChannelSpec(
     warnings=_epay_warnings,
 )
 
-CHANNEL_SPECS: tuple[ChannelSpec, ...] = (stripe.SPEC, EPAY, alipay.SPEC)
+CHANNEL_SPECS: tuple[ChannelSpec, ...] = (stripe.SPEC, EPAY, alipay.SPEC, wechat.SPEC)
