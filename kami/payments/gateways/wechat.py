@@ -18,9 +18,9 @@ kind "redirect" to the h5_url (with `redirect_url` back to the order page); JSAP
 with `qr` holding the JSON object to pass as-is to `WeixinJSBridge.invoke("getBrandWCPayRequest",
 …)` (appId, timeStamp, nonceStr, package, signType "RSA", paySign).
 
-The buyer's IP (H5 `scene_info.payer_client_ip`) and openid (JSAPI `payer.openid`) are not part of
-PaymentRequest yet: H5 uses the account's `h5_client_ip` unless the request carries `payer_ip`;
-JSAPI needs the request to carry `payer_openid` and refuses otherwise.
+H5 sends the buyer's IP (`PaymentRequest.payer_ip`, from checkout) as `scene_info.payer_client_ip`,
+falling back to the account's `h5_client_ip`; JSAPI needs `payer_openid` (the buyer's openid under
+the AppID) and refuses a request without it.
 """
 
 from __future__ import annotations
