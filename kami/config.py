@@ -29,6 +29,7 @@ class EpayConfig(BaseModel):
     pid: str | None = None  # 商户ID
     key: SecretStr | None = None  # 商户密钥
     pay_type: str | None = None  # alipay, wxpay, qqpay …; unset lets the cashier ask
+    refund: bool = False  # the site offers api.php?act=refund
 
 
 class Settings(BaseSettings):

@@ -179,6 +179,8 @@ def _from_environment(settings: Settings, environ: Mapping[str, str]) -> list[Ch
             table["key"] = epay.key.get_secret_value()
         if epay.pay_type:
             table["pay_type"] = epay.pay_type
+        if epay.refund:
+            table["refund"] = "true"
         found.append(_account("epay", table, "KAMI_EPAY__*", None, settings.base_url, environ))
     for check in found:  # name the variables the way the seller wrote them
         prefix = f"KAMI_{check.name.upper()}__"

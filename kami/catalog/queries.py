@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -122,10 +122,13 @@ def is_empty(session: Session) -> bool:
 
 
 def public_tree(
-    session: Session, available: Mapping[int, int], gateways: Sequence[str] = ()
+    session: Session,
+    available: Mapping[int, int],
+    gateways: Mapping[str, frozenset[str] | None] | None = None,
 ) -> list[PublicCategory]:
     """The active catalog as buyers see it; `available` maps SKU id to sellable stock,
-    `gateways` names the enabled payment accounts (each SKU shows those it may be paid through).
+    `gateways` maps the enabled payment accounts to the currencies they take (None: any); each
+    SKU lists those it may be paid through.
 
     Categories are ordered by position; a category is shown when anything below it is active.
     """
@@ -158,7 +161,12 @@ def public_tree(
                 stock=display_stock(
                     StockDisplay(s.stock_display), available.get(s.id, 0), s.low_stock_threshold
                 ),
-                gateways=[g for g in gateways if s.gateways is None or g in s.gateways],
+                gateways=[
+                    g
+                    for g, takes in (gateways or {}).items()
+                    if (s.gateways is None or g in s.gateways)
+                    and (takes is None or s.currency in takes)
+                ],
             )
         )
     products_by_cat: dict[int, list[PublicProduct]] = defaultdict(list)

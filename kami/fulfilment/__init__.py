@@ -17,6 +17,7 @@ from kami.fulfilment.refunds import (
     dispose_keys,
     list_order_refunds,
     request_refund,
+    settle_by_hand,
     sync_refund,
     sync_refunds_due,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "reveal",
     "send_order_mail",
     "serve_awaiting_stock",
+    "settle_by_hand",
     "sync_due",
     "sync_order",
     "sync_refund",

@@ -198,6 +198,14 @@ def _place(
             where="gateway",
             slug="gateway-not-allowed",
         )
+    takes = shop.gateways.get(data.gateway).currencies
+    if takes is not None and sku.currency not in takes:
+        raise InvalidInput(
+            f"{data.gateway!r} takes {', '.join(sorted(takes))}, not {sku.currency}; choose "
+            "another payment channel",
+            where="gateway",
+            slug="currency-unsupported",
+        )
     sale = _flash_terms(s, sku, data, device_id)
     unit_price = sale.price_minor if sale else sku.price_minor
     if unit_price * data.quantity > MAX_MINOR:

@@ -34,6 +34,10 @@ from kami.kernel.errors import Conflict, InvalidInput, NotFound, Unavailable
 log = logging.getLogger("kami.refunds")
 
 KEY_ACTIONS = ("keep", "void", "restock")
+MANUAL_NOTE = (
+    "the outcome is unknown and this channel cannot be asked safely: check its merchant "
+    "console, then settle the refund by hand"
+)
 State = payments.RefundState
 
 
@@ -212,15 +216,17 @@ def _drive(shop: Shop, refund_no: str) -> RefundOutcome:
         return _outcome(shop, refund_no)
     gateway = shop.gateways.get(refund.gateway)
     request = _gateway_request(order, refund)
+    resend = refund.status == State.REQUESTED
+    if resend and refund.attempts > 0 and not gateway.refund_idempotent:
+        # The channel has no refund number to deduplicate on: sending it again could refund
+        # twice. Someone must look in the channel's console and settle it by hand.
+        return _outcome(shop, refund_no, note=MANUAL_NOTE)
     try:
-        if refund.status == State.PROCESSING:
-            result = gateway.query_refund(request)
-        else:
-            # Never asked, or asked with no answer: the same refund number again is safe.
-            result = gateway.refund(request)
+        # Never asked, or asked with no answer: the same refund number again is safe.
+        result = gateway.refund(request) if resend else gateway.query_refund(request)
     except payments.RefundUnsupported as exc:
-        if refund.status == State.REQUESTED and refund.attempts == 0:
-            with shop.db.write() as s:
+        with shop.db.write() as s:
+            if resend and refund.attempts == 0:  # nothing was sent: a definite no
                 payments.settle_refund(
                     s,
                     refund.id,
@@ -229,7 +235,16 @@ def _drive(shop: Shop, refund_no: str) -> RefundOutcome:
                     now=utcnow(),
                     detail=exc.detail,
                 )
-        raise
+                raise
+            payments.settle_refund(  # no refund query: leave it to the seller
+                s,
+                refund.id,
+                expected=[refund.status],
+                status=refund.status,
+                now=utcnow(),
+                detail=f"{exc.detail} — {MANUAL_NOTE}",
+            )
+        return _outcome(shop, refund_no, note=MANUAL_NOTE)
     except Unavailable as exc:
         with shop.db.write() as s:
             payments.settle_refund(
@@ -381,6 +396,29 @@ def dispose_keys(
                 where="positions",
             )
         return _withdraw(s, shop, order, action, positions, "seller's choice", utcnow())
+
+
+def settle_by_hand(
+    shop: Shop, refund_no: str, succeeded: bool, note: str, actor: str | None
+) -> RefundOutcome:
+    """The seller's word on an open refund the channel cannot be asked about (they checked the
+    channel's console): succeeded or failed, with a note kept on the refund."""
+    if not note.strip() or len(note) > 500:
+        raise InvalidInput("say what the channel's console shows (1–500 characters)", where="note")
+    with shop.db.write() as s:
+        refund = payments.find_refund(s, refund_no)
+        if refund is None:
+            raise NotFound(f"no refund {refund_no}", where="refund_no", slug="unknown-refund")
+        if refund.status not in payments.OPEN_STATES:
+            raise Conflict(
+                f"refund {refund_no} is already {refund.status.value}",
+                where="refund_no",
+                slug="refund-settled",
+            )
+        status = payments.RefundStatus.SUCCEEDED if succeeded else payments.RefundStatus.FAILED
+        detail = f"settled by hand by {actor or 'an admin'}: {note.strip()}"
+        settle_in(s, shop, refund, status, utcnow(), detail=detail)
+    return _outcome(shop, refund_no)
 
 
 def sync_refund(shop: Shop, refund_no: str) -> RefundOutcome:

@@ -15,9 +15,11 @@ from pydantic import SecretStr
 
 from kami import bootstrap, fulfilment, orders, payments
 from kami.config import EpayConfig, Settings
-from kami.payments.gateways.epay import sign
+from kami.payments.gateways.base import RefundRequest, RefundStatus, RefundUnsupported
+from kami.payments.gateways.epay import SPEC, EpayGateway, from_options, sign
 from kami.web.app import create_app
 from tests.conftest import add_keys, make_sku
+from tests.payments.fakes.epay import EpayFake as EpayFakeServer
 
 KEY = "89unJUB8HZ54Hj7x4nUj56HN4nUzUJ8i"
 PID = "1001"
@@ -160,3 +162,99 @@ def test_lost_notification_is_found_by_query(
     fake.orders[no] = {"trade_no": "E-Q1", "out_trade_no": no, "money": "25.00", "status": 1}
     result = fulfilment.sync_order(shop, no)
     assert result.found and result.status == "delivered"
+
+
+# -- V1 refunds and configuration, against the loopback gateway in tests/payments/fakes ---------
+def _v1(fake: EpayFakeServer, **extra: str) -> EpayGateway:
+    opts = {"base_url": fake.url, "pid": PID, "key": KEY, **extra}
+    return from_options("epay-main", opts, "http://testserver")
+
+
+def _refund_request(no: str, refund_no: str, amount: int, trade_no: str = "") -> RefundRequest:
+    return RefundRequest(no, trade_no, refund_no, amount, 2500, "CNY", "buyer asked")
+
+
+@pytest.fixture
+def v1_fake() -> Iterator[EpayFakeServer]:
+    with EpayFakeServer(pid=PID, key=KEY) as fake:
+        yield fake
+
+
+def test_v1_refund_is_off_unless_enabled(v1_fake: EpayFakeServer) -> None:
+    gw = _v1(v1_fake)
+    v1_fake.pay("O-1", 2500)
+    for call in (gw.refund, gw.query_refund):
+        with pytest.raises(RefundUnsupported) as exc:
+            call(_refund_request("O-1", "RF-1", 100))
+        assert "merchant console" in exc.value.detail
+    assert v1_fake.refunds == []
+    assert _v1(v1_fake, refund="false").refund_idempotent is False
+
+
+def test_v1_refund_when_enabled(v1_fake: EpayFakeServer) -> None:
+    gw = _v1(v1_fake, refund="true")
+    trade = v1_fake.pay("O-2", 2500)
+    done = gw.refund(_refund_request("O-2", "RF-1", 1000, trade.trade_no))
+    assert (done.status, done.amount_minor) == (RefundStatus.SUCCEEDED, 1000)
+    by_order_no = gw.refund(_refund_request("O-2", "RF-2", 1500))  # no trade number recorded
+    assert by_order_no.status is RefundStatus.SUCCEEDED
+    over = gw.refund(_refund_request("O-2", "RF-3", 1))
+    assert over.status is RefundStatus.FAILED and over.detail == "退款金额超出订单可退金额"
+    assert [r.money_fen for r in v1_fake.refunds_of("O-2")] == [1000, 1500]
+    wrong_key = from_options(
+        "epay-main",
+        {"base_url": v1_fake.url, "pid": PID, "key": "wrong", "refund": "true"},
+        "http://testserver",
+    )
+    refused = wrong_key.refund(_refund_request("O-2", "RF-4", 1))
+    assert refused.status is RefundStatus.FAILED and refused.detail == "KEY校验失败"
+    with pytest.raises(RefundUnsupported):  # V1 has no refund query
+        gw.query_refund(_refund_request("O-2", "RF-1", 1000))
+
+
+def test_v1_refund_with_a_lost_answer_is_not_an_error_to_retry(v1_fake: EpayFakeServer) -> None:
+    """The request went out and the answer was lost: the refund may well have happened (here it
+    did), and V1 has no refund number to make a resend harmless, so the result is PROCESSING
+    with a pointer to the console — not an exception a caller would answer with a retry."""
+    gw = _v1(v1_fake, refund="true")
+    v1_fake.pay("O-3", 2500)
+    v1_fake.drop_next = True
+    unknown = gw.refund(_refund_request("O-3", "RF-1", 700))
+    assert unknown.status is RefundStatus.PROCESSING
+    assert unknown.detail == "outcome unknown: check the merchant console"
+    assert [r.money_fen for r in v1_fake.refunds_of("O-3")] == [700]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"key": ""}, "key: is missing"),
+        ({"base_url": "pay.example"}, "base_url: must be"),
+        ({"pid": "10 01"}, "pid: must be"),
+        ({"refund": "maybe"}, "refund: must be true or false"),
+    ],
+)
+def test_v1_from_options_errors(change: dict[str, str], message: str) -> None:
+    opts = {"base_url": "https://pay.example", "pid": PID, "key": KEY, **change}
+    with pytest.raises(ValueError) as exc:
+        from_options("epay", opts, "http://testserver")
+    assert str(exc.value).startswith(message) and KEY not in str(exc.value)
+
+
+def test_v1_spec() -> None:
+    assert SPEC.channel == "epay" and SPEC.secrets == frozenset({"key"})
+    assert SPEC.required == ("base_url", "pid", "key")
+    assert set(SPEC.optional) == {"pay_type", "refund"}
+    assert SPEC.warnings is not None
+    assert "not https" in SPEC.warnings({"base_url": "http://pay.example"})[0]
+    assert SPEC.warnings({"base_url": "https://pay.example"}) == []
+    gw = from_options("epay-2", {"base_url": "https://p.example", "pid": "1", "key": "k"}, "x")
+    assert gw.name == "epay-2"
+
+
+def test_v1_non_ascii_sign_is_a_bad_signature_not_a_crash() -> None:
+    gw = EpayGateway("https://pay.example", PID, KEY, "http://testserver")
+    params = {**_params("FK1"), "sign": "签名不是十六进制", "sign_type": "MD5"}
+    with pytest.raises(payments.NotificationRejected) as exc:
+        gw.verify_notification(payments.RawNotification("epay", "GET", {}, params, b""))
+    assert exc.value.slug == "bad-signature"

@@ -205,6 +205,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class AlipayGateway:
+    refund_idempotent = True  # out_request_no
+    currencies: frozenset[str] | None = frozenset({"CNY"})
+
     def __init__(
         self,
         name: str,

@@ -153,6 +153,11 @@ class NotificationRejected(KamiError):
 
 class Gateway(Protocol):
     name: str
+    # Whether asking the channel to refund again with the same refund number is safe (the
+    # channel deduplicates on it). False (易支付 V1): an unknown outcome is never resent.
+    refund_idempotent: bool
+    # The currencies the channel takes; None: any (the channel itself refuses what it cannot).
+    currencies: frozenset[str] | None
 
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction: ...
 
@@ -203,6 +208,10 @@ class GatewayRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._gateways)
+
+    def currencies(self) -> dict[str, frozenset[str] | None]:
+        """Each account and the currencies it takes (None: any), by name."""
+        return {name: self._gateways[name].currencies for name in self.names()}
 
 
 Builder = Callable[[str, Mapping[str, str], str], Gateway]

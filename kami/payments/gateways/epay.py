@@ -7,6 +7,18 @@ the gateway waits for is the bare word `success`; anything else makes it retry.
 
 The query (`api.php?act=order`) carries the merchant key in the URL, as the protocol requires:
 configure the gateway's base URL with https.
+
+Refunds (`api.php?act=refund`, POST pid, key, trade_no or out_trade_no, money → `{"code":1}`)
+exist on many builds but not all, so an account enables them with the option `refund = true`;
+otherwise refund() raises RefundUnsupported and the seller refunds in the gateway's merchant
+console. V1 refunds carry no refund number, so the gateway cannot recognise a resent request:
+sending one twice refunds twice. Kami's side is therefore built never to resend: when the
+request went out but no clear answer came back (time-out, dropped connection, an HTTP error,
+non-JSON), refund() does not raise — it returns PROCESSING with the detail "outcome unknown:
+check the merchant console", which the refund flow keeps as it is (`refund_idempotent` is False,
+so it must not call refund() again for that refund). There is no refund query either:
+query_refund() raises RefundUnsupported, and the operator settles such a refund from the
+merchant console.
 """
 
 from __future__ import annotations
@@ -14,28 +26,49 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kami.kernel.errors import Unavailable
 from kami.payments.gateways.base import (
     Ack,
+    ChannelSpec,
     NotificationRejected,
     PaymentInstruction,
     PaymentNotice,
     PaymentRequest,
     QueryResult,
     RawNotification,
+    RefundRequest,
+    RefundResult,
+    RefundStatus,
+    RefundUnsupported,
     TradeStatus,
 )
 
+MAX_RESPONSE = 256 * 1024
+OUTCOME_UNKNOWN = "outcome unknown: check the merchant console"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def sign_content(params: Mapping[str, str]) -> str:
+    """The signed text, shared by V1 (MD5) and V2 (RSA): non-empty values but `sign` and
+    `sign_type`, sorted by key in byte order (PHP `ksort`), joined `k=v&…`, values raw."""
+    items = sorted(
+        ((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != ""),
+        key=lambda item: item[0].encode(),
+    )
+    return "&".join(f"{k}={v}" for k, v in items)
+
 
 def sign(params: Mapping[str, str], key: str) -> str:
-    items = sorted((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != "")
-    text = "&".join(f"{k}={v}" for k, v in items) + key
+    text = sign_content(params) + key
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -58,7 +91,29 @@ def fen(money: str, where: str) -> int:
     return int(value * 100)
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """易支付 APIs never redirect; following one would resend the key or a signed request."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def refused_refund(request: RefundRequest) -> RefundResult | None:
+    """A refund no 易支付 build accepts, refused before anything is sent (or None if fine)."""
+    if request.currency != "CNY":
+        detail = "易支付 takes CNY only"
+    elif request.amount_minor <= 0:
+        detail = "a refund must be at least 0.01 CNY"
+    else:
+        return None
+    return RefundResult(request.refund_no, RefundStatus.FAILED, 0, None, "", detail)
+
+
 class EpayGateway:
+    # V1 refunds have no refund number: a resent refund is a second refund (see the docstring).
+    refund_idempotent = False
+    currencies: frozenset[str] | None = frozenset({"CNY"})
+
     def __init__(
         self,
         base_url: str,
@@ -68,6 +123,7 @@ class EpayGateway:
         *,
         name: str = "epay",
         pay_type: str | None = None,
+        refund: bool = False,
         timeout: float = 10.0,
     ) -> None:
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
@@ -80,7 +136,9 @@ class EpayGateway:
         self._key = key
         self._public_url = public_url.rstrip("/")
         self._type = pay_type
+        self._refund = refund
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(NoRedirect)
 
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction:
         if request.currency != "CNY":
@@ -113,7 +171,7 @@ class EpayGateway:
             raise NotificationRejected(
                 "the sign parameter is missing", where="sign", slug="bad-signature"
             )
-        if not hmac.compare_digest(given.lower(), sign(params, self._key)):
+        if not hmac.compare_digest(given.lower().encode(), sign(params, self._key).encode()):
             raise NotificationRejected(
                 "sign does not match the parameters", where="sign", slug="bad-signature"
             )
@@ -153,8 +211,8 @@ class EpayGateway:
         }
         url = f"{self._base}/api.php?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=self._timeout) as resp:  # noqa: S310
-                text = resp.read(256 * 1024).decode("utf-8", errors="replace")
+            with self._opener.open(url, timeout=self._timeout) as resp:
+                text = resp.read(MAX_RESPONSE).decode("utf-8", errors="replace")
         except OSError as exc:
             raise Unavailable(
                 f"易支付 query failed: {type(exc).__name__}",
@@ -186,3 +244,126 @@ class EpayGateway:
             merchant_id=self._pid,
         )
         return QueryResult(notice if notice.trade_no else None, text)
+
+    # -- refunds -------------------------------------------------------------------------------
+    def _unsupported(self, what: str) -> RefundUnsupported:
+        return RefundUnsupported(
+            f"{what}; refund the order in the 易支付 gateway's merchant console",
+            where=self.name,
+        )
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        """One POST to `api.php?act=refund`, never repeated here (see the module docstring)."""
+        if not self._refund:
+            raise self._unsupported(
+                f"refunds through the API are not enabled for account {self.name} "
+                "(set refund = true only if the gateway supports api.php?act=refund)"
+            )
+        refused = refused_refund(request)
+        if refused is not None:
+            return refused
+        params = {"pid": self._pid, "key": self._key, "money": yuan(request.amount_minor)}
+        if request.trade_no:
+            params["trade_no"] = request.trade_no
+        else:
+            params["out_trade_no"] = request.order_no
+        # The key goes in the form body, not the URL, so it stays out of access logs.
+        http = urllib.request.Request(  # noqa: S310 (scheme checked in __init__)
+            f"{self._base}/api.php?act=refund",
+            data=urllib.parse.urlencode(params).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        unknown = RefundResult(
+            request.refund_no,
+            RefundStatus.PROCESSING,
+            request.amount_minor,
+            None,
+            raw="",
+            detail=OUTCOME_UNKNOWN,
+        )
+        try:
+            with self._opener.open(http, timeout=self._timeout) as resp:
+                text = resp.read(MAX_RESPONSE).decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as exc:
+            answer = exc.read(2000).decode("utf-8", errors="replace")
+            return replace(unknown, raw=f"HTTP {exc.code}: {answer}")
+        except (OSError, ValueError):
+            return unknown
+        try:
+            data: Any = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or "code" not in data:
+            return replace(unknown, raw=text)
+        if str(data.get("code")) == "1":
+            return RefundResult(
+                request.refund_no, RefundStatus.SUCCEEDED, request.amount_minor, None, text
+            )
+        message = str(data.get("msg") or "refused without a message")[:500]
+        return RefundResult(
+            request.refund_no, RefundStatus.FAILED, request.amount_minor, None, text, message
+        )
+
+    def query_refund(self, request: RefundRequest) -> RefundResult:
+        raise self._unsupported(
+            f"易支付 V1 has no refund query, so refund {request.refund_no} cannot be checked"
+        )
+
+
+# -- configuration ---------------------------------------------------------------------------
+def check_base_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("base_url: must be the gateway's http(s) address, without ?query")
+    return value
+
+
+def check_pid(value: str) -> str:
+    if not value or len(value) > 32 or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError("pid: must be the merchant id (up to 32 characters, no spaces)")
+    return value
+
+
+def check_flag(options: Mapping[str, str], option: str) -> bool:
+    text = options.get(option, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{option}: must be true or false")
+
+
+def from_options(name: str, options: Mapping[str, str], public_url: str) -> EpayGateway:
+    """An account from its options (see SPEC); errors name the option, never its value."""
+    for option in SPEC.required:
+        if not options.get(option):
+            raise ValueError(f"{option}: is missing")
+    pay_type = options.get("pay_type") or None
+    if pay_type is not None and not (pay_type.isascii() and pay_type.isprintable()):
+        raise ValueError("pay_type: must be a payment method name such as alipay or wxpay")
+    return EpayGateway(
+        check_base_url(options["base_url"]),
+        check_pid(options["pid"]),
+        options["key"],
+        public_url,
+        name=name,
+        pay_type=pay_type,
+        refund=check_flag(options, "refund"),
+    )
+
+
+def _warnings(options: Mapping[str, str]) -> list[str]:
+    if urllib.parse.urlsplit(options.get("base_url", "")).scheme != "https":
+        return ["base_url is not https: the query sends the key in it (and refunds in the body)"]
+    return []
+
+
+SPEC = ChannelSpec(
+    channel="epay",
+    required=("base_url", "pid", "key"),
+    optional=("pay_type", "refund"),
+    secrets=frozenset({"key"}),
+    build=from_options,
+    warnings=_warnings,
+)

@@ -41,6 +41,9 @@ RefundBook = Callable[[RefundRequest], RefundResult]
 
 
 class SandboxGateway:
+    refund_idempotent = True
+    currencies: frozenset[str] | None = None
+
     name = "sandbox"
 
     def __init__(

@@ -101,6 +101,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class StripeGateway:
+    refund_idempotent = True  # refund metadata looked up before any new refund
+    currencies: frozenset[str] | None = None
+
     def __init__(
         self,
         secret_key: str,

@@ -137,6 +137,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class WechatGateway:
+    refund_idempotent = True  # out_refund_no
+    currencies: frozenset[str] | None = frozenset({"CNY"})
+
     def __init__(
         self,
         name: str,

@@ -306,3 +306,22 @@ def dispose_keys(order_no: str, body: KeysIn, shop: ShopDep, admin: AdminDep) ->
     _money_role(admin)
     moved = fulfilment.dispose_keys(shop, order_no, body.action, body.positions)
     return KeysOut(order_no=order_no, action=body.action, keys_moved=len(moved))
+
+
+class SettleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    succeeded: bool = Field(description="what the channel's merchant console shows")
+    note: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/refunds/{refund_no}/settle", response_model=RefundResultOut)
+def settle_refund(
+    refund_no: Annotated[str, PathParam(max_length=40)],
+    body: SettleIn,
+    shop: ShopDep,
+    admin: AdminDep,
+) -> RefundResultOut:
+    """Settle an open refund by hand, for a channel Kami cannot ask (易支付 V1)."""
+    _money_role(admin)
+    outcome = fulfilment.settle_by_hand(shop, refund_no, body.succeeded, body.note, admin.username)
+    return _result_out(outcome)

@@ -29,7 +29,7 @@ GatewayName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$", description=
 @router.get("/catalog", response_model=list[catalog.PublicCategory])
 def get_catalog(shop: ShopDep) -> list[catalog.PublicCategory]:
     with shop.db.read() as s:
-        return catalog.public_tree(s, vault.count_available(s), shop.gateways.names())
+        return catalog.public_tree(s, vault.count_available(s), shop.gateways.currencies())
 
 
 @router.post("/orders", status_code=201, response_model=CreatedOrderOut)

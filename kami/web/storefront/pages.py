@@ -41,7 +41,7 @@ def _render(request: Request, name: str, shop: fulfilment.Shop, **context: Any) 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, shop: ShopDep) -> HTMLResponse:
     with shop.db.read() as s:
-        tree = catalog.public_tree(s, vault.count_available(s), shop.gateways.names())
+        tree = catalog.public_tree(s, vault.count_available(s), shop.gateways.currencies())
     return _render(request, "home.html", shop, tree=tree, gateways=shop.gateways.names())
 
 
