@@ -9,7 +9,7 @@ from importlib import resources
 
 from sqlalchemy.exc import DBAPIError
 
-from kami import delivery, fulfilment, payments, vault
+from kami import delivery, fulfilment, licenses, payments, vault
 from kami.config import Settings
 from kami.gateway_config import configured_gateways
 from kami.kernel.db import Database, make_engine, normalise_url
@@ -32,7 +32,10 @@ class Container:
 
     def job_handlers(self) -> dict[str, Handler]:
         shop = self.shop
-        return {fulfilment.MAIL_JOB: lambda payload: fulfilment.send_order_mail(shop, payload)}
+        return {
+            fulfilment.MAIL_JOB: lambda payload: fulfilment.send_order_mail(shop, payload),
+            fulfilment.REFUND_JOB: lambda payload: fulfilment.refund_failed_line(shop, payload),
+        }
 
     def close(self) -> None:
         self.shop.db.dispose()
@@ -70,8 +73,13 @@ def build(settings: Settings) -> Container:
     # inside a read, two concurrent first uses would collide on SQLite's lock upgrade.
     try:
         with db.write() as s:
-            for name in (vault.FINGERPRINT_SECRET, fulfilment.ORDER_TOKEN_SECRET):
+            for name in (
+                vault.FINGERPRINT_SECRET,
+                fulfilment.ORDER_TOKEN_SECRET,
+                fulfilment.WEBHOOK_SECRET,
+            ):
                 cipher.named_secret(s, name)
+            licenses.prepare_secrets(s, cipher)
             sandbox_secret = cipher.named_secret(s, SANDBOX_SECRET)
     except DBAPIError as exc:
         db.dispose()

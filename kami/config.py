@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     redis_namespace: str = "kami"  # key prefix, so several shops can share one Redis
     rate_limit_orders: str = "30/minute"
     rate_limit_reveals: str = "60/minute"
+    rate_limit_licenses: str = "120/minute"  # validate/activate/deactivate, per client address
     shop_name: str = "Kami"
     smtp: SmtpConfig = SmtpConfig()
     stripe: StripeConfig = StripeConfig()

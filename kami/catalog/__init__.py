@@ -8,6 +8,18 @@ from kami.catalog.flash import (
     set_flash_sale,
     take_quota,
 )
+from kami.catalog.goods import (
+    ASYNC_KINDS,
+    VAULT_KINDS,
+    BundleConfig,
+    InputField,
+    ManualConfig,
+    RechargeConfig,
+    ReusableConfig,
+    WebhookConfig,
+    config_of,
+    validate_buyer_input,
+)
 from kami.catalog.queries import (
     find_sku,
     get_sku,
@@ -43,6 +55,9 @@ from kami.catalog.service import (
 )
 
 __all__ = [
+    "ASYNC_KINDS",
+    "VAULT_KINDS",
+    "BundleConfig",
     "CategoryIn",
     "CategoryPatch",
     "CategoryView",
@@ -50,17 +65,23 @@ __all__ = [
     "DisplayedStock",
     "FlashSaleIn",
     "FlashSaleView",
+    "InputField",
+    "ManualConfig",
     "ProductIn",
     "ProductPatch",
     "ProductView",
     "PublicCategory",
     "PublicProduct",
     "PublicSku",
+    "RechargeConfig",
+    "ReusableConfig",
     "SkuIn",
     "SkuPatch",
     "SkuView",
     "StockDisplay",
     "StockLevel",
+    "WebhookConfig",
+    "config_of",
     "create_category",
     "create_product",
     "create_sku",
@@ -80,4 +101,5 @@ __all__ = [
     "update_category",
     "update_product",
     "update_sku",
+    "validate_buyer_input",
 ]

@@ -60,6 +60,9 @@ class Sku(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
     # Payment accounts this SKU may be paid through; NULL: every enabled account.
     gateways: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # The delivery kind's settings (kami.catalog.goods) and the buyer's input fields.
+    delivery_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    input_fields: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

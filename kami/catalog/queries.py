@@ -62,6 +62,8 @@ def _sku_view(sku: Sku, prod: Product) -> SkuView:
         validity_days=prod.validity_days,
         redemption=prod.redemption,
         gateways=list(sku.gateways) if sku.gateways is not None else None,
+        delivery_config=dict(sku.delivery_config or {}),
+        input_fields=list(sku.input_fields or []),
     )
 
 
@@ -167,6 +169,8 @@ def public_tree(
                     if (s.gateways is None or g in s.gateways)
                     and (takes is None or s.currency in takes)
                 ],
+                delivery_kind=DeliveryKind(s.delivery_kind),
+                input_fields=list(s.input_fields or []),
             )
         )
     products_by_cat: dict[int, list[PublicProduct]] = defaultdict(list)

@@ -6,9 +6,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from kami.catalog.goods import DeliveryKind
 
-class DeliveryKind(StrEnum):
-    CARD_KEY = "card_key"
+__all__ = ["DeliveryKind"]
 
 
 class StockDisplay(StrEnum):

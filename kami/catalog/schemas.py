@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -74,6 +74,12 @@ class SkuIn(BaseModel):
         max_length=32,
         description="payment accounts this SKU may be paid through; null: every enabled one",
     )
+    delivery_config: dict[str, Any] | None = Field(
+        default=None, description="the delivery kind's settings (see docs/goods.md)"
+    )
+    input_fields: list[dict[str, Any]] | None = Field(
+        default=None, max_length=10, description="what the buyer fills in at checkout"
+    )
 
     @model_validator(mode="after")
     def _quantities(self) -> SkuIn:
@@ -96,6 +102,8 @@ class SkuPatch(BaseModel):
     gateways: list[AccountName] | None = Field(
         default=None, min_length=1, max_length=32, description="null: every enabled account"
     )
+    delivery_config: dict[str, Any] | None = None
+    input_fields: list[dict[str, Any]] | None = Field(default=None, max_length=10)
 
 
 class SkuView(BaseModel):
@@ -115,6 +123,8 @@ class SkuView(BaseModel):
     validity_days: int | None
     redemption: str
     gateways: list[str] | None
+    delivery_config: dict[str, Any] = Field(default_factory=dict)
+    input_fields: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class CategoryView(BaseModel):
@@ -145,6 +155,10 @@ class PublicSku(BaseModel):
     max_quantity: int
     stock: DisplayedStock
     gateways: list[str] = Field(description="the payment accounts it can be paid through")
+    delivery_kind: DeliveryKind = DeliveryKind.CARD_KEY
+    input_fields: list[dict[str, Any]] = Field(
+        default_factory=list, description="what the buyer must fill in at checkout"
+    )
 
 
 class PublicProduct(BaseModel):

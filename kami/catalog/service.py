@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from kami.catalog.goods import DeliveryKind, check_config, check_input_fields, config_of
 from kami.catalog.models import Category, Product, Sku
 from kami.catalog.queries import category_view, product_view, sku_view
 from kami.catalog.schemas import (
@@ -159,11 +160,52 @@ def create_sku(session: Session, data: SkuIn) -> SkuView:
         low_stock_threshold=data.low_stock_threshold,
         position=data.position,
         gateways=sorted(set(data.gateways)) if data.gateways is not None else None,
+        delivery_config=data.delivery_config,
+        input_fields=data.input_fields,
         created_at=utcnow(),
     )
+    _check_goods(session, sku)
     session.add(sku)
     session.flush()
     return sku_view(session, sku)
+
+
+def _check_goods(session: Session, sku: Sku) -> None:
+    """The kind's settings and the buyer's fields, checked and normalised in place; a bundle's
+    components must exist, be sold in its currency, not be bundles, and share its price."""
+    kind = DeliveryKind(sku.delivery_kind)
+    sku.delivery_config = check_config(kind, sku.delivery_config)
+    sku.input_fields = check_input_fields(sku.input_fields)
+    if kind is DeliveryKind.RECHARGE:
+        config = config_of(kind, sku.delivery_config)
+        if config.account_field not in {f["name"] for f in sku.input_fields or []}:
+            raise InvalidInput(
+                f"a recharge SKU needs an input field named {config.account_field!r} "
+                "(the account to recharge)",
+                where="input_fields",
+            )
+    if kind is not DeliveryKind.BUNDLE:
+        return
+    total = 0
+    for n, component in enumerate(config_of(kind, sku.delivery_config).components):
+        where = f"delivery_config.components.{n}.sku"
+        part = session.execute(select(Sku).where(Sku.code == component.sku)).scalar_one_or_none()
+        if part is None:
+            raise InvalidInput(f"no SKU {component.sku!r}", where=where)
+        if part.delivery_kind == DeliveryKind.BUNDLE or part.id == sku.id:
+            raise InvalidInput("a bundle cannot contain a bundle", where=where)
+        if part.currency != sku.currency:
+            raise InvalidInput(
+                f"{component.sku} is sold in {part.currency}, the bundle in {sku.currency}",
+                where=where,
+            )
+        total += component.share_minor * component.quantity
+    if total != sku.price_minor:
+        raise InvalidInput(
+            f"the components' shares add up to {total}, the bundle's price is {sku.price_minor}: "
+            "they must be equal, so a failed component's share can be refunded",
+            where="delivery_config.components",
+        )
 
 
 def update_sku(session: Session, code: str, data: SkuPatch) -> SkuView:
@@ -180,5 +222,6 @@ def update_sku(session: Session, code: str, data: SkuPatch) -> SkuView:
         setattr(sku, name, value)
     if sku.min_quantity > sku.max_quantity:
         raise InvalidInput("min_quantity must not exceed max_quantity", where="min_quantity")
+    _check_goods(session, sku)
     session.flush()
     return sku_view(session, sku)

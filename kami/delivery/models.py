@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import Boolean, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
@@ -19,8 +19,8 @@ class Item(Base):
             "uq_delivery_item_live_key",
             "key_id",
             unique=True,
-            sqlite_where=text("revoked_at IS NULL"),
-            postgresql_where=text("revoked_at IS NULL"),
+            sqlite_where=text("revoked_at IS NULL AND NOT shared"),
+            postgresql_where=text("revoked_at IS NULL AND NOT shared"),
         ),
         UniqueConstraint("order_id", "position"),
     )
@@ -28,7 +28,13 @@ class Item(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     order_id: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
-    key_id: Mapped[int] = mapped_column(Integer)
+    # The vault key delivered (card, reusable or text goods, and goods that arrived from a
+    # webhook, an operator or a supplier, which are stored as keys too), or a license.
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    license_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A reusable key stands in many orders' items; every other key in one live item only.
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    line_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     delivered_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -44,3 +50,70 @@ class Reveal(Base):
     revealed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_agent: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class Line(Base):
+    """One part of a paid order to deliver: the order's SKU, or one component of a bundle.
+
+    Goods that are at hand (keys, licenses) are delivered in the payment's transaction; goods
+    that come from elsewhere (a webhook, an operator, a supplier) wait here, `pending` until
+    their attempt is due, until they end `delivered` or `failed` (then its share is refunded).
+    """
+
+    __tablename__ = "delivery_line"
+    __table_args__ = (
+        UniqueConstraint("order_id", "position"),
+        Index("ix_delivery_line_status_due", "status", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(Integer, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    sku_id: Mapped[int] = mapped_column(Integer)
+    sku_code: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    quantity: Mapped[int] = mapped_column(Integer)
+    share_minor: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class LineEvent(Base):
+    """What happened to a line, step by step, for the order's timeline."""
+
+    __tablename__ = "delivery_line_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_id: Mapped[int] = mapped_column(Integer, index=True)
+    order_id: Mapped[int] = mapped_column(Integer, index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    event: Mapped[str] = mapped_column(String(48))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SupplierOrder(Base):
+    """One attempt to have a supplier deliver a line (direct recharge, card purchase).
+
+    Written with its `customer_order_no` before the supplier is called, so a crash or a
+    time-out is followed by a query for that number, never by a second charge.
+    """
+
+    __tablename__ = "delivery_supplier_order"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_id: Mapped[int] = mapped_column(Integer, index=True)
+    supplier: Mapped[str] = mapped_column(String(32))
+    product_id: Mapped[str] = mapped_column(String(64))
+    customer_order_no: Mapped[str] = mapped_column(String(50), unique=True)
+    supplier_order_no: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cost_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

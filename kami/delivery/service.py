@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
@@ -19,40 +19,109 @@ class RevealView:
     user_agent: str | None
 
 
-def record_items(session: Session, order_id: int, key_ids: Sequence[int], now: datetime) -> None:
+def record_items(
+    session: Session,
+    order_id: int,
+    key_ids: Sequence[int],
+    now: datetime,
+    *,
+    start: int = 1,
+    shared: bool = False,
+    line_id: int | None = None,
+) -> None:
+    """Keys delivered to the order, numbered from `start` in the order given."""
+    if not key_ids:
+        return
     session.execute(
         insert(Item),
         [
-            {"order_id": order_id, "position": n, "key_id": k, "delivered_at": now}
-            for n, k in enumerate(key_ids, start=1)
+            {
+                "order_id": order_id,
+                "position": n,
+                "key_id": k,
+                "shared": shared,
+                "line_id": line_id,
+                "delivered_at": now,
+            }
+            for n, k in enumerate(key_ids, start=start)
         ],
     )
 
 
+def record_licenses(
+    session: Session,
+    order_id: int,
+    license_ids: Sequence[int],
+    now: datetime,
+    *,
+    start: int,
+    line_id: int | None = None,
+) -> None:
+    session.execute(
+        insert(Item),
+        [
+            {
+                "order_id": order_id,
+                "position": n,
+                "license_id": lic,
+                "line_id": line_id,
+                "delivered_at": now,
+            }
+            for n, lic in enumerate(license_ids, start=start)
+        ],
+    )
+
+
+def next_position(session: Session, order_id: int) -> int:
+    last = session.execute(
+        select(func.max(Item.position)).where(Item.order_id == order_id)
+    ).scalar_one()
+    return int(last or 0) + 1
+
+
 def item_key_ids(session: Session, order_id: int) -> list[int]:
-    """The keys the order holds now (revoked items left out), in delivery order."""
+    """The keys the order holds now (revoked items and licenses left out), in delivery order."""
     rows = session.execute(
         select(Item.key_id)
-        .where(Item.order_id == order_id, Item.revoked_at.is_(None))
+        .where(Item.order_id == order_id, Item.revoked_at.is_(None), Item.key_id.is_not(None))
         .order_by(Item.position)
     )
-    return list(rows.scalars())
+    return [k for k in rows.scalars() if k is not None]
 
 
-def live_items(session: Session, order_id: int) -> list[tuple[int, int]]:
-    """(position, key_id) of the order's items that are not revoked."""
+@dataclass(frozen=True, slots=True)
+class LiveItem:
+    position: int
+    key_id: int | None
+    license_id: int | None
+    shared: bool
+
+
+def live_items(session: Session, order_id: int) -> list[LiveItem]:
+    """The order's items that are not revoked, in delivery order."""
     rows = session.execute(
-        select(Item.position, Item.key_id)
+        select(Item.position, Item.key_id, Item.license_id, Item.shared)
         .where(Item.order_id == order_id, Item.revoked_at.is_(None))
         .order_by(Item.position)
     )
-    return [(p, k) for p, k in rows.tuples()]
+    return [LiveItem(p, k, lic, bool(sh)) for p, k, lic, sh in rows.tuples()]
+
+
+def count_shared(session: Session, key_id: int) -> int:
+    """How many live items a reusable key stands in (units of it sold)."""
+    return int(
+        session.execute(
+            select(func.count()).where(
+                Item.key_id == key_id, Item.shared.is_(True), Item.revoked_at.is_(None)
+            )
+        ).scalar_one()
+    )
 
 
 def revoke_items(
     session: Session, order_id: int, positions: Sequence[int], reason: str, now: datetime
-) -> list[int]:
-    """Take these items back from the order (after a refund); returns their key ids."""
+) -> list[LiveItem]:
+    """Take these items back from the order (after a refund); returns what they held."""
     if not positions:
         return []
     rows = session.execute(
@@ -63,10 +132,13 @@ def revoke_items(
             Item.revoked_at.is_(None),
         )
         .values(revoked_at=now, revoked_reason=reason[:200])
-        .returning(Item.key_id)
+        .returning(Item.position, Item.key_id, Item.license_id, Item.shared)
         .execution_options(synchronize_session=False)
     )
-    return sorted(rows.scalars())
+    return sorted(
+        (LiveItem(p, k, lic, bool(sh)) for p, k, lic, sh in rows.tuples()),
+        key=lambda i: i.position,
+    )
 
 
 def record_reveal(

@@ -2,12 +2,23 @@
 
 from kami.fulfilment.checkout import PlacedOrder, TooManyOpenOrders, cancel_order, place_order
 from kami.fulfilment.delivering import (
-    MAIL_JOB,
     deliver_paid,
     expire_orders,
     import_and_serve,
     redeliver,
     serve_awaiting_stock,
+)
+from kami.fulfilment.goods import (
+    REFUND_JOB,
+    WEBHOOK_SECRET,
+    ManualTask,
+    attempt_line,
+    drive_due,
+    fail_by_hand,
+    fulfil_by_hand,
+    manual_queue,
+    refund_failed_line,
+    webhook_secret,
 )
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
@@ -21,7 +32,7 @@ from kami.fulfilment.refunds import (
     sync_refund,
     sync_refunds_due,
 )
-from kami.fulfilment.shop import ORDER_TOKEN_SECRET, Shop
+from kami.fulfilment.shop import MAIL_JOB, ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
 from kami.fulfilment.views import (
     AdminOrderDetail,
@@ -38,8 +49,11 @@ __all__ = [
     "KEY_ACTIONS",
     "MAIL_JOB",
     "ORDER_TOKEN_SECRET",
+    "REFUND_JOB",
+    "WEBHOOK_SECRET",
     "AdminOrderDetail",
     "BuyerItem",
+    "ManualTask",
     "Outcome",
     "PlacedOrder",
     "RefundOutcome",
@@ -49,18 +63,24 @@ __all__ = [
     "TimelineEntry",
     "TooManyOpenOrders",
     "admin_detail",
+    "attempt_line",
     "authorise",
     "build_email",
     "buyer_view",
     "cancel_order",
     "deliver_paid",
     "dispose_keys",
+    "drive_due",
     "expire_orders",
+    "fail_by_hand",
+    "fulfil_by_hand",
     "handle_notification",
     "import_and_serve",
     "list_order_refunds",
+    "manual_queue",
     "place_order",
     "redeliver",
+    "refund_failed_line",
     "request_refund",
     "reveal",
     "send_order_mail",
@@ -70,4 +90,5 @@ __all__ = [
     "sync_order",
     "sync_refund",
     "sync_refunds_due",
+    "webhook_secret",
 ]

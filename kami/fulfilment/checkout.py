@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from kami import catalog, orders, payments, vault
 from kami.fulfilment.delivering import release_expired
+from kami.fulfilment.goods.stock import SoldOut, has_goods, reserve, sold_out
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, KamiError, NotFound
@@ -34,12 +35,8 @@ class PlacedOrder:
     created: bool
 
 
-class SoldOut(Conflict):
-    slug = "sold-out"
-
-
 def _sold_out(sku: catalog.SkuView) -> Conflict:
-    return SoldOut(f"SKU {sku.code!r} is sold out", where="sku")
+    return sold_out(sku)
 
 
 def _check_caps(
@@ -158,6 +155,7 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
             sku is None
             or not sku.active
             or not sku.min_quantity <= data.quantity <= sku.max_quantity
+            or sku.delivery_kind != catalog.DeliveryKind.CARD_KEY
         ):
             return  # the write path gives the precise problem
         sale = catalog.find_flash_sale(s, sku.id)
@@ -215,9 +213,10 @@ def _place(
             where="quantity",
             slug="amount-too-large",
         )
+    buyer_input = catalog.validate_buyer_input(sku.input_fields, data.buyer_input)
     # Reservations that lapsed a moment ago go back on sale now, not at the next sweep.
-    if not vault.has_stock(s, sku.id, data.quantity, now) and (
-        not release_expired(s, sku.id) or not vault.has_stock(s, sku.id, data.quantity, now)
+    if not has_goods(s, sku, data.quantity, now) and (
+        not release_expired(s, sku.id) or not has_goods(s, sku, data.quantity, now)
     ):
         raise _sold_out(sku)
     _check_caps(s, shop, sku, data, buyer_ip, device_id)
@@ -230,6 +229,8 @@ def _place(
         unit_price_minor=unit_price,
         currency=sku.currency,
         flash_sale_id=sale.id if sale else None,
+        delivery_kind=sku.delivery_kind,
+        buyer_input=buyer_input,
     )
     ttl = timedelta(minutes=sale.reservation_minutes) if sale else shop.order_ttl
     order, _ = orders.create_order(
@@ -245,17 +246,7 @@ def _place(
     )
     if sale is not None and not catalog.take_quota(s, sale.id, data.quantity):
         raise _sold_out(sku)  # rolls the order back with it
-    reserved = vault.take_keys(
-        s,
-        sku.id,
-        order.id,
-        data.quantity,
-        now,
-        target=vault.KeyStatus.RESERVED,
-        hints=shop.claim_hints,
-    )
-    if not reserved:
-        raise _sold_out(sku)
+    reserve(s, shop, sku, order, now, device_id)  # SoldOut rolls the order back too
     return order
 
 

@@ -9,29 +9,31 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from kami import catalog, delivery, orders, vault
-from kami.fulfilment.shop import Shop
+from kami.fulfilment.goods.lines import serve_card_line, settle_order, start_delivery
+from kami.fulfilment.shop import MAIL_JOB, Shop
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict
 
 log = logging.getLogger("kami.fulfilment")
 
-MAIL_JOB = "mail.order_update"
 
 
 class _Raced(Exception):
     """The order changed under us; roll the claim back."""
 
 
-def deliver_paid(
-    session: Session, order: orders.OrderView, now: datetime, hints: vault.ClaimHints | None = None
-) -> bool:
+def deliver_paid(session: Session, shop: Shop, order: orders.OrderView, now: datetime) -> bool:
     """Sell the order's reserved keys, or fresh ones if the reservation lapsed; record them.
 
     Runs inside the caller's transaction (the notify transaction, or a restock one), so the
     status change, the sale, the delivery rows and the mail job commit together or not at all.
-    With no keys to be had, the order waits in awaiting_stock.
+    With no keys to be had, the order waits in awaiting_stock. Other kinds of goods (and
+    bundles) are delivered line by line (kami.fulfilment.goods).
     """
+    if order.delivery_kind != "card_key":
+        return start_delivery(session, shop, order, now)
+    hints = shop.claim_hints
     key_ids = vault.sell_reserved(session, order.id, order.quantity, now) or vault.take_keys(
         session, order.sku_id, order.id, order.quantity, now, hints=hints
     )
@@ -73,14 +75,38 @@ def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> in
                 order = orders.find_order(s, queued.order_no, for_update=True)
                 if order is None or order.status != orders.OrderStatus.AWAITING_STOCK:
                     continue
-                if deliver_paid(s, order, utcnow(), shop.claim_hints):
+                if deliver_paid(s, shop, order, utcnow()):
                     served += 1
                 else:
                     exhausted.add(order.sku_id)
         except _Raced:
             continue
+    served += serve_waiting_lines(shop, wanted)
     if served:
         log.info("delivered %d order(s) that were awaiting stock", served)
+    return served
+
+
+def serve_waiting_lines(shop: Shop, sku_ids: set[int] | None = None) -> int:
+    """Bundle components that waited for keys: served when keys arrive, oldest first."""
+    with shop.db.read() as s:
+        waiting = delivery.waiting_lines(s)
+    served = 0
+    for line in waiting:
+        if sku_ids is not None and line.sku_id not in sku_ids:
+            continue
+        with shop.db.write() as s:
+            current = delivery.get_line(s, line.id, for_update=True)
+            order = orders.find_order_by_id(s, line.order_id)
+            if (
+                current is None
+                or order is None
+                or current.status is not delivery.LineStatus.WAITING
+            ):
+                continue
+            now = utcnow()
+            if serve_card_line(s, shop, order, current, now):
+                served += settle_order(s, shop, order.order_no, now)
     return served
 
 

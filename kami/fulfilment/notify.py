@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from kami import orders, payments, vault
+from kami import orders, payments
 from kami.fulfilment.delivering import deliver_paid
 from kami.fulfilment.refunds import apply_refund_notice
 from kami.fulfilment.shop import Shop
@@ -40,7 +40,7 @@ def _reject(slug: str, detail: str, where: str) -> payments.NotificationRejected
 
 
 def _apply(
-    session: Session, notice: payments.PaymentNotice, hints: vault.ClaimHints
+    session: Session, notice: payments.PaymentNotice, shop: Shop
 ) -> tuple[payments.Verdict, str | None, bool]:
     if notice.status is not payments.TradeStatus.PAID:
         raise _reject(
@@ -86,7 +86,7 @@ def _apply(
         log.warning("order %s paid twice (trade %s)", order.order_no, notice.trade_no)
         return payments.Verdict.ACCEPTED, "duplicate-payment", False
     paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
-    return payments.Verdict.ACCEPTED, None, deliver_paid(session, paid, now, hints)
+    return payments.Verdict.ACCEPTED, None, deliver_paid(session, shop, paid, now)
 
 
 def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
@@ -141,7 +141,7 @@ def apply_notice(
     """Apply a verified notice: the one path for notifications and for answers to queries."""
     try:
         with shop.db.write() as s:
-            verdict, reason, delivered = _apply(s, notice, shop.claim_hints)
+            verdict, reason, delivered = _apply(s, notice, shop)
             detail = "second payment of a paid order: refund it" if reason else None
             payments.record_notification(
                 s,

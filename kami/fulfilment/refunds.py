@@ -24,9 +24,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from kami import delivery, orders, payments, vault
-from kami.fulfilment.delivering import MAIL_JOB
-from kami.fulfilment.shop import Shop
+from kami import delivery, licenses, orders, payments, vault
+from kami.fulfilment.shop import MAIL_JOB, Shop
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -180,7 +179,7 @@ def _new_refund(
             slug="partial-refund-not-allowed",
         )
     if positions is not None:
-        live = {p for p, _ in delivery.live_items(s, order.id)}
+        live = {i.position for i in delivery.live_items(s, order.id)}
         unknown = sorted(set(positions) - live)
         if not positions or unknown:
             raise InvalidInput(
@@ -363,13 +362,19 @@ def _withdraw(
     chosen = (
         list(positions)
         if positions is not None
-        else [p for p, _ in delivery.live_items(s, order.id)]
+        else [i.position for i in delivery.live_items(s, order.id)]
     )
-    key_ids = delivery.revoke_items(s, order.id, chosen, f"{action}: {reason}", now)
-    moved = vault.withdraw_sold(s, order.id, key_ids, restock=action == "restock")
+    revoked = delivery.revoke_items(s, order.id, chosen, f"{action}: {reason}", now)
+    # A reusable key's item is simply gone (a unit of it is free again); a key of its own
+    # is voided or put back on sale; a license is revoked whatever the choice.
+    own = [i.key_id for i in revoked if i.key_id is not None and not i.shared]
+    moved = vault.withdraw_sold(s, order.id, own, restock=action == "restock")
+    licenses_ids = [i.license_id for i in revoked if i.license_id is not None]
+    if licenses_ids:
+        licenses.revoke(s, licenses_ids, reason)
     if action == "restock" and moved:
-        shop.claim_hints.forget(order.sku_id)  # the keys may sit behind the scan hint
-    return moved
+        shop.claim_hints.forget()  # the keys may sit behind a scan hint (a bundle's too)
+    return moved + licenses_ids
 
 
 def dispose_keys(
@@ -389,7 +394,7 @@ def dispose_keys(
                 where="order_no",
                 slug="not-refunded",
             )
-        live = {p for p, _ in delivery.live_items(s, order.id)}
+        live = {i.position for i in delivery.live_items(s, order.id)}
         if positions is not None and (not positions or set(positions) - live):
             raise InvalidInput(
                 f"positions must be items the order still holds: {sorted(live) or 'none'}",

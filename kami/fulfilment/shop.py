@@ -14,6 +14,7 @@ from kami.vault import ClaimHints, VaultCipher
 VaultClaimHints = ClaimHints
 
 ORDER_TOKEN_SECRET = "order-access"
+MAIL_JOB = "mail.order_update"  # the outbox job that e-mails the buyer about their order
 SOLD_OUT_MEMO = 1.0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from kami import delivery, orders, payments, vault
+from kami import delivery, licenses, orders, payments, vault
 from kami.fulfilment.shop import Shop
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
@@ -72,8 +72,16 @@ def buyer_view(
 def _items(s: Session, order_id: int) -> list[BuyerItem]:
     """The items the order holds now, numbered as delivered (a withdrawn one leaves a gap)."""
     live = delivery.live_items(s, order_id)
-    masked = vault.masked_keys(s, [k for _, k in live])
-    return [BuyerItem(p, m.masked) for (p, _), m in zip(live, masked, strict=True)]
+    keys = vault.masked_keys(s, [i.key_id for i in live if i.key_id is not None])
+    masked_keys = iter(keys)
+    lic = {v.license_id: v.masked for v in licenses.licenses_for_order(s, order_id)}
+    out = []
+    for i in live:
+        if i.key_id is not None:
+            out.append(BuyerItem(i.position, next(masked_keys).masked))
+        elif i.license_id is not None:
+            out.append(BuyerItem(i.position, lic.get(i.license_id, "")))
+    return out
 
 
 def reveal(
@@ -91,10 +99,15 @@ def reveal(
         live = delivery.live_items(s, order.id)
         # Recorded in the same transaction as the decryption it authorises.
         delivery.record_reveal(s, order.id, utcnow(), ip, user_agent)
-        secrets = vault.reveal_keys(s, shop.cipher, [k for _, k in live])
-    return order, [
-        RevealedItem(p, x.card, x.password) for (p, _), x in zip(live, secrets, strict=True)
+        keyed = [i for i in live if i.key_id is not None]
+        secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
+        licensed = [i for i in live if i.license_id is not None]
+        plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
+    items = [
+        RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)
     ]
+    items += [RevealedItem(i.position, x.key, None) for i, x in zip(licensed, plain, strict=True)]
+    return order, sorted(items, key=lambda r: r.position)
 
 
 def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:

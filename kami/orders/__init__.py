@@ -8,10 +8,12 @@ from kami.orders.queries import (
     due_for_sync,
     find_by_trade,
     find_order,
+    find_order_by_id,
     get_order,
     list_orders,
     lock_buyer,
     quantity_held,
+    quantity_pending,
 )
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.service import (
@@ -58,10 +60,12 @@ __all__ = [
     "find_by_trade",
     "find_idempotent",
     "find_order",
+    "find_order_by_id",
     "get_order",
     "list_orders",
     "lock_buyer",
     "mark_synced",
     "move",
     "quantity_held",
+    "quantity_pending",
 ]

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
@@ -48,5 +49,11 @@ class Order(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the SKU delivered at the time of the order (kami.catalog.goods.DeliveryKind), and
+    # the buyer's values for its input fields.
+    delivery_kind: Mapped[str] = mapped_column(
+        String(16), default="card_key", server_default="card_key"
+    )
+    buyer_input: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # When the payment channel was last asked about this order (query-and-fix).
     synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -36,6 +36,8 @@ def to_view(o: Order) -> OrderView:
         paid_at=o.paid_at,
         delivered_at=o.delivered_at,
         note=o.note,
+        delivery_kind=o.delivery_kind,
+        buyer_input=dict(o.buyer_input) if o.buyer_input else None,
     )
 
 
@@ -44,6 +46,11 @@ def find_order(session: Session, order_no: str, *, for_update: bool = False) -> 
     if for_update and session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     order = session.execute(stmt).scalar_one_or_none()
+    return to_view(order) if order else None
+
+
+def find_order_by_id(session: Session, order_id: int) -> OrderView | None:
+    order = session.get(Order, order_id)
     return to_view(order) if order else None
 
 
@@ -154,6 +161,16 @@ def quantity_held(
             Order.created_at >= since,
             Order.status.in_([s.value for s in HOLDING]),
             who,
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def quantity_pending(session: Session, sku_id: int) -> int:
+    """Units of this SKU held by orders not paid yet (reusable goods count them as taken)."""
+    total = session.execute(
+        select(func.coalesce(func.sum(Order.quantity), 0)).where(
+            Order.sku_id == sku_id, Order.status == OrderStatus.PENDING.value
         )
     ).scalar_one()
     return int(total)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +15,11 @@ class OrderIn(BaseModel):
     quantity: int = Field(default=1, ge=1, le=10_000)
     email: str = Field(max_length=254, pattern=EMAIL, description="where the order link is sent")
     gateway: str = Field(min_length=1, max_length=32, description="payment channel name")
+    buyer_input: dict[str, Annotated[str, Field(max_length=500)]] | None = Field(
+        default=None,
+        max_length=10,
+        description="the values the SKU's input fields ask for (recharge account, phone …)",
+    )
 
 
 class OrderView(BaseModel):
@@ -37,3 +43,5 @@ class OrderView(BaseModel):
     paid_at: datetime | None
     delivered_at: datetime | None
     note: str | None
+    delivery_kind: str = "card_key"
+    buyer_input: dict[str, str] | None = None

@@ -30,6 +30,8 @@ class Priced:
     unit_price_minor: int
     currency: str
     flash_sale_id: int | None = None
+    delivery_kind: str = "card_key"
+    buyer_input: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ def create_order(
         device_id=device_id,
         channel=channel,
         flash_sale_id=priced.flash_sale_id,
+        delivery_kind=priced.delivery_kind,
+        buyer_input=priced.buyer_input or None,
         created_at=now,
         expires_at=now + ttl,
     )

@@ -16,6 +16,7 @@ from kami.config import Settings
 from kami.web import problems
 from kami.web.admin.api import router as admin_router
 from kami.web.admin.orders import router as admin_orders_router
+from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
 from kami.web.ratelimit import RateLimits
 from kami.web.storefront.pages import router as storefront_router
@@ -84,7 +85,11 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     s = container.settings
     app.state.rate_limits = RateLimits(
         s.redis_url,
-        {"orders": s.rate_limit_orders, "reveals": s.rate_limit_reveals},
+        {
+            "orders": s.rate_limit_orders,
+            "reveals": s.rate_limit_reveals,
+            "licenses": s.rate_limit_licenses,
+        },
         namespace=s.redis_namespace,
     )
     problems.install(app)
@@ -96,6 +101,7 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
         return {"status": "ok"}
 
     app.include_router(public_router)
+    app.include_router(licenses_router)
     app.include_router(admin_router)
     app.include_router(admin_orders_router)
     app.include_router(storefront_router)

@@ -24,6 +24,8 @@ def run_once(container: Container, *, sweep: bool = True) -> int:
     ran = run_due_jobs(container.db, container.job_handlers())
     # Expiry runs every cycle: it is one indexed update and it gives reserved keys back.
     fulfilment.expire_orders(container.shop)
+    # Goods from the seller's webhook: every cycle, each line when its attempt is due.
+    fulfilment.drive_due(container.shop)
     if sweep:
         fulfilment.serve_awaiting_stock(container.shop)
         s = container.settings
