@@ -44,6 +44,7 @@ class AdminOrderDetail:
     jobs: list[outbox.JobView]
     timeline: list[TimelineEntry]
     refunds: list[payments.RefundView] = field(default_factory=list)
+    lines: list[delivery.LineView] = field(default_factory=list)
 
 
 # A partly refunded order still holds the keys the seller did not withdraw.
@@ -116,6 +117,8 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
         items = _items(s, order.id)
         notes = payments.list_notifications(s, order_no=order_no)
         refunds = payments.list_refunds(s, order.id)
+        lines = delivery.order_lines(s, order.id)
+        line_events = delivery.line_events(s, order.id)
         reveals = delivery.list_reveals(s, order.id)
         jobs = outbox.list_jobs(s, ref=order_no)
     timeline = [TimelineEntry(order.created_at, "created", {"amount_minor": order.amount_minor})]
@@ -140,6 +143,9 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
         )
         for j in jobs
     ]
+    for e in line_events:
+        name = e.event if e.event.startswith("line_") else f"line_{e.event}"
+        timeline.append(TimelineEntry(e.at, name, {"line": e.position, "detail": e.detail}))
     for r in refunds:
         info = {"refund_no": r.refund_no, "amount_minor": r.amount_minor, "origin": r.origin}
         timeline.append(
@@ -151,4 +157,4 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
     if order.status == orders.OrderStatus.EXPIRED:
         timeline.append(TimelineEntry(order.expires_at, "expired"))
     timeline.sort(key=lambda e: e.at)
-    return AdminOrderDetail(order, items, notes, reveals, jobs, timeline, refunds)
+    return AdminOrderDetail(order, items, notes, reveals, jobs, timeline, refunds, lines)

@@ -1,40 +1,7 @@
-"""易支付 V2 (the newer 彩虹易支付 API): RSA-signed requests, responses and notifications.
-
-Field names follow the V2 document (payments.md §4.4, a summary of epay.qcjy.cc/doc):
-form-encoded POST requests to `/api/pay/{submit,create,query,refund,refundquery}`, JSON answers
-with `code` 0 for success (V1 used 1), every request and answer carrying `timestamp` (unix
-seconds), `sign` and `sign_type`. Where the document is silent this module follows V1: the
-notification's `trade_status=TRADE_SUCCESS` is the only paid state, the reply is the bare word
-`success`, `return_url` is the order page, and the page payment is a GET of the signed
-parameters (like `submit.php`).
-
-Signature: the V1 string (non-empty values but `sign`/`sign_type`, byte-sorted keys, `k=v&…`,
-raw values) signed SHA256WithRSA (PKCS#1 v1.5) with the merchant private key, base64; we send
-`sign_type=RSA` as the 彩虹 SDK does, and accept `RSA` or `SHA256WithRSA`. Answers and
-notifications are verified with the platform public key, and their `timestamp` must be within
-five minutes of our clock in either direction (slug `stale-timestamp` for notifications).
-JSON values are signed as PHP prints them: numbers as digits, true as "1"; false, null, arrays
-and objects are left out.
-
-An error answer (`code` ≠ 0) may come unsigned, as error paths of the platform often do; a
-signature on it must still verify. Such an answer is only ever read as "no" (no trade, refund
-refused) and never as a payment or a refund that happened. A success answer must be signed.
-
-Refunds are idempotent at the platform on `out_refund_no` (Kami's refund number), so a resent
-refund is safe; a transport failure raises Unavailable and the caller asks `refundquery`. The
-platform refunds synchronously (the refund query knows only 0 failed / 1 succeeded), so `code`
-0 is SUCCEEDED. A refusal is checked once with `refundquery` on the same `out_refund_no`, so a
-platform that answers a repeated refund number with an error still reports the first refund.
-The platform sends no refund notifications.
-
-The `submit` page URL carries the timestamp it was signed at, which the platform checks:
-it is for an immediate redirect, and a later attempt needs a new `create_payment`.
-"""
+"""易支付 V2's gateway: signed calls and answers, payments, notifications, query, refunds."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 import urllib.error
@@ -43,15 +10,12 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from kami.kernel.errors import Unavailable
+from kami.payments.gateways.amounts import yuan
 from kami.payments.gateways.base import (
     Ack,
-    ChannelSpec,
     NotificationRejected,
     PaymentInstruction,
     PaymentNotice,
@@ -63,45 +27,23 @@ from kami.payments.gateways.base import (
     RefundStatus,
     TradeStatus,
 )
-from kami.payments.gateways.epay import (
+from kami.payments.gateways.epay.protocol import (
     MAX_RESPONSE,
-    NoRedirect,
-    check_base_url,
-    check_pid,
+    acknowledge,
     fen,
+    notification_params,
+    payment_notice,
+    payment_params,
     refused_refund,
-    sign_content,
-    yuan,
+    trade_reference,
 )
+from kami.payments.gateways.epay_v2.signing import SIGN_TYPES, php_text, rsa_sign, rsa_verify
+from kami.payments.gateways.freshness import stale_timestamp
+from kami.payments.gateways.transport import opener
 
-SIGN_TYPES = ("RSA", "SHA256WithRSA")
 MODES = ("submit", "create")
 # /api/pay/query `status`: 0 unpaid, 1 paid, 2 refunded, 3 frozen, 4 pre-authorised.
 _QUERY_STATUS = {"1": TradeStatus.PAID, "2": TradeStatus.REFUNDED}
-
-
-def rsa_sign(params: Mapping[str, str], key: rsa.RSAPrivateKey) -> str:
-    signature = key.sign(sign_content(params).encode(), padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode()
-
-
-def rsa_verify(params: Mapping[str, str], key: rsa.RSAPublicKey) -> bool:
-    given = params.get("sign", "").strip().replace(" ", "+")  # a '+' decoded as a space
-    try:
-        signature = base64.b64decode(given, validate=True)
-        key.verify(signature, sign_content(params).encode(), padding.PKCS1v15(), hashes.SHA256())
-    except (binascii.Error, ValueError, InvalidSignature):
-        return False
-    return True
-
-
-def _php_text(value: Any) -> str | None:
-    """A JSON value as the platform's PHP signs it, or None when it is not signed."""
-    if value is True:
-        return "1"
-    if value is None or value is False or isinstance(value, list | dict):
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _error(detail: str, slug: str = "gateway-error") -> Unavailable:
@@ -116,8 +58,8 @@ class EpayV2Gateway:
         self,
         base_url: str,
         pid: str,
-        merchant_private_key: rsa.RSAPrivateKey,
-        platform_public_key: rsa.RSAPublicKey,
+        merchant_private_key: RSAPrivateKey,
+        platform_public_key: RSAPublicKey,
         public_url: str,
         *,
         name: str = "epay_v2",
@@ -144,7 +86,7 @@ class EpayV2Gateway:
         self._timeout = timeout
         self._tolerance = tolerance
         self._clock = clock
-        self._opener = urllib.request.build_opener(NoRedirect)
+        self._opener = opener()
 
     # -- signing -------------------------------------------------------------------------------
     def _signed(self, params: Mapping[str, str]) -> dict[str, str]:
@@ -186,7 +128,7 @@ class EpayV2Gateway:
             data = None
         if not isinstance(data, dict) or "code" not in data:
             raise _error(f"易支付 answered {path} with no JSON object carrying a code")
-        fields = {k: v for k, v in ((k, _php_text(v)) for k, v in data.items()) if v is not None}
+        fields = {k: v for k, v in ((k, php_text(v)) for k, v in data.items()) if v is not None}
         ok = fields.get("code") == "0"
         if ok or fields.get("sign"):
             if not rsa_verify(fields, self._platform):
@@ -207,19 +149,7 @@ class EpayV2Gateway:
 
     # -- payments ------------------------------------------------------------------------------
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction:
-        if request.currency != "CNY":
-            raise Unavailable(
-                "易支付 takes CNY only", where="currency", slug="currency-unsupported"
-            )
-        params = {
-            "out_trade_no": request.order_no,
-            "notify_url": f"{self._public_url}/api/v1/payments/{self.name}/notify",
-            "return_url": f"{self._public_url}/orders/{request.order_no}",
-            "name": request.subject.encode()[:127].decode(errors="ignore"),
-            "money": yuan(request.amount_minor),
-        }
-        if self._type:
-            params["type"] = self._type
+        params = payment_params(self.name, self._public_url, request, self._type)
         if self._mode == "submit":
             query = urllib.parse.urlencode(self._signed(params))
             return PaymentInstruction(kind="redirect", url=f"{self._base}/api/pay/submit?{query}")
@@ -241,9 +171,7 @@ class EpayV2Gateway:
         )
 
     def verify_notification(self, raw: RawNotification) -> PaymentNotice:
-        params = dict(raw.query)
-        if raw.method == "POST" and raw.body:
-            params.update(urllib.parse.parse_qsl(raw.body.decode(errors="replace")))
+        params = notification_params(raw)
         if not params.get("sign"):
             raise NotificationRejected(
                 "the sign parameter is missing", where="sign", slug="bad-signature"
@@ -269,39 +197,17 @@ class EpayV2Gateway:
                 slug="stale-timestamp",
             )
         if skew:
-            when = "in the future" if skew > 0 else "old"
-            raise NotificationRejected(
-                f"timestamp {timestamp} is {abs(int(skew))} s {when}; "
-                f"the tolerance is {self._tolerance} s",
-                where="timestamp",
-                slug="stale-timestamp",
-            )
+            raise stale_timestamp(f"timestamp {timestamp}", skew, self._tolerance, "timestamp")
         if params.get("pid") != self._pid:
             raise NotificationRejected(
                 f"pid {params.get('pid', '')[:40]!r} is not this merchant's",
                 where="pid",
                 slug="merchant-mismatch",
             )
-        for field in ("out_trade_no", "trade_no", "money"):
-            if not params.get(field) or len(params[field]) > 64:
-                raise NotificationRejected(
-                    f"{field} is missing or too long", where=field, slug="malformed-notification"
-                )
-        paid = params.get("trade_status") == "TRADE_SUCCESS"
-        return PaymentNotice(
-            gateway=self.name,
-            order_no=params["out_trade_no"],
-            trade_no=params["trade_no"],
-            amount_minor=fen(params["money"], "money"),
-            currency="CNY",
-            status=TradeStatus.PAID if paid else TradeStatus.PENDING,
-            merchant_id=self._pid,
-        )
+        return payment_notice(self.name, self._pid, params)
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
-        if rejection is None or rejection.slug == "not-paid-status":
-            return Ack(200, b"success", "text/plain")
-        return Ack(400, f"fail: {rejection.slug}".encode(), "text/plain")
+        return acknowledge(rejection)
 
     def query(self, request: PaymentRequest) -> QueryResult:
         answer, text = self._call("/api/pay/query", {"out_trade_no": request.order_no})
@@ -330,11 +236,11 @@ class EpayV2Gateway:
         refused = refused_refund(request)
         if refused is not None:
             return refused
-        params = {"money": yuan(request.amount_minor), "out_refund_no": request.refund_no}
-        if request.trade_no:
-            params["trade_no"] = request.trade_no
-        else:
-            params["out_trade_no"] = request.order_no
+        params = {
+            "money": yuan(request.amount_minor),
+            "out_refund_no": request.refund_no,
+            **trade_reference(request),
+        }
         answer, text = self._call("/api/pay/refund", params)
         if answer["code"] == "0":
             return self._refunded(request, answer, text, RefundStatus.SUCCEEDED, None)
@@ -376,105 +282,3 @@ class EpayV2Gateway:
             raise _error("易支付 answered the refund with a malformed money") from None
         channel_id = answer.get("refund_no") or None
         return RefundResult(request.refund_no, status, amount, channel_id, text, detail)
-
-
-# -- configuration ---------------------------------------------------------------------------
-def _der(text: str) -> bytes | None:
-    """Bare base64 (as the merchant console shows keys), or None when it is not."""
-    try:
-        return base64.b64decode("".join(text.split()), validate=True) or None
-    except (binascii.Error, ValueError):
-        return None
-
-
-def load_private_key(text: str, option: str) -> rsa.RSAPrivateKey:
-    problem = f"{option}: not a PEM RSA private key (PKCS#1 or PKCS#8, unencrypted)"
-    data = text.strip()
-    try:
-        if data.startswith("-----BEGIN"):
-            key: Any = serialization.load_pem_private_key(data.encode(), password=None)
-        elif (der := _der(data)) is not None:
-            key = serialization.load_der_private_key(der, password=None)
-        else:
-            raise ValueError(problem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ValueError(problem) from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{option}: not an RSA key")
-    return key
-
-
-def load_public_key(text: str, option: str) -> rsa.RSAPublicKey:
-    problem = f"{option}: not a PEM RSA public key (or certificate)"
-    data = text.strip()
-    if "PRIVATE KEY" in data:
-        raise ValueError(f"{option}: is a private key; give the platform's public key")
-    try:
-        if data.startswith("-----BEGIN CERTIFICATE"):
-            key: Any = x509.load_pem_x509_certificate(data.encode()).public_key()
-        elif data.startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(data.encode())
-        elif (der := _der(data)) is not None:
-            key = serialization.load_der_public_key(der)
-        else:
-            raise ValueError(problem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ValueError(problem) from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"{option}: not an RSA key")
-    return key
-
-
-def from_options(name: str, options: Mapping[str, str], public_url: str) -> EpayV2Gateway:
-    """An account from its options (see SPEC); errors name the option, never its value."""
-    for option in SPEC.required:
-        if not options.get(option):
-            raise ValueError(f"{option}: is missing")
-    private = load_private_key(options["merchant_private_key"], "merchant_private_key")
-    platform = load_public_key(options["platform_public_key"], "platform_public_key")
-    if platform.public_numbers() == private.public_key().public_numbers():
-        raise ValueError(
-            "platform_public_key: is the public half of merchant_private_key; give the "
-            "platform's public key from the merchant console's API page"
-        )
-    mode = options.get("mode") or "submit"
-    if mode not in MODES:
-        raise ValueError(f"mode: must be {' or '.join(MODES)}")
-    pay_type = options.get("pay_type") or None
-    if pay_type is not None and not (pay_type.isascii() and pay_type.isprintable()):
-        raise ValueError("pay_type: must be a payment method name such as alipay or wxpay")
-    if mode == "create" and pay_type is None:
-        raise ValueError("pay_type: required when mode is create (the create API needs it)")
-    try:
-        timeout = float(options.get("timeout") or "10")
-    except ValueError:
-        timeout = 0.0
-    if not 1 <= timeout <= 60:
-        raise ValueError("timeout: seconds, from 1 to 60")
-    return EpayV2Gateway(
-        check_base_url(options["base_url"]),
-        check_pid(options["pid"]),
-        private,
-        platform,
-        public_url,
-        name=name,
-        pay_type=pay_type,
-        mode=mode,
-        timeout=timeout,
-    )
-
-
-def _warnings(options: Mapping[str, str]) -> list[str]:
-    if urllib.parse.urlsplit(options.get("base_url", "")).scheme != "https":
-        return ["base_url is not https: orders and refunds travel readable (signed, not secret)"]
-    return []
-
-
-SPEC = ChannelSpec(
-    channel="epay_v2",
-    required=("base_url", "pid", "merchant_private_key", "platform_public_key"),
-    optional=("pay_type", "mode", "timeout"),
-    secrets=frozenset({"merchant_private_key"}),
-    build=from_options,
-    warnings=_warnings,
-)

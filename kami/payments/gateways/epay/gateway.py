@@ -31,10 +31,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import replace
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kami.kernel.errors import Unavailable
+from kami.payments.gateways.amounts import yuan
 from kami.payments.gateways.base import (
     Ack,
     ChannelSpec,
@@ -50,63 +50,31 @@ from kami.payments.gateways.base import (
     RefundUnsupported,
     TradeStatus,
 )
+from kami.payments.gateways.epay.protocol import (
+    MAX_RESPONSE,
+    acknowledge,
+    check_base_url,
+    check_pay_type,
+    check_pid,
+    check_required,
+    fen,
+    notification_params,
+    payment_notice,
+    payment_params,
+    refused_refund,
+    sign_content,
+    trade_reference,
+)
+from kami.payments.gateways.transport import opener
 
-MAX_RESPONSE = 256 * 1024
 OUTCOME_UNKNOWN = "outcome unknown: check the merchant console"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 
 
-def sign_content(params: Mapping[str, str]) -> str:
-    """The signed text, shared by V1 (MD5) and V2 (RSA): non-empty values but `sign` and
-    `sign_type`, sorted by key in byte order (PHP `ksort`), joined `k=v&…`, values raw."""
-    items = sorted(
-        ((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != ""),
-        key=lambda item: item[0].encode(),
-    )
-    return "&".join(f"{k}={v}" for k, v in items)
-
-
 def sign(params: Mapping[str, str], key: str) -> str:
     text = sign_content(params) + key
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def yuan(amount_minor: int) -> str:
-    whole, fen = divmod(amount_minor, 100)
-    return f"{whole}.{fen:02d}"
-
-
-def fen(money: str, where: str) -> int:
-    try:
-        value = Decimal(money)
-    except InvalidOperation:
-        raise NotificationRejected(
-            f"money {money!r} is not a decimal", where=where, slug="malformed-notification"
-        ) from None
-    if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")):
-        raise NotificationRejected(
-            f"money {money!r} is not an amount in yuan", where=where, slug="malformed-notification"
-        )
-    return int(value * 100)
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    """易支付 APIs never redirect; following one would resend the key or a signed request."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def refused_refund(request: RefundRequest) -> RefundResult | None:
-    """A refund no 易支付 build accepts, refused before anything is sent (or None if fine)."""
-    if request.currency != "CNY":
-        detail = "易支付 takes CNY only"
-    elif request.amount_minor <= 0:
-        detail = "a refund must be at least 0.01 CNY"
-    else:
-        return None
-    return RefundResult(request.refund_no, RefundStatus.FAILED, 0, None, "", detail)
 
 
 class EpayGateway:
@@ -138,24 +106,11 @@ class EpayGateway:
         self._type = pay_type
         self._refund = refund
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(NoRedirect)
+        self._opener = opener()
 
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction:
-        if request.currency != "CNY":
-            raise Unavailable(
-                "易支付 takes CNY only", where="currency", slug="currency-unsupported"
-            )
-        subject = request.subject.encode()[:127].decode(errors="ignore")
-        params = {
-            "pid": self._pid,
-            "out_trade_no": request.order_no,
-            "notify_url": f"{self._public_url}/api/v1/payments/{self.name}/notify",
-            "return_url": f"{self._public_url}/orders/{request.order_no}",
-            "name": subject,
-            "money": yuan(request.amount_minor),
-        }
-        if self._type:
-            params["type"] = self._type
+        details = payment_params(self.name, self._public_url, request, self._type)
+        params = {"pid": self._pid, **details}
         params["sign"] = sign(params, self._key)
         params["sign_type"] = "MD5"
         return PaymentInstruction(
@@ -163,9 +118,7 @@ class EpayGateway:
         )
 
     def verify_notification(self, raw: RawNotification) -> PaymentNotice:
-        params = dict(raw.query)
-        if raw.method == "POST" and raw.body:
-            params.update(urllib.parse.parse_qsl(raw.body.decode(errors="replace")))
+        params = notification_params(raw)
         given = params.get("sign", "")
         if not given:
             raise NotificationRejected(
@@ -181,26 +134,10 @@ class EpayGateway:
                 where="pid",
                 slug="merchant-mismatch",
             )
-        for field in ("out_trade_no", "trade_no", "money"):
-            if not params.get(field) or len(params[field]) > 64:
-                raise NotificationRejected(
-                    f"{field} is missing or too long", where=field, slug="malformed-notification"
-                )
-        paid = params.get("trade_status") == "TRADE_SUCCESS"
-        return PaymentNotice(
-            gateway=self.name,
-            order_no=params["out_trade_no"],
-            trade_no=params["trade_no"],
-            amount_minor=fen(params["money"], "money"),
-            currency="CNY",
-            status=TradeStatus.PAID if paid else TradeStatus.PENDING,
-            merchant_id=self._pid,
-        )
+        return payment_notice(self.name, self._pid, params)
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
-        if rejection is None or rejection.slug == "not-paid-status":
-            return Ack(200, b"success", "text/plain")
-        return Ack(400, f"fail: {rejection.slug}".encode(), "text/plain")
+        return acknowledge(rejection)
 
     def query(self, request: PaymentRequest) -> QueryResult:
         params = {
@@ -262,11 +199,12 @@ class EpayGateway:
         refused = refused_refund(request)
         if refused is not None:
             return refused
-        params = {"pid": self._pid, "key": self._key, "money": yuan(request.amount_minor)}
-        if request.trade_no:
-            params["trade_no"] = request.trade_no
-        else:
-            params["out_trade_no"] = request.order_no
+        params = {
+            "pid": self._pid,
+            "key": self._key,
+            "money": yuan(request.amount_minor),
+            **trade_reference(request),
+        }
         # The key goes in the form body, not the URL, so it stays out of access logs.
         http = urllib.request.Request(  # noqa: S310 (scheme checked in __init__)
             f"{self._base}/api.php?act=refund",
@@ -312,19 +250,6 @@ class EpayGateway:
 
 
 # -- configuration ---------------------------------------------------------------------------
-def check_base_url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError("base_url: must be the gateway's http(s) address, without ?query")
-    return value
-
-
-def check_pid(value: str) -> str:
-    if not value or len(value) > 32 or not value.isprintable() or any(c.isspace() for c in value):
-        raise ValueError("pid: must be the merchant id (up to 32 characters, no spaces)")
-    return value
-
-
 def check_flag(options: Mapping[str, str], option: str) -> bool:
     text = options.get(option, "").strip().lower()
     if text in _TRUE:
@@ -336,12 +261,8 @@ def check_flag(options: Mapping[str, str], option: str) -> bool:
 
 def from_options(name: str, options: Mapping[str, str], public_url: str) -> EpayGateway:
     """An account from its options (see SPEC); errors name the option, never its value."""
-    for option in SPEC.required:
-        if not options.get(option):
-            raise ValueError(f"{option}: is missing")
-    pay_type = options.get("pay_type") or None
-    if pay_type is not None and not (pay_type.isascii() and pay_type.isprintable()):
-        raise ValueError("pay_type: must be a payment method name such as alipay or wxpay")
+    check_required(options, SPEC)
+    pay_type = check_pay_type(options)
     return EpayGateway(
         check_base_url(options["base_url"]),
         check_pid(options["pid"]),
