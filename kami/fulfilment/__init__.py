@@ -20,6 +20,7 @@ from kami.fulfilment.goods import (
     refund_failed_line,
     webhook_secret,
 )
+from kami.fulfilment.goods.lines import buyer_parts, make_due
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
 from kami.fulfilment.refunds import (
@@ -66,6 +67,7 @@ __all__ = [
     "attempt_line",
     "authorise",
     "build_email",
+    "buyer_parts",
     "buyer_view",
     "cancel_order",
     "deliver_paid",
@@ -77,6 +79,7 @@ __all__ = [
     "handle_notification",
     "import_and_serve",
     "list_order_refunds",
+    "make_due",
     "manual_queue",
     "place_order",
     "redeliver",

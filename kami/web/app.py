@@ -15,6 +15,7 @@ from kami import __version__, bootstrap
 from kami.config import Settings
 from kami.web import problems
 from kami.web.admin.api import router as admin_router
+from kami.web.admin.goods import router as admin_goods_router
 from kami.web.admin.orders import router as admin_orders_router
 from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
@@ -104,6 +105,7 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     app.include_router(licenses_router)
     app.include_router(admin_router)
     app.include_router(admin_orders_router)
+    app.include_router(admin_goods_router)
     app.include_router(storefront_router)
     app.mount(
         "/static",

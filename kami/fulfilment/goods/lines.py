@@ -16,7 +16,7 @@ from kami import catalog, delivery, licenses, orders, vault
 from kami.catalog import DeliveryKind
 from kami.fulfilment.shop import MAIL_JOB, Shop
 from kami.kernel import outbox
-from kami.kernel.errors import KamiError
+from kami.kernel.errors import Conflict, KamiError, NotFound
 
 log = logging.getLogger("kami.goods")
 
@@ -194,3 +194,25 @@ def settle_order(s: Session, shop: Shop, order_no: str, now: datetime) -> bool:
             ref=order.order_no,
         )
     return bool(delivered)
+
+
+def make_due(shop: Shop, line_id: int, now: datetime) -> None:
+    """An admin's "try again now" for a line waiting for its next attempt."""
+    with shop.db.write() as s:
+        line = delivery.get_line(s, line_id, for_update=True)
+        if line is None:
+            raise NotFound(f"no delivery line {line_id}", where="line_id")
+        if line.status not in (Status.PENDING, Status.PROCESSING):
+            raise Conflict(
+                f"line {line_id} is {line.status.value}; only a line waiting for its next "
+                "attempt can be retried",
+                where="line_id",
+                slug="line-not-retryable",
+            )
+        delivery.move_line(s, line.id, [line.status], line.status, now, due_at=now)
+        delivery.add_event(s, line, "retry_requested", now)
+
+
+def buyer_parts(shop: Shop, order_id: int) -> list[delivery.LineView]:
+    with shop.db.read() as s:
+        return delivery.order_lines(s, order_id)

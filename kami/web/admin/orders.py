@@ -29,6 +29,7 @@ class AdminOrderOut(BaseModel):
     reveals: list[dict[str, Any]]
     jobs: list[dict[str, Any]]
     refunds: list[dict[str, Any]]
+    lines: list[dict[str, Any]]
 
 
 @router.get("/orders", response_model=list[orders.OrderView])
@@ -54,6 +55,20 @@ def order_detail(order_no: str, shop: ShopDep, _: AdminDep) -> AdminOrderOut:
     return AdminOrderOut(
         order=d.order,
         refunds=[_refund_out(r).model_dump() for r in d.refunds],
+        lines=[
+            {
+                "id": line.id,
+                "position": line.position,
+                "sku": line.sku_code,
+                "kind": line.kind,
+                "quantity": line.quantity,
+                "share_minor": line.share_minor,
+                "status": line.status.value,
+                "attempts": line.attempts,
+                "detail": line.detail,
+            }
+            for line in d.lines
+        ],
         items=[{"position": i.position, "masked": i.masked} for i in d.items],
         timeline=[{"at": e.at.isoformat(), "event": e.event, **e.detail} for e in d.timeline],
         notifications=[

@@ -69,7 +69,7 @@ def create_order(
 @router.get("/orders/{order_no}", response_model=OrderOut)
 def get_order(order_no: str, request: Request, shop: ShopDep) -> OrderOut:
     order, items = fulfilment.buyer_view(shop, order_no, bearer(request))
-    return order_out(order, items)
+    return order_out(order, items, fulfilment.buyer_parts(shop, order.id))
 
 
 @router.post("/orders/{order_no}/reveal", response_model=RevealOut)

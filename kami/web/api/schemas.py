@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from kami import fulfilment, orders
+from kami import delivery, fulfilment, orders
 
 
 class PaymentOut(BaseModel):
@@ -19,6 +19,18 @@ class PaymentOut(BaseModel):
 class ItemOut(BaseModel):
     position: int
     masked: str
+
+
+class PartOut(BaseModel):
+    """One part of the order (its SKU, or a bundle's component) and where its delivery stands:
+    waiting (for stock), pending or processing (on its way), delivered, or failed (its share
+    is refunded)."""
+
+    position: int
+    sku: str
+    kind: str
+    quantity: int
+    status: str
 
 
 class RevealedItemOut(BaseModel):
@@ -42,6 +54,7 @@ class OrderOut(BaseModel):
     redemption: str
     validity_days: int | None
     items: list[ItemOut]
+    parts: list[PartOut] = []
 
 
 class CreatedOrderOut(BaseModel):
@@ -64,7 +77,11 @@ class NotifyOut(BaseModel):
     status: str
 
 
-def order_out(order: orders.OrderView, items: list[fulfilment.BuyerItem]) -> OrderOut:
+def order_out(
+    order: orders.OrderView,
+    items: list[fulfilment.BuyerItem],
+    parts: list[delivery.LineView] | None = None,
+) -> OrderOut:
     return OrderOut(
         order_no=order.order_no,
         status=order.status,
@@ -80,4 +97,14 @@ def order_out(order: orders.OrderView, items: list[fulfilment.BuyerItem]) -> Ord
         redemption=order.redemption,
         validity_days=order.validity_days,
         items=[ItemOut(position=i.position, masked=i.masked) for i in items],
+        parts=[
+            PartOut(
+                position=p.position,
+                sku=p.sku_code,
+                kind=p.kind,
+                quantity=p.quantity,
+                status=p.status.value,
+            )
+            for p in parts or []
+        ],
     )
