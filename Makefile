@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export KAMI_PORT ?= 8000
+# The browser tests drive Debian's chromium; Playwright never downloads a browser of its own.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint types contracts test-sqlite test-postgres install clean
+.PHONY: run test lint types contracts test-sqlite test-postgres install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,11 +31,25 @@ types: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
-test-sqlite: $(STAMP)
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+test-sqlite: $(STAMP) browser
 	KAMI_TEST_DB=sqlite $(BIN)/pytest
 
-test-postgres: $(STAMP)
+test-postgres: $(STAMP) browser
 	KAMI_TEST_DB=postgresql $(BIN)/pytest
+
+# Screenshots of the main pages, both languages, phone-sized, into docs/screenshots/.
+screenshots: $(STAMP) browser
+	@if [ -z "$$(fc-list :lang=zh 2>/dev/null)" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-noto-cjk; \
+	fi
+	KAMI_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots KAMI_TEST_DB=sqlite \
+		$(BIN)/pytest tests/browser/test_buyer.py
 
 test: lint types contracts test-sqlite test-postgres
 

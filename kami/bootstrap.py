@@ -15,6 +15,7 @@ from kami.gateway_config import configured_gateways
 from kami.kernel.db import Database, make_engine, normalise_url
 from kami.kernel.errors import Unavailable
 from kami.kernel.outbox import Handler
+from kami.supplier_config import configured_suppliers
 
 log = logging.getLogger("kami")
 
@@ -66,6 +67,7 @@ def build_mailer(settings: Settings) -> delivery.Mailer | None:
 
 def build(settings: Settings) -> Container:
     channels = configured_gateways(settings)  # a misconfigured channel stops us before any I/O
+    upstream = configured_suppliers(settings)  # so does a misconfigured supplier account
     db = Database(make_engine(settings.database_url))
     cipher = vault.VaultCipher(build_keyring(settings))
     gateways = payments.GatewayRegistry()
@@ -77,6 +79,7 @@ def build(settings: Settings) -> Container:
                 vault.FINGERPRINT_SECRET,
                 fulfilment.ORDER_TOKEN_SECRET,
                 fulfilment.WEBHOOK_SECRET,
+                fulfilment.ORDER_SALT,
             ):
                 cipher.named_secret(s, name)
             licenses.prepare_secrets(s, cipher)
@@ -125,7 +128,10 @@ def build(settings: Settings) -> Container:
         shop_name=settings.shop_name,
         open_orders_per_buyer=settings.open_orders_per_buyer,
         open_orders_per_ip=settings.open_orders_per_ip,
+        supplier_unknown_limit=settings.supplier_unknown_limit,
     )
+    for supplier in upstream:
+        shop.suppliers.register(supplier)
     return Container(settings, shop)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,9 +65,20 @@ class Settings(BaseSettings):
     sync_every_minutes: float = Field(default=5, gt=0, description="and again this often")
     # An open refund (channel unreachable, or still processing) is asked about again after this.
     refund_sync_after_minutes: float = Field(default=1, gt=0)
+    # Upstream supplier accounts (TOML, one table each): see docs/suppliers.md.
+    supplier_accounts_file: Path | None = None
+    # Calls to a supplier whose outcome stayed unknown before an order is left for a person.
+    supplier_unknown_limit: int = Field(default=8, ge=1, le=1000)
     inprocess_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
+    # After-sales: a buyer's "key invalid / redemption failed" report is answered from stock at
+    # once (`replace`, once per item) or queued for the seller's review (`review`). A SKU may
+    # differ: KAMI_AFTERSALES_POLICY_BY_SKU='{"VIP-MONTH": "replace"}'.
+    aftersales_policy: Literal["replace", "review"] = "review"
+    aftersales_policy_by_sku: dict[str, Literal["replace", "review"]] = Field(default_factory=dict)
+    # Goods with a validity period: the buyer is reminded this many days before it ends.
+    validity_reminder_days: int = Field(default=3, ge=0, le=365)
 
     @property
     def base_url(self) -> str:

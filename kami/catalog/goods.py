@@ -95,8 +95,23 @@ class EmptyConfig(_Config):
     pass
 
 
+class Procurement(_Config):
+    """Buy card keys from a supplier when stock runs low, within a daily budget."""
+
+    supplier: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="supplier account")
+    product_id: str = Field(min_length=1, max_length=64, description="the supplier's card product")
+    threshold: int = Field(ge=0, le=10**6, description="buy when fewer keys than this are left")
+    batch_size: int = Field(ge=1, le=10_000, description="keys bought at a time")
+    daily_budget_minor: int = Field(ge=0, le=10**12, description="spent per UTC day at most")
+    unit_cost_minor: int = Field(ge=0, le=10**9, description="the expected price of one key")
+
+
+class CardKeyConfig(_Config):
+    procurement: Procurement | None = None
+
+
 CONFIGS: dict[DeliveryKind, type[_Config]] = {
-    DeliveryKind.CARD_KEY: EmptyConfig,
+    DeliveryKind.CARD_KEY: CardKeyConfig,
     DeliveryKind.REUSABLE_KEY: ReusableConfig,
     DeliveryKind.TEXT: ReusableConfig,
     DeliveryKind.LICENSE: EmptyConfig,

@@ -187,11 +187,20 @@ def _check_goods(session: Session, sku: Sku) -> None:
     if kind is not DeliveryKind.BUNDLE:
         return
     total = 0
+    asked = {f["name"] for f in sku.input_fields or []}
     for n, component in enumerate(config_of(kind, sku.delivery_config).components):
         where = f"delivery_config.components.{n}.sku"
         part = session.execute(select(Sku).where(Sku.code == component.sku)).scalar_one_or_none()
         if part is None:
             raise InvalidInput(f"no SKU {component.sku!r}", where=where)
+        # The bundle's buyer fills in what each component needs (a recharge's account).
+        needed = {f["name"] for f in part.input_fields or [] if f.get("required", True)}
+        if needed - asked:
+            raise InvalidInput(
+                f"component {component.sku} needs the buyer's {', '.join(sorted(needed - asked))}: "
+                "add the same input fields to the bundle",
+                where="input_fields",
+            )
         if part.delivery_kind == DeliveryKind.BUNDLE or part.id == sku.id:
             raise InvalidInput("a bundle cannot contain a bundle", where=where)
         if part.currency != sku.currency:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from kami import bootstrap
-from kami.cli import bench, keys, suppliersim, vaultcmd
+from kami.cli import bench, keys, suppliers, suppliersim, vaultcmd
 from kami.cli.context import clear_errors, console, container, err, settings
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(orders_app, name="orders")
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(keys.app, name="keys")
 app.add_typer(vaultcmd.app, name="vault")
+app.add_typer(suppliers.app, name="suppliers")
 app.command("supplier-sim")(suppliersim.supplier_sim)
 app.command(
     "bench",

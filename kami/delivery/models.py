@@ -23,6 +23,13 @@ class Item(Base):
             postgresql_where=text("revoked_at IS NULL AND NOT shared"),
         ),
         UniqueConstraint("order_id", "position"),
+        # The validity reminder sweep reads only items still waiting for their reminder.
+        Index(
+            "ix_delivery_item_reminder_due",
+            "valid_until",
+            sqlite_where=text("reminded_at IS NULL AND valid_until IS NOT NULL"),
+            postgresql_where=text("reminded_at IS NULL AND valid_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -38,6 +45,10 @@ class Item(Base):
     delivered_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Goods with a validity period (memberships): delivered_at + the order's validity_days,
+    # written when the item is recorded; the buyer is reminded once before it ends.
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class Reveal(Base):
@@ -117,3 +128,45 @@ class SupplierOrder(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Report(Base):
+    """A buyer's report that a delivered item does not work, and what became of it.
+
+    At most one report per item is open at a time (the partial unique index). `origin_position`
+    is the position first delivered: a replacement's replacement still points at it, so "one
+    automatic replacement per item" holds along the whole chain.
+    """
+
+    __tablename__ = "delivery_report"
+    __table_args__ = (
+        Index(
+            "uq_delivery_report_open",
+            "order_id",
+            "position",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+        Index("ix_delivery_report_status", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_no: Mapped[str] = mapped_column(String(32), unique=True)
+    order_id: Mapped[int] = mapped_column(Integer, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    origin_position: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    license_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    problem: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    review_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    resolution: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    replacement_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    refund_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    refund_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

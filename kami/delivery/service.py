@@ -28,8 +28,10 @@ def record_items(
     start: int = 1,
     shared: bool = False,
     line_id: int | None = None,
+    valid_until: datetime | None = None,
 ) -> None:
-    """Keys delivered to the order, numbered from `start` in the order given."""
+    """Keys delivered to the order, numbered from `start` in the order given. Goods with a
+    validity period carry `valid_until` (delivered_at + the order's validity_days)."""
     if not key_ids:
         return
     session.execute(
@@ -42,6 +44,7 @@ def record_items(
                 "shared": shared,
                 "line_id": line_id,
                 "delivered_at": now,
+                "valid_until": valid_until,
             }
             for n, k in enumerate(key_ids, start=start)
         ],
@@ -56,6 +59,7 @@ def record_licenses(
     *,
     start: int,
     line_id: int | None = None,
+    valid_until: datetime | None = None,
 ) -> None:
     session.execute(
         insert(Item),
@@ -66,6 +70,7 @@ def record_licenses(
                 "license_id": lic,
                 "line_id": line_id,
                 "delivered_at": now,
+                "valid_until": valid_until,
             }
             for n, lic in enumerate(license_ids, start=start)
         ],
@@ -95,16 +100,17 @@ class LiveItem:
     key_id: int | None
     license_id: int | None
     shared: bool
+    valid_until: datetime | None = None
 
 
 def live_items(session: Session, order_id: int) -> list[LiveItem]:
     """The order's items that are not revoked, in delivery order."""
     rows = session.execute(
-        select(Item.position, Item.key_id, Item.license_id, Item.shared)
+        select(Item.position, Item.key_id, Item.license_id, Item.shared, Item.valid_until)
         .where(Item.order_id == order_id, Item.revoked_at.is_(None))
         .order_by(Item.position)
     )
-    return [LiveItem(p, k, lic, bool(sh)) for p, k, lic, sh in rows.tuples()]
+    return [LiveItem(p, k, lic, bool(sh), vu) for p, k, lic, sh, vu in rows.tuples()]
 
 
 def count_shared(session: Session, key_id: int) -> int:
@@ -156,3 +162,98 @@ def list_reveals(session: Session, order_id: int) -> list[RevealView]:
         select(Reveal).where(Reveal.order_id == order_id).order_by(Reveal.id)
     ).scalars()
     return [RevealView(r.revealed_at, r.ip, r.user_agent) for r in rows]
+
+
+# -- one item, as the after-sales flow needs it ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    order_id: int
+    position: int
+    key_id: int | None
+    license_id: int | None
+    shared: bool
+    line_id: int | None
+    delivered_at: datetime
+    revoked_at: datetime | None
+    valid_until: datetime | None
+
+
+def get_item(session: Session, order_id: int, position: int) -> ItemView | None:
+    row = session.execute(
+        select(Item).where(Item.order_id == order_id, Item.position == position)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    return ItemView(
+        row.order_id,
+        row.position,
+        row.key_id,
+        row.license_id,
+        bool(row.shared),
+        row.line_id,
+        row.delivered_at,
+        row.revoked_at,
+        row.valid_until,
+    )
+
+
+# -- validity reminders ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReminderDue:
+    order_id: int
+    positions: list[int]
+    valid_until: datetime  # the earliest end among them
+    live: bool  # False: all of them revoked or already ended, nothing to remind of
+
+
+def take_reminders_due(
+    session: Session, until: datetime, now: datetime, *, orders_limit: int = 200
+) -> list[ReminderDue]:
+    """Mark the items ending by `until` as reminded and return them grouped by order.
+
+    The guarded UPDATE (`reminded_at IS NULL`) is the claim: a concurrent sweep updates other
+    rows or none, so each item is handed out once; the caller enqueues the mail in the same
+    transaction, so marking and mailing commit together. Revoked and already-ended items are
+    marked too (and reported with live=False) so the sweep never reads them again.
+    """
+    due = (
+        (Item.reminded_at.is_(None)) & (Item.valid_until.is_not(None)) & (Item.valid_until <= until)
+    )
+    order_ids = list(
+        session.execute(
+            select(Item.order_id)
+            .where(due)
+            .group_by(Item.order_id)
+            .order_by(func.min(Item.valid_until))
+            .limit(orders_limit)
+        ).scalars()
+    )
+    if not order_ids:
+        return []
+    rows = session.execute(
+        update(Item)
+        .where(due, Item.order_id.in_(order_ids))
+        .values(reminded_at=now)
+        .returning(Item.order_id, Item.position, Item.valid_until, Item.revoked_at)
+        .execution_options(synchronize_session=False)
+    ).tuples()
+    grouped: dict[int, list[tuple[int, datetime]]] = {}
+    for order_id, position, valid_until, revoked_at in rows:
+        if valid_until is None:  # pragma: no cover - excluded by the WHERE clause
+            continue
+        if revoked_at is None and valid_until > now:
+            grouped.setdefault(order_id, []).append((position, valid_until))
+        else:
+            grouped.setdefault(order_id, [])
+    out = []
+    for order_id in sorted(grouped):
+        live = sorted(grouped[order_id])
+        out.append(
+            ReminderDue(
+                order_id,
+                [p for p, _ in live],
+                min((v for _, v in live), default=now),
+                bool(live),
+            )
+        )
+    return out

@@ -1,5 +1,14 @@
 """Flows that span domains: checkout, notify → pay → claim → deliver, restock, order views."""
 
+from kami.delivery.reports import ReportStatus, ReportView, find_report, list_reports
+from kami.fulfilment.aftersales import (
+    AftersalesPolicy,
+    buyer_reports,
+    refund_reported,
+    reject_report,
+    replace_reported,
+    report_item,
+)
 from kami.fulfilment.checkout import PlacedOrder, TooManyOpenOrders, cancel_order, place_order
 from kami.fulfilment.delivering import (
     deliver_paid,
@@ -12,15 +21,24 @@ from kami.fulfilment.goods import (
     REFUND_JOB,
     WEBHOOK_SECRET,
     ManualTask,
+    Procured,
+    apply_result,
     attempt_line,
+    attempt_recharge,
     drive_due,
+    escalated_lines,
     fail_by_hand,
     fulfil_by_hand,
+    handle_callback,
     manual_queue,
+    procure_due,
+    procure_sku,
     refund_failed_line,
+    settle_open_purchases,
     webhook_secret,
 )
 from kami.fulfilment.goods.lines import buyer_parts, make_due
+from kami.fulfilment.goods.procurement import ORDER_SALT
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
 from kami.fulfilment.refunds import (
@@ -33,8 +51,9 @@ from kami.fulfilment.refunds import (
     sync_refund,
     sync_refunds_due,
 )
-from kami.fulfilment.shop import MAIL_JOB, ORDER_TOKEN_SECRET, Shop
+from kami.fulfilment.shop import LOOKUP_SECRET, MAIL_JOB, ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
+from kami.fulfilment.validity import send_validity_reminders, valid_until
 from kami.fulfilment.views import (
     AdminOrderDetail,
     BuyerItem,
@@ -48,50 +67,72 @@ from kami.fulfilment.views import (
 
 __all__ = [
     "KEY_ACTIONS",
+    "LOOKUP_SECRET",
     "MAIL_JOB",
+    "ORDER_SALT",
     "ORDER_TOKEN_SECRET",
     "REFUND_JOB",
     "WEBHOOK_SECRET",
     "AdminOrderDetail",
+    "AftersalesPolicy",
     "BuyerItem",
     "ManualTask",
     "Outcome",
     "PlacedOrder",
+    "Procured",
     "RefundOutcome",
+    "ReportStatus",
+    "ReportView",
     "RevealedItem",
     "Shop",
     "SyncResult",
     "TimelineEntry",
     "TooManyOpenOrders",
     "admin_detail",
+    "apply_result",
     "attempt_line",
+    "attempt_recharge",
     "authorise",
     "build_email",
     "buyer_parts",
+    "buyer_reports",
     "buyer_view",
     "cancel_order",
     "deliver_paid",
     "dispose_keys",
     "drive_due",
+    "escalated_lines",
     "expire_orders",
     "fail_by_hand",
+    "find_report",
     "fulfil_by_hand",
+    "handle_callback",
     "handle_notification",
     "import_and_serve",
     "list_order_refunds",
+    "list_reports",
     "make_due",
     "manual_queue",
     "place_order",
+    "procure_due",
+    "procure_sku",
     "redeliver",
     "refund_failed_line",
+    "refund_reported",
+    "reject_report",
+    "replace_reported",
+    "report_item",
     "request_refund",
     "reveal",
     "send_order_mail",
+    "send_validity_reminders",
     "serve_awaiting_stock",
     "settle_by_hand",
+    "settle_open_purchases",
     "sync_due",
     "sync_order",
     "sync_refund",
     "sync_refunds_due",
+    "valid_until",
     "webhook_secret",
 ]

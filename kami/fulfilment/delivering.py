@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from kami import catalog, delivery, orders, vault
 from kami.fulfilment.goods.lines import serve_card_line, settle_order, start_delivery
 from kami.fulfilment.shop import MAIL_JOB, Shop
+from kami.fulfilment.validity import valid_until
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict
@@ -47,7 +48,9 @@ def deliver_paid(session: Session, shop: Shop, order: orders.OrderView, now: dat
                 ref=order.order_no,
             )
         return False
-    delivery.record_items(session, order.id, key_ids, now)
+    delivery.record_items(
+        session, order.id, key_ids, now, valid_until=valid_until(order.validity_days, now)
+    )
     if not orders.move(session, order.id, orders.OrderStatus.DELIVERED, delivered_at=now):
         raise _Raced(order.order_no)
     outbox.enqueue(

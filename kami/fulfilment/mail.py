@@ -7,6 +7,8 @@ time, so neither the outbox nor its error messages ever hold the token.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from kami import delivery, orders
@@ -19,16 +21,70 @@ _SUBJECTS = {
     "delivered": "订单已发货 / Your order is delivered",
     "awaiting_stock": "订单已付款，等待补货 / Paid, waiting for stock",
     "refunded": "订单已退款 / Refund made",
+    "aftersales_received": "已收到您的售后反馈 / We received your report",
+    "aftersales_replaced": "商品已更换 / Your item was replaced",
+    "aftersales_refunded": "售后退款 / Your item was refunded",
+    "aftersales_rejected": "售后反馈处理结果 / About your report",
+    "validity_reminder": "商品即将到期 / Your goods end soon",
 }
 
 
+def _positions(detail: Mapping[str, Any]) -> str:
+    return ", ".join(str(p) for p in detail.get("positions") or [detail.get("position")])
+
+
+def _after_sales_text(
+    order: orders.OrderView, event: str, detail: Mapping[str, Any]
+) -> tuple[str, str]:
+    """The words for after-sales and validity events; the payload carries item numbers,
+    amounts and the seller's reason, never a key or a token."""
+    item = detail.get("position")
+    if event == "aftersales_received":
+        return (
+            f"我们已收到您关于第 {item} 件商品的反馈，卖家会尽快处理并通知您。",
+            f"We received your report about item {item}; the seller will review it and write "
+            "to you.",
+        )
+    if event == "aftersales_replaced":
+        new = detail.get("replacement_position")
+        return (
+            f"第 {item} 件商品已为您更换为第 {new} 件，请打开下面的链接查看新的卡密。",
+            f"Item {item} was replaced by item {new}. Open the link below to see the new key.",
+        )
+    if event == "aftersales_refunded":
+        back = Money(int(detail.get("amount_minor") or 0), order.currency).format()
+        return (
+            f"第 {item} 件商品已为您退款 {back}，款项将原路退回。",
+            f"Item {item} was refunded: {back} goes back to the account you paid with.",
+        )
+    if event == "aftersales_rejected":
+        reason = str(detail.get("reason") or "")
+        return (
+            f"您关于第 {item} 件商品的反馈未获通过。卖家说明：{reason}",
+            f"Your report about item {item} was not accepted. The seller says: {reason}",
+        )
+    ends = datetime.fromisoformat(str(detail["valid_until"])).strftime("%Y-%m-%d %H:%M UTC")
+    items = _positions(detail)
+    return (
+        f"您购买的商品（第 {items} 件）将于 {ends} 到期，如需继续使用请及时续费。",
+        f"Your goods (item {items}) end on {ends}. Renew in time to keep using them.",
+    )
+
+
 def build_email(
-    shop: Shop, order: orders.OrderView, event: str, refund_minor: int | None = None
+    shop: Shop,
+    order: orders.OrderView,
+    event: str,
+    refund_minor: int | None = None,
+    *,
+    detail: Mapping[str, Any] | None = None,
 ) -> delivery.Email:
     token = orders.access_token(shop.token_secret(), order.order_no)
     link = shop.order_link(order.order_no, token)
     amount = Money(order.amount_minor, order.currency).format()
-    if event == "delivered":
+    if event.startswith("aftersales_") or event == "validity_reminder":
+        zh, en = _after_sales_text(order, event, detail or {})
+    elif event == "delivered":
         zh = "您的商品已发货，请打开下面的链接查看卡密。"
         en = "Your goods are ready. Open the link below to see your keys."
     elif event == "refunded":
@@ -57,4 +113,6 @@ def send_order_mail(shop: Shop, payload: dict[str, Any]) -> None:
         order = orders.get_order(s, str(payload["order_no"]))
     event = str(payload.get("event", "delivered"))
     refund = payload.get("amount_minor")
-    shop.mailer.send(build_email(shop, order, event, refund if isinstance(refund, int) else None))
+    shop.mailer.send(
+        build_email(shop, order, event, refund if isinstance(refund, int) else None, detail=payload)
+    )

@@ -9,12 +9,14 @@ from datetime import timedelta
 from kami.delivery import Mailer
 from kami.kernel.db import Database
 from kami.payments import GatewayRegistry
+from kami.suppliers import SupplierRegistry
 from kami.vault import ClaimHints, VaultCipher
 
 VaultClaimHints = ClaimHints
 
 ORDER_TOKEN_SECRET = "order-access"
 MAIL_JOB = "mail.order_update"  # the outbox job that e-mails the buyer about their order
+LOOKUP_SECRET = "order-lookup"  # keys the fingerprints of order look-up codes
 SOLD_OUT_MEMO = 1.0
 
 
@@ -32,6 +34,10 @@ class Shop:
     open_orders_per_buyer: int = 3
     open_orders_per_ip: int = 20
     claim_hints: VaultClaimHints = field(default_factory=lambda: ClaimHints())
+    # Upstream suppliers (direct recharge, card purchases), by account name.
+    suppliers: SupplierRegistry = field(default_factory=SupplierRegistry)
+    # Calls to a supplier whose outcome stayed unknown before a person is asked to look.
+    supplier_unknown_limit: int = 8
     _sold_out: dict[str, float] = field(default_factory=dict, repr=False)
 
     def token_secret(self) -> bytes:

@@ -19,6 +19,7 @@ from kami.kernel.errors import Conflict, Unauthorized
 class BuyerItem:
     position: int
     masked: str
+    valid_until: datetime | None = None  # goods with a validity period end then
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +80,9 @@ def _items(s: Session, order_id: int) -> list[BuyerItem]:
     out = []
     for i in live:
         if i.key_id is not None:
-            out.append(BuyerItem(i.position, next(masked_keys).masked))
+            out.append(BuyerItem(i.position, next(masked_keys).masked, i.valid_until))
         elif i.license_id is not None:
-            out.append(BuyerItem(i.position, lic.get(i.license_id, "")))
+            out.append(BuyerItem(i.position, lic.get(i.license_id, ""), i.valid_until))
     return out
 
 
@@ -121,6 +122,7 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
         line_events = delivery.line_events(s, order.id)
         reveals = delivery.list_reveals(s, order.id)
         jobs = outbox.list_jobs(s, ref=order_no)
+        reports = delivery.list_reports(s, order_id=order.id)
     timeline = [TimelineEntry(order.created_at, "created", {"amount_minor": order.amount_minor})]
     timeline += [
         TimelineEntry(
@@ -154,6 +156,27 @@ def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:
         if r.settled_at is not None:
             extra = {"keys": r.keys, "detail": r.detail}
             timeline.append(TimelineEntry(r.settled_at, f"refund_{r.status.value}", info | extra))
+    for rep in reports:
+        about = {"report_no": rep.report_no, "position": rep.position}
+        timeline.append(
+            TimelineEntry(
+                rep.created_at,
+                "aftersales_reported",
+                about | {"problem": rep.problem, "note": rep.note, "review": rep.review_reason},
+            )
+        )
+        if rep.resolved_at is not None:
+            outcome = {
+                "resolution": rep.resolution,
+                "by": rep.resolved_by,
+                "note": rep.resolution_note,
+                "replacement_position": rep.replacement_position,
+                "refund_no": rep.refund_no,
+                "refund_minor": rep.refund_minor,
+            }
+            timeline.append(
+                TimelineEntry(rep.resolved_at, f"aftersales_{rep.status.value}", about | outcome)
+            )
     if order.status == orders.OrderStatus.EXPIRED:
         timeline.append(TimelineEntry(order.expires_at, "expired"))
     timeline.sort(key=lambda e: e.at)

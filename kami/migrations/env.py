@@ -8,6 +8,7 @@ import kami.catalog.models
 import kami.delivery.models
 import kami.kernel.outbox
 import kami.licenses.models
+import kami.orders.lookup
 import kami.orders.models
 import kami.payments.models
 import kami.vault.models  # noqa: F401  (every model module registers its tables)

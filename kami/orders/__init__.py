@@ -1,5 +1,20 @@
 """Orders: creation with idempotency keys, the state machine, access tokens."""
 
+from kami.orders.lookup import (
+    CODE_TTL as LOOKUP_CODE_TTL,
+)
+from kami.orders.lookup import (
+    MAX_GUESSES as LOOKUP_MAX_GUESSES,
+)
+from kami.orders.lookup import (
+    IssuedCode,
+    LookupCode,
+    TooManyCodes,
+    code_refused,
+    issue_code,
+    normalise_email,
+    redeem_code,
+)
 from kami.orders.queries import (
     any_expired_due,
     awaiting_stock,
@@ -37,21 +52,27 @@ from kami.orders.states import (
 from kami.orders.tokens import access_token, check_access_token
 
 __all__ = [
+    "LOOKUP_CODE_TTL",
+    "LOOKUP_MAX_GUESSES",
     "PARTLY_REFUNDABLE",
     "PAYABLE",
     "REFUNDABLE",
     "TRANSITIONS",
+    "IssuedCode",
+    "LookupCode",
     "OrderIn",
     "OrderStatus",
     "OrderView",
     "Priced",
     "Released",
+    "TooManyCodes",
     "access_token",
     "any_expired_due",
     "awaiting_stock",
     "can_move",
     "cancel",
     "check_access_token",
+    "code_refused",
     "count_by_status",
     "count_open",
     "create_order",
@@ -62,10 +83,13 @@ __all__ = [
     "find_order",
     "find_order_by_id",
     "get_order",
+    "issue_code",
     "list_orders",
     "lock_buyer",
     "mark_synced",
     "move",
+    "normalise_email",
     "quantity_held",
     "quantity_pending",
+    "redeem_code",
 ]

@@ -10,6 +10,16 @@ from kami.vault.claims import (
     take_keys,
     withdraw_sold,
 )
+from kami.vault.defects import (
+    DEFECT_RESOLUTIONS,
+    BatchDefects,
+    DefectView,
+    KeyOrigin,
+    defect_rates,
+    key_origins,
+    list_defects,
+    mark_defective,
+)
 from kami.vault.errors import KeyringError
 from kami.vault.goods import sell_reserved_of, shared_key, store_delivered
 from kami.vault.imports import FINGERPRINT_SECRET, BatchInfo, ImportReport, import_keys
@@ -30,14 +40,18 @@ from kami.vault.sources import BadLine, GoodLine, Progress, SourceFormat, open_r
 from kami.vault.states import KeyStatus
 
 __all__ = [
+    "DEFECT_RESOLUTIONS",
     "FINGERPRINT_SECRET",
     "BadLine",
+    "BatchDefects",
     "BatchInfo",
     "BatchStock",
     "ClaimHints",
+    "DefectView",
     "GoodLine",
     "ImportReport",
     "KeyLocation",
+    "KeyOrigin",
     "KeyStatus",
     "Keyring",
     "KeyringError",
@@ -48,10 +62,14 @@ __all__ = [
     "VaultCipher",
     "claim_keys",
     "count_available",
+    "defect_rates",
     "find_key",
     "has_stock",
     "import_keys",
+    "key_origins",
+    "list_defects",
     "load_keyring",
+    "mark_defective",
     "mask",
     "masked_keys",
     "master_key_usage",

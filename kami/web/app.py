@@ -14,11 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kami import __version__, bootstrap
 from kami.config import Settings
 from kami.web import problems
+from kami.web.admin.aftersales import router as admin_aftersales_router
 from kami.web.admin.api import router as admin_router
 from kami.web.admin.goods import router as admin_goods_router
 from kami.web.admin.orders import router as admin_orders_router
+from kami.web.api.aftersales import router as aftersales_router
 from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
+from kami.web.api.suppliers import router as suppliers_router
 from kami.web.ratelimit import RateLimits
 from kami.web.storefront.pages import router as storefront_router
 from kami.worker import runner
@@ -103,8 +106,11 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
 
     app.include_router(public_router)
     app.include_router(licenses_router)
+    app.include_router(suppliers_router)
     app.include_router(admin_router)
     app.include_router(admin_orders_router)
+    app.include_router(aftersales_router)
+    app.include_router(admin_aftersales_router)
     app.include_router(admin_goods_router)
     app.include_router(storefront_router)
     app.mount(

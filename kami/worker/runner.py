@@ -28,6 +28,7 @@ def run_once(container: Container, *, sweep: bool = True) -> int:
     fulfilment.drive_due(container.shop)
     if sweep:
         fulfilment.serve_awaiting_stock(container.shop)
+        fulfilment.procure_due(container.shop)  # card keys bought when a SKU runs low
         s = container.settings
         fulfilment.sync_due(
             container.shop,
@@ -37,6 +38,7 @@ def run_once(container: Container, *, sweep: bool = True) -> int:
         fulfilment.sync_refunds_due(
             container.shop, after=timedelta(minutes=s.refund_sync_after_minutes)
         )
+        fulfilment.send_validity_reminders(container.shop, days=s.validity_reminder_days)
     return ran
 
 

@@ -12,6 +12,18 @@ from kami.fulfilment.goods.driver import (
     refund_failed_line,
 )
 from kami.fulfilment.goods.lines import REFUND_JOB
+from kami.fulfilment.goods.procurement import (
+    Procured,
+    procure_due,
+    procure_sku,
+    settle_open_purchases,
+)
+from kami.fulfilment.goods.recharge import (
+    apply_result,
+    attempt_recharge,
+    escalated_lines,
+    handle_callback,
+)
 from kami.fulfilment.goods.webhook import WEBHOOK_SECRET, sku_secret
 from kami.fulfilment.shop import Shop
 
@@ -27,11 +39,19 @@ __all__ = [
     "REFUND_JOB",
     "WEBHOOK_SECRET",
     "ManualTask",
+    "Procured",
+    "apply_result",
     "attempt_line",
+    "attempt_recharge",
     "drive_due",
+    "escalated_lines",
     "fail_by_hand",
     "fulfil_by_hand",
+    "handle_callback",
     "manual_queue",
+    "procure_due",
+    "procure_sku",
     "refund_failed_line",
+    "settle_open_purchases",
     "webhook_secret",
 ]

@@ -1,6 +1,7 @@
 """The worker's side of goods that come from elsewhere: attempts when due, with a lease so two
 workers never call for the same line at once; backoff; giving up after the SKU's limit; the
-refund of a failed line's share; and the operator's queue for manual goods."""
+refund of a failed line's share; and the operator's queue for manual goods. Recharge lines
+are driven here too; their supplier lifecycle is in recharge.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from kami import catalog, delivery, orders, vault
 from kami.catalog import DeliveryKind
-from kami.fulfilment.goods import webhook
+from kami.fulfilment.goods import recharge, webhook
 from kami.fulfilment.goods.lines import deliver_goods, finish_line, settle_order
 from kami.fulfilment.refunds import request_refund
 from kami.fulfilment.shop import Shop
@@ -22,7 +23,7 @@ log = logging.getLogger("kami.goods")
 
 Status = delivery.LineStatus
 LEASE = timedelta(minutes=2)  # longer than any call's timeout
-DRIVEN = (DeliveryKind.WEBHOOK.value,)
+DRIVEN = (DeliveryKind.WEBHOOK.value, DeliveryKind.RECHARGE.value)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -45,6 +46,10 @@ def drive_due(shop: Shop, now: datetime | None = None) -> int:
 
 def attempt_line(shop: Shop, line_id: int, *, now: datetime | None = None) -> delivery.LineView:
     at = now or utcnow()
+    with shop.db.read() as s:
+        found = delivery.get_line(s, line_id)
+    if found is not None and found.kind == DeliveryKind.RECHARGE.value:
+        return recharge.attempt_recharge(shop, line_id, now=at)
     with shop.db.write() as s:
         line = delivery.get_line(s, line_id, for_update=True)
         if line is None:

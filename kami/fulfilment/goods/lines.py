@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from kami import catalog, delivery, licenses, orders, vault
 from kami.catalog import DeliveryKind
 from kami.fulfilment.shop import MAIL_JOB, Shop
+from kami.fulfilment.validity import valid_until
 from kami.kernel import outbox
 from kami.kernel.errors import Conflict, KamiError, NotFound
 
@@ -91,7 +92,13 @@ def serve_card_line(
             delivery.add_event(s, line, "waiting_for_stock", now)
         return False
     delivery.record_items(
-        s, order.id, keys, now, start=delivery.next_position(s, order.id), line_id=line.id
+        s,
+        order.id,
+        keys,
+        now,
+        start=delivery.next_position(s, order.id),
+        line_id=line.id,
+        valid_until=valid_until(order.validity_days, now),
     )
     return finish_line(s, line, Status.DELIVERED, now, f"{len(keys)} key(s)")
 
@@ -114,7 +121,14 @@ def _reusable_line(
         return
     start = delivery.next_position(s, order.id)
     delivery.record_items(
-        s, order.id, [key_id] * line.quantity, now, start=start, shared=True, line_id=line.id
+        s,
+        order.id,
+        [key_id] * line.quantity,
+        now,
+        start=start,
+        shared=True,
+        line_id=line.id,
+        valid_until=valid_until(order.validity_days, now),
     )
     finish_line(s, line, Status.DELIVERED, now)
 
@@ -129,7 +143,15 @@ def _license_line(
         return
     start = delivery.next_position(s, order.id)
     ids = [lic.license_id for lic in issued]
-    delivery.record_licenses(s, order.id, ids, now, start=start, line_id=line.id)
+    delivery.record_licenses(
+        s,
+        order.id,
+        ids,
+        now,
+        start=start,
+        line_id=line.id,
+        valid_until=valid_until(order.validity_days, now),
+    )
     finish_line(s, line, Status.DELIVERED, now, f"{len(ids)} license(s)")
 
 
@@ -149,7 +171,15 @@ def deliver_goods(
         s, shop.cipher, line.sku_id, line.order_id, goods, vault.BatchInfo(supplier=source), now
     )
     start = delivery.next_position(s, line.order_id)
-    delivery.record_items(s, line.order_id, key_ids, now, start=start, line_id=line.id)
+    delivery.record_items(
+        s,
+        line.order_id,
+        key_ids,
+        now,
+        start=start,
+        line_id=line.id,
+        valid_until=valid_until(order_row.validity_days, now),
+    )
     moved = finish_line(s, line, Status.DELIVERED, now, f"{len(key_ids)} item(s) from {source}")
     settle_order(s, shop, order_row.order_no, now)
     return moved

@@ -19,6 +19,7 @@ class PaymentOut(BaseModel):
 class ItemOut(BaseModel):
     position: int
     masked: str
+    valid_until: datetime | None = None  # goods with a validity period end then
 
 
 class PartOut(BaseModel):
@@ -96,7 +97,9 @@ def order_out(
         delivered_at=order.delivered_at,
         redemption=order.redemption,
         validity_days=order.validity_days,
-        items=[ItemOut(position=i.position, masked=i.masked) for i in items],
+        items=[
+            ItemOut(position=i.position, masked=i.masked, valid_until=i.valid_until) for i in items
+        ],
         parts=[
             PartOut(
                 position=p.position,
