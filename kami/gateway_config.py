@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,10 @@ from typing import Any
 
 from kami import payments
 from kami.config import Settings
+from kami.kernel import accounts_file
 from kami.kernel.errors import InvalidInput
 
-ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 RESERVED_NAMES = frozenset({"sandbox"})
-_MAX_SECRET_FILE = 64 * 1024
 
 
 def channel_specs() -> dict[str, payments.ChannelSpec]:
@@ -49,76 +47,6 @@ class ChannelCheck:
     warnings: list[str] = field(default_factory=list)
 
 
-def _resolve(
-    check: ChannelCheck,
-    spec: payments.ChannelSpec,
-    table: Mapping[str, Any],
-    base_dir: Path | None,
-    environ: Mapping[str, str],
-) -> dict[str, str]:
-    """The account's options as plain strings, read from files and variables where so given."""
-    known = set(spec.required) | set(spec.optional)
-    options: dict[str, str] = {}
-    for key, value in table.items():
-        if key in ("channel", "enabled"):
-            continue
-        option, _, how = key.rpartition("_")
-        if how not in ("file", "env") or option not in known:
-            option, how = key, "inline"
-        if option not in known:
-            check.errors.append(
-                f"unknown option {key!r} for channel {spec.channel} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-            continue
-        if option in options:
-            check.errors.append(f"{option} is given twice")
-            continue
-        if isinstance(value, bool) and how == "inline":
-            text = "true" if value else "false"
-        elif isinstance(value, str | int) and not isinstance(value, bool):
-            text = str(value)
-        else:
-            check.errors.append(f"{key}: must be a string")
-            continue
-        if how == "inline":
-            if option in spec.secrets and base_dir is not None:
-                check.errors.append(
-                    f"{option}: a secret must not be written in the accounts file; "
-                    f'use {option}_file = "path" or {option}_env = "VARIABLE"'
-                )
-                continue
-            options[option] = text
-        elif how == "env":
-            if text not in environ:
-                check.errors.append(f"{key}: environment variable {text} is not set")
-                continue
-            options[option] = environ[text].strip()
-        else:
-            path = Path(text).expanduser()
-            if base_dir is not None and not path.is_absolute():
-                path = base_dir / path
-            try:
-                if path.stat().st_size > _MAX_SECRET_FILE:
-                    check.errors.append(f"{key}: {path} is larger than 64 KiB")
-                    continue
-                options[option] = path.read_text(encoding="utf-8").strip()
-            except FileNotFoundError:
-                check.errors.append(f"{key}: {path} does not exist")
-                continue
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = (
-                    "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "unreadable"
-                )
-                check.errors.append(f"{key}: {path} {reason}")
-                continue
-        if not options[option]:
-            check.errors.append(f"{option} is empty")
-            del options[option]
-    check.errors += [f"{name} is missing" for name in spec.required if name not in options]
-    return options
-
-
 def _account(
     name: str,
     table: Mapping[str, Any],
@@ -130,16 +58,8 @@ def _account(
     check = ChannelCheck(name, source=source)
     specs = channel_specs()
     channel = table.get("channel")
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        check.errors.append("enabled: must be true or false")
-    else:
-        check.enabled = enabled
-    if not ACCOUNT_NAME.match(name) or name in RESERVED_NAMES:
-        check.errors.append(
-            f"account name {name[:40]!r}: 1–32 of a-z, 0-9, - and _, starting with a letter or "
-            "digit, and not 'sandbox'"
-        )
+    check.enabled = accounts_file.check_enabled(table, check.errors)
+    accounts_file.check_name(name, check.errors, RESERVED_NAMES)
     if not isinstance(channel, str) or channel not in specs:
         check.errors.append(
             f"channel: {str(channel)[:40]!r} is not one of {', '.join(sorted(specs))}"
@@ -147,7 +67,21 @@ def _account(
         return check
     check.channel = channel
     spec = specs[channel]
-    options = _resolve(check, spec, table, base_dir, environ)
+    rules = accounts_file.OptionRules(
+        f"channel {spec.channel}",
+        spec.required,
+        spec.optional,
+        spec.secrets,
+        reserved=("channel", "enabled"),
+    )
+    options = accounts_file.resolve_options(
+        rules,
+        table,
+        check.errors,
+        base_dir=base_dir,
+        environ=environ,
+        inline_secrets=base_dir is None,
+    )
     if check.errors:
         return check
     try:
@@ -199,15 +133,11 @@ def _env_name(message: str, prefix: str) -> str:
 
 def _from_file(path: Path, public_url: str, environ: Mapping[str, str]) -> list[ChannelCheck]:
     where = f"accounts file {path}"
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return [ChannelCheck(str(path), source=where, errors=["the file does not exist"])]
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        # tomllib names the line and column; the text itself is never echoed.
-        return [ChannelCheck(str(path), source=where, errors=[f"not valid TOML: {exc}"])]
+    tables, problem = accounts_file.read_tables(path)
+    if problem is not None:
+        return [ChannelCheck(str(path), source=where, errors=[problem])]
     checks = []
-    for name, table in document.items():
+    for name, table in tables:
         if not isinstance(table, dict):
             checks.append(
                 ChannelCheck(name, source=where, errors=[f"[{name}] must be a table of options"])

@@ -13,8 +13,6 @@ accounts file) or `<option>_env` (an environment variable); secret options only 
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +20,8 @@ from typing import Any
 
 from kami import suppliers
 from kami.config import Settings
+from kami.kernel import accounts_file
 from kami.kernel.errors import InvalidInput
-
-ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_MAX_SECRET_FILE = 64 * 1024
 
 
 def supplier_specs() -> dict[str, suppliers.SupplierSpec]:
@@ -49,90 +45,6 @@ class SupplierCheck:
     errors: list[str] = field(default_factory=list)
 
 
-def _text(check: SupplierCheck, key: str, value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    check.errors.append(f"{key}: must be a string")
-    return None
-
-
-def _read_file(check: SupplierCheck, key: str, text: str, base_dir: Path) -> str | None:
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    try:
-        if path.stat().st_size > _MAX_SECRET_FILE:
-            check.errors.append(f"{key}: {path} is larger than 64 KiB")
-            return None
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        check.errors.append(f"{key}: {path} does not exist")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "unreadable"
-        check.errors.append(f"{key}: {path} {reason}")
-    return None
-
-
-def _resolve(
-    check: SupplierCheck,
-    spec: suppliers.SupplierSpec,
-    table: Mapping[str, Any],
-    base_dir: Path,
-    environ: Mapping[str, str],
-) -> dict[str, str]:
-    """The account's options as plain strings, read from files and variables where so given."""
-    known = set(spec.required) | set(spec.optional)
-    options: dict[str, str] = {}
-    for key, value in table.items():
-        if key in ("protocol", "enabled"):
-            continue
-        option, _, how = key.rpartition("_")
-        if how not in ("file", "env") or option not in known:
-            option, how = key, "inline"
-        if option not in known:
-            check.errors.append(
-                f"unknown option {key!r} for protocol {spec.protocol} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-            continue
-        if option in options:
-            check.errors.append(f"{option} is given twice")
-            continue
-        text = _text(check, key, value)
-        if text is None:
-            continue
-        if how == "inline" and option in spec.secrets:
-            check.errors.append(
-                f"{option}: a secret must not be written in the accounts file; "
-                f'use {option}_file = "path" or {option}_env = "VARIABLE"'
-            )
-            continue
-        if how == "env":
-            if text not in environ:
-                check.errors.append(f"{key}: environment variable {text} is not set")
-                continue
-            resolved: str | None = environ[text].strip()
-        elif how == "file":
-            resolved = _read_file(check, key, text, base_dir)
-        else:
-            resolved = text
-        if resolved is None:
-            continue
-        if not resolved:
-            check.errors.append(f"{option} is empty")
-            continue
-        options[option] = resolved
-    said = list(check.errors)  # an option already reported is not "missing" as well
-    check.errors += [
-        f"{name} is missing"
-        for name in spec.required
-        if name not in options and not any(e.startswith(name) for e in said)
-    ]
-    return options
-
-
 def _account(
     name: str,
     table: Mapping[str, Any],
@@ -144,16 +56,8 @@ def _account(
     check = SupplierCheck(name, source=source, callback_url=callback_url(public_url, name))
     specs = supplier_specs()
     protocol = table.get("protocol")
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        check.errors.append("enabled: must be true or false")
-    else:
-        check.enabled = enabled
-    if not ACCOUNT_NAME.match(name):
-        check.errors.append(
-            f"account name {name[:40]!r}: 1–32 of a-z, 0-9, - and _, starting with a letter or "
-            "digit"
-        )
+    check.enabled = accounts_file.check_enabled(table, check.errors)
+    accounts_file.check_name(name, check.errors)
     if not isinstance(protocol, str) or protocol not in specs:
         check.errors.append(
             f"protocol: {str(protocol)[:40]!r} is not one of {', '.join(sorted(specs))}"
@@ -161,7 +65,16 @@ def _account(
         return check
     check.protocol = protocol
     spec = specs[protocol]
-    options = _resolve(check, spec, table, base_dir, environ)
+    rules = accounts_file.OptionRules(
+        f"protocol {spec.protocol}",
+        spec.required,
+        spec.optional,
+        spec.secrets,
+        reserved=("protocol", "enabled"),
+    )
+    options = accounts_file.resolve_options(
+        rules, table, check.errors, base_dir=base_dir, environ=environ
+    )
     if check.errors:
         return check
     if "notify_url" in spec.optional and "notify_url" not in options:
@@ -175,15 +88,11 @@ def _account(
 
 def _from_file(path: Path, public_url: str, environ: Mapping[str, str]) -> list[SupplierCheck]:
     where = f"supplier accounts file {path}"
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return [SupplierCheck(str(path), source=where, errors=["the file does not exist"])]
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        # tomllib names the line and column; the text itself is never echoed.
-        return [SupplierCheck(str(path), source=where, errors=[f"not valid TOML: {exc}"])]
+    tables, problem = accounts_file.read_tables(path)
+    if problem is not None:
+        return [SupplierCheck(str(path), source=where, errors=[problem])]
     checks = []
-    for name, table in document.items():
+    for name, table in tables:
         if not isinstance(table, dict):
             checks.append(
                 SupplierCheck(name, source=where, errors=[f"[{name}] must be a table of options"])
