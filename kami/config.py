@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     aftersales_policy_by_sku: dict[str, Literal["replace", "review"]] = Field(default_factory=dict)
     # Goods with a validity period: the buyer is reminded this many days before it ends.
     validity_reminder_days: int = Field(default=3, ge=0, le=365)
+    # Files sold as downloads: stored here under their SHA-256, never served from here directly.
+    files_dir: Path = Path("var/files")
+    files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, le=1 << 40)
 
     @property
     def base_url(self) -> str:

@@ -87,6 +87,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         sandbox_enabled=True,
         sandbox_secret=SANDBOX_SECRET,
         public_url="http://testserver",
+        files_dir=tmp_path / "files",
         inprocess_worker=False,
         # Tests place many orders from one address; the limits have tests of their own.
         rate_limit_orders="100000/minute",

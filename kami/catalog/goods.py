@@ -26,6 +26,7 @@ class DeliveryKind(StrEnum):
     MANUAL = "manual"  # an operator fulfils it from the admin queue
     RECHARGE = "recharge"  # direct recharge (直充) through upstream suppliers
     BUNDLE = "bundle"  # several component SKUs delivered together (权益包)
+    DOWNLOAD = "download"  # a stored file, through signed links limited in time and count
 
 
 # Kinds whose goods come from somewhere else, after payment, possibly slowly.
@@ -91,6 +92,14 @@ class ManualConfig(_Config):
     instructions: str = Field(default="", max_length=2000, description="shown to the operator")
 
 
+class DownloadConfig(_Config):
+    file: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{8,32}$", description="a stored file's id (POST /api/admin/files)"
+    )
+    link_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60, description="a link lasts")
+    max_downloads: int = Field(default=5, ge=1, le=1000, description="per unit bought")
+
+
 class EmptyConfig(_Config):
     pass
 
@@ -119,6 +128,7 @@ CONFIGS: dict[DeliveryKind, type[_Config]] = {
     DeliveryKind.MANUAL: ManualConfig,
     DeliveryKind.RECHARGE: RechargeConfig,
     DeliveryKind.BUNDLE: BundleConfig,
+    DeliveryKind.DOWNLOAD: DownloadConfig,
 }
 
 

@@ -96,6 +96,27 @@ __all__ = [
     "waiting_lines",
 ]
 
+from kami.delivery.downloads import (
+    CHUNK,
+    DownloadView,
+    FileView,
+    TooLarge,
+    add_file,
+    blob_path,
+    clean_content_type,
+    clean_name,
+    count_download,
+    download_times,
+    find_download,
+    find_file,
+    link_query,
+    link_signature,
+    list_files,
+    order_downloads,
+    record_downloads,
+    signature_ok,
+    write_blob,
+)
 from kami.delivery.suppliers import (
     OPEN_STATES,
     STOCK_PURCHASE,
@@ -120,4 +141,27 @@ __all__ += [
     "move_supplier_order",
     "open_stock_purchases",
     "supplier_orders_numbered",
+]
+
+
+__all__ += [
+    "CHUNK",
+    "DownloadView",
+    "FileView",
+    "TooLarge",
+    "add_file",
+    "blob_path",
+    "clean_content_type",
+    "clean_name",
+    "count_download",
+    "download_times",
+    "find_download",
+    "find_file",
+    "link_query",
+    "link_signature",
+    "list_files",
+    "order_downloads",
+    "record_downloads",
+    "signature_ok",
+    "write_blob",
 ]

@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text, UniqueConstraint, false, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
@@ -170,3 +180,52 @@ class Report(Base):
     refund_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class File(Base):
+    """A file sold as a download. Its bytes sit under the files directory, named by their
+    SHA-256 (the same bytes uploaded twice are kept once); they are served only through a
+    signed, expiring, counted link to a live delivered item, never by this row's id."""
+
+    __tablename__ = "delivery_file"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(127))
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Download(Base):
+    """A delivered item that is a file: the token its links name, the terms it was sold with
+    (copied from the SKU at delivery, so a later change of the SKU does not change them), and
+    how many times it was downloaded. `downloads` only grows through a guarded UPDATE
+    (`downloads < max_downloads`), so parallel downloads can never pass the limit."""
+
+    __tablename__ = "delivery_download"
+    __table_args__ = (UniqueConstraint("order_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    order_id: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    file_id: Mapped[int] = mapped_column(Integer, index=True)
+    link_minutes: Mapped[int] = mapped_column(Integer)
+    max_downloads: Mapped[int] = mapped_column(Integer)
+    downloads: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DownloadEvent(Base):
+    """Every download that was counted: when, from where, with what browser."""
+
+    __tablename__ = "delivery_download_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    download_id: Mapped[int] = mapped_column(Integer, index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -136,3 +136,23 @@ __all__ = [
     "valid_until",
     "webhook_secret",
 ]
+
+from kami.fulfilment.goods.downloads import (
+    DOWNLOAD_SECRET,
+    DownloadGrant,
+    DownloadLink,
+    LinkGone,
+    LinkRefused,
+    check_download_sku,
+    open_download,
+)
+
+__all__ += [
+    "DOWNLOAD_SECRET",
+    "DownloadGrant",
+    "DownloadLink",
+    "LinkGone",
+    "LinkRefused",
+    "check_download_sku",
+    "open_download",
+]

@@ -20,13 +20,18 @@ class BuyerItem:
     position: int
     masked: str
     valid_until: datetime | None = None  # goods with a validity period end then
+    kind: str = "key"  # "key" (keys, texts, licenses) or "download" (masked is the file name)
 
 
 @dataclass(frozen=True, slots=True)
 class RevealedItem:
     position: int
-    card: str
+    card: str  # for a download: its signed link
     password: str | None
+    kind: str = "key"
+    name: str | None = None  # a download's file name
+    expires_at: datetime | None = None  # when a download's link ends
+    downloads_left: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +78,29 @@ def buyer_view(
 
 def _items(s: Session, order_id: int) -> list[BuyerItem]:
     """The items the order holds now, numbered as delivered (a withdrawn one leaves a gap)."""
+    from kami.fulfilment.goods.downloads import download_names  # goods imports views
+
     live = delivery.live_items(s, order_id)
     keys = vault.masked_keys(s, [i.key_id for i in live if i.key_id is not None])
     masked_keys = iter(keys)
     lic = {v.license_id: v.masked for v in licenses.licenses_for_order(s, order_id)}
+    files = download_names(s, order_id)
     out = []
     for i in live:
         if i.key_id is not None:
             out.append(BuyerItem(i.position, next(masked_keys).masked, i.valid_until))
         elif i.license_id is not None:
             out.append(BuyerItem(i.position, lic.get(i.license_id, ""), i.valid_until))
+        elif i.position in files:
+            out.append(BuyerItem(i.position, files[i.position], i.valid_until, "download"))
     return out
 
 
 def reveal(
     shop: Shop, order_no: str, token: str | None, *, ip: str | None, user_agent: str | None
 ) -> tuple[orders.OrderView, list[RevealedItem]]:
+    from kami.fulfilment.goods.downloads import download_links  # goods imports views
+
     authorise(shop, order_no, token)
     with shop.db.write() as s:
         order = orders.get_order(s, order_no)
@@ -99,16 +111,23 @@ def reveal(
                 slug="not-delivered",
             )
         live = delivery.live_items(s, order.id)
+        now = utcnow()
         # Recorded in the same transaction as the decryption it authorises.
-        delivery.record_reveal(s, order.id, utcnow(), ip, user_agent)
+        delivery.record_reveal(s, order.id, now, ip, user_agent)
         keyed = [i for i in live if i.key_id is not None]
         secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
         licensed = [i for i in live if i.license_id is not None]
         plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
+        bare = {i.position for i in live if i.key_id is None and i.license_id is None}
+        links = download_links(s, shop, order.id, bare, now)
     items = [
         RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)
     ]
     items += [RevealedItem(i.position, x.key, None) for i, x in zip(licensed, plain, strict=True)]
+    items += [
+        RevealedItem(d.position, d.url, None, "download", d.name, d.expires_at, d.downloads_left)
+        for d in links
+    ]
     return order, sorted(items, key=lambda r: r.position)
 
 

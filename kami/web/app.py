@@ -16,9 +16,11 @@ from kami.config import Settings
 from kami.web import problems
 from kami.web.admin.aftersales import router as admin_aftersales_router
 from kami.web.admin.api import router as admin_router
+from kami.web.admin.files import router as admin_files_router
 from kami.web.admin.goods import router as admin_goods_router
 from kami.web.admin.orders import router as admin_orders_router
 from kami.web.api.aftersales import router as aftersales_router
+from kami.web.api.downloads import router as downloads_router
 from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
 from kami.web.api.suppliers import router as suppliers_router
@@ -112,6 +114,8 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     app.include_router(aftersales_router)
     app.include_router(admin_aftersales_router)
     app.include_router(admin_goods_router)
+    app.include_router(admin_files_router)
+    app.include_router(downloads_router)
     app.include_router(storefront_router)
     app.mount(
         "/static",

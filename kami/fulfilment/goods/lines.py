@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from kami import catalog, delivery, licenses, orders, vault
 from kami.catalog import DeliveryKind
+from kami.fulfilment.goods.downloads import serve_download_line
 from kami.fulfilment.shop import MAIL_JOB, Shop
 from kami.fulfilment.validity import valid_until
 from kami.kernel import outbox
@@ -73,6 +74,8 @@ def _start(
         _reusable_line(s, order, line, now)
     elif kind is DeliveryKind.LICENSE:
         _license_line(s, shop, order, line, now)
+    elif kind is DeliveryKind.DOWNLOAD:
+        serve_download_line(s, order, line, now)
     elif kind is DeliveryKind.MANUAL:
         delivery.move_line(s, line.id, [Status.PENDING], Status.PENDING, now, due_at=None)
         delivery.add_event(s, line, "queued_for_operator", now)

@@ -79,13 +79,17 @@ def list_skus(shop: ShopDep, _: AdminDep) -> list[catalog.SkuView]:
 @router.post("/skus", status_code=201, response_model=catalog.SkuView)
 def create_sku(body: catalog.SkuIn, shop: ShopDep, _: AdminDep) -> catalog.SkuView:
     with shop.db.write() as s:
-        return catalog.create_sku(s, body)
+        sku = catalog.create_sku(s, body)
+        fulfilment.check_download_sku(s, sku.delivery_kind, sku.delivery_config)
+        return sku
 
 
 @router.patch("/skus/{code}", response_model=catalog.SkuView)
 def update_sku(code: str, body: catalog.SkuPatch, shop: ShopDep, _: AdminDep) -> catalog.SkuView:
     with shop.db.write() as s:
-        return catalog.update_sku(s, code, body)
+        sku = catalog.update_sku(s, code, body)
+        fulfilment.check_download_sku(s, sku.delivery_kind, sku.delivery_config)
+        return sku
 
 
 @router.put("/skus/{code}/flash-sale", response_model=catalog.FlashSaleView)

@@ -87,7 +87,16 @@ def reveal_order(order_no: str, request: Request, response: Response, shop: Shop
         order_no=order.order_no,
         redemption=order.redemption,
         items=[
-            RevealedItemOut(position=i.position, card=i.card, password=i.password) for i in items
+            RevealedItemOut(
+                position=i.position,
+                card=i.card,
+                password=i.password,
+                kind=i.kind,
+                name=i.name,
+                expires_at=i.expires_at,
+                downloads_left=i.downloads_left,
+            )
+            for i in items
         ],
     )
 

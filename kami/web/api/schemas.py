@@ -20,6 +20,7 @@ class ItemOut(BaseModel):
     position: int
     masked: str
     valid_until: datetime | None = None  # goods with a validity period end then
+    kind: str = "key"  # "download": masked is the file's name
 
 
 class PartOut(BaseModel):
@@ -36,8 +37,12 @@ class PartOut(BaseModel):
 
 class RevealedItemOut(BaseModel):
     position: int
-    card: str
+    card: str  # a download's link, for kind "download"
     password: str | None = None
+    kind: str = "key"
+    name: str | None = None  # a download's file name
+    expires_at: datetime | None = None  # when a download link stops working
+    downloads_left: int | None = None
 
 
 class OrderOut(BaseModel):
@@ -98,7 +103,8 @@ def order_out(
         redemption=order.redemption,
         validity_days=order.validity_days,
         items=[
-            ItemOut(position=i.position, masked=i.masked, valid_until=i.valid_until) for i in items
+            ItemOut(position=i.position, masked=i.masked, valid_until=i.valid_until, kind=i.kind)
+            for i in items
         ],
         parts=[
             PartOut(

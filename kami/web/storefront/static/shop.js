@@ -76,6 +76,7 @@
   var token = tokenFromHash() || recall(orderNo);
   var errorBox = document.getElementById("order-error");
   var revealed = null;
+  var downloads = {};
   var OPEN = { pending: 1, paid: 1, awaiting_stock: 1 };
   var PART_OPEN = { waiting: 1, pending: 1, processing: 1 };
 
@@ -86,8 +87,10 @@
     if (!revealed) {
       var r = await call("POST", "/api/v1/orders/" + encodeURIComponent(orderNo) + "/reveal", token);
       revealed = {};
+      downloads = {};
       r.items.forEach(function (it) {
         revealed[it.position] = it.password ? it.card + "  " + it.password : it.card;
+        if (it.kind === "download") { downloads[it.position] = it; }
       });
     }
     return revealed;
@@ -137,9 +140,24 @@
           return;
         }
         var all = await revealAll();
-        code.textContent = all[it.position] || "";
+        var file = downloads[it.position];
+        if (file) {
+          // A download is a link to follow, not a key to copy: shown as an element, never HTML.
+          var link = document.createElement("a");
+          link.className = "button";
+          link.rel = "noreferrer";
+          link.href = file.card;
+          link.textContent = (T.download || "Download") + " · " + (file.name || it.masked);
+          var note = document.createElement("small");
+          note.textContent = " " + fill(T.downloadsLeft || "%(n)s left, until %(until)s", {
+            n: file.downloads_left, until: new Date(file.expires_at).toLocaleString()
+          });
+          code.replaceChildren(link, note);
+        } else {
+          code.textContent = all[it.position] || "";
+          copy.hidden = false;
+        }
         reveal.textContent = T.hide || "Hide";
-        copy.hidden = false;
         shown = true;
       } catch (e) { showError(e); }
     });
