@@ -80,6 +80,8 @@ def build(settings: Settings) -> Container:
                 fulfilment.ORDER_TOKEN_SECRET,
                 fulfilment.WEBHOOK_SECRET,
                 fulfilment.ORDER_SALT,
+                fulfilment.LOOKUP_SECRET,
+                fulfilment.DOWNLOAD_SECRET,
             ):
                 cipher.named_secret(s, name)
             licenses.prepare_secrets(s, cipher)
