@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Integer, String, Text, func, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kami.kernel.clock import utcnow
@@ -82,8 +82,9 @@ def enqueue(
     delay: timedelta | None = None,
 ) -> None:
     now = utcnow()
-    session.add(
-        OutboxJob(
+    # A Core insert: no unit-of-work bookkeeping for a row nothing in this session reads back.
+    session.execute(
+        insert(OutboxJob).values(
             kind=kind,
             ref=ref,
             payload=payload,

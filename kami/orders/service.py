@@ -104,6 +104,10 @@ def create_order(
         created_at=now,
         expires_at=now + ttl,
     )
+    if not idempotency_key:  # nothing to recover from: no savepoint round trips
+        session.add(order)
+        session.flush()
+        return to_view(order), True
     try:
         with session.begin_nested():
             session.add(order)

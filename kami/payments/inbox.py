@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -55,8 +55,8 @@ def record_notification(
     """Keep the raw notification whatever became of it; the body is capped, never dropped."""
     # PostgreSQL text cannot hold NUL: it is stored as U+FFFD, like bytes that are not UTF-8.
     body = raw.body[:MAX_BODY].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    session.add(
-        Notification(
+    session.execute(
+        insert(Notification).values(
             gateway=raw.gateway,
             received_at=received_at or utcnow(),
             remote_addr=raw.remote_addr,
