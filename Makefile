@@ -43,13 +43,15 @@ test-sqlite: $(STAMP) browser
 test-postgres: $(STAMP) browser
 	KAMI_TEST_DB=postgresql $(BIN)/pytest
 
-# Screenshots of the main pages, both languages, phone-sized, into docs/screenshots/.
+# Screenshots of the main pages, both languages, into docs/screenshots/: the storefront
+# phone-sized, the admin console (console-*.png) desktop-sized.
 screenshots: $(STAMP) browser
 	@if [ -z "$$(fc-list :lang=zh 2>/dev/null)" ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-noto-cjk; \
 	fi
 	KAMI_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots KAMI_TEST_DB=sqlite \
-		$(BIN)/pytest tests/browser/test_buyer.py
+		$(BIN)/pytest tests/browser/test_buyer.py \
+		tests/browser/test_admin.py::test_screenshots_of_the_console
 
 test: lint types contracts test-sqlite test-postgres
 

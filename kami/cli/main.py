@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from kami import bootstrap
-from kami.cli import bench, keys, suppliers, suppliersim, vaultcmd
+from kami.cli import admincmd, bench, keys, suppliers, suppliersim, vaultcmd
 from kami.cli.context import clear_errors, console, container, err, settings
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ orders_app = typer.Typer(help="Orders.", no_args_is_help=True)
 gateways_app = typer.Typer(help="Payment channels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+admin_app.command("reset-2fa")(admincmd.reset_2fa)
 app.add_typer(orders_app, name="orders")
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(keys.app, name="keys")

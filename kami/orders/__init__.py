@@ -93,3 +93,23 @@ __all__ = [
     "quantity_pending",
     "redeem_code",
 ]
+
+from kami.orders.stats import (
+    UNDELIVERED,
+    DaySales,
+    TopSku,
+    count_undelivered,
+    list_undelivered,
+    sales_by_day,
+    top_skus,
+)
+
+__all__ += [
+    "UNDELIVERED",
+    "DaySales",
+    "TopSku",
+    "count_undelivered",
+    "list_undelivered",
+    "sales_by_day",
+    "top_skus",
+]

@@ -24,6 +24,7 @@ from kami.web.api.downloads import router as downloads_router
 from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
 from kami.web.api.suppliers import router as suppliers_router
+from kami.web.console import router as console_router
 from kami.web.ratelimit import RateLimits
 from kami.web.storefront.pages import router as storefront_router
 from kami.worker import runner
@@ -116,6 +117,7 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     app.include_router(admin_goods_router)
     app.include_router(admin_files_router)
     app.include_router(downloads_router)
+    app.include_router(console_router)
     app.include_router(storefront_router)
     app.mount(
         "/static",

@@ -39,6 +39,8 @@ def _extracted() -> set[str]:
     method_map = [
         ("kami/web/storefront/**.py", "python"),
         ("kami/web/storefront/templates/**.html", "jinja2"),
+        ("kami/web/console/**.py", "python"),
+        ("kami/web/console/templates/**.html", "jinja2"),
     ]
     ids = set()
     for _file, _line, message, _comments, _ctx in extract_from_dir(

@@ -1,0 +1,197 @@
+"""The catalog: the category tree with its ordering, and editing products and SKUs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+
+from kami import catalog, fulfilment
+from kami.kernel.errors import NotFound
+from kami.kernel.money import EXPONENTS, parse_major
+from kami.web.console.frame import (
+    OWNER,
+    PREFIX,
+    ConsoleRoute,
+    as_int,
+    form_of,
+    model,
+    redirect,
+    render,
+    require,
+    signed_in,
+)
+from kami.web.deps import shop
+
+router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+
+def major(minor: int, currency: str) -> str:
+    return str(Decimal(minor).scaleb(-EXPONENTS.get(currency, 2)))
+
+
+def tree(categories: list[catalog.CategoryView]) -> list[tuple[int, catalog.CategoryView]]:
+    """Categories in display order, each with its depth, parents before children."""
+    children: dict[str | None, list[catalog.CategoryView]] = {}
+    for c in categories:
+        children.setdefault(c.parent, []).append(c)
+    out: list[tuple[int, catalog.CategoryView]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for c in sorted(children.get(parent, []), key=lambda c: (c.position, c.slug)):
+            out.append((depth, c))
+            walk(c.slug, depth + 1)
+
+    walk(None, 0)
+    return out
+
+
+@router.get("/catalog", response_class=HTMLResponse)
+def catalog_page(request: Request) -> Response:
+    admin = signed_in(request)
+    with shop(request).db.read() as s:
+        categories = catalog.list_categories(s)
+        products = catalog.list_products(s)
+        skus = catalog.list_skus(s)
+    by_product: dict[str, list[catalog.SkuView]] = {}
+    for v in skus:
+        by_product.setdefault(v.product_slug, []).append(v)
+    by_category: dict[str, list[catalog.ProductView]] = {}
+    for p in sorted(products, key=lambda p: (p.position, p.slug)):
+        by_category.setdefault(p.category, []).append(p)
+    return render(
+        request,
+        "catalog.html",
+        admin=admin,
+        tree=tree(categories),
+        categories=categories,
+        by_category=by_category,
+        by_product=by_product,
+    )
+
+
+@router.post("/catalog/categories")
+async def create_category(request: Request) -> Response:
+    signed_in(request)
+    form = await form_of(request)
+    data = model(
+        catalog.CategoryIn,
+        slug=form.get("slug", ""),
+        name=form.get("name", ""),
+        parent=form.get("parent") or None,
+        position=as_int(form.get("position"), "position") or 0,
+    )
+    with shop(request).db.write() as s:
+        catalog.create_category(s, data)
+    return redirect(f"{PREFIX}/catalog")
+
+
+@router.post("/catalog/categories/{slug}")
+async def update_category(slug: str, request: Request) -> Response:
+    signed_in(request)
+    form = await form_of(request)
+    parent = form.get("parent", "")
+    data = model(
+        catalog.CategoryPatch,
+        name=form.get("name") or None,
+        position=as_int(form.get("position"), "position"),
+        parent=parent or None,
+        move_to_root=not parent,
+    )
+    with shop(request).db.write() as s:
+        catalog.update_category(s, slug, data)
+    return redirect(f"{PREFIX}/catalog")
+
+
+@router.get("/catalog/products/{slug}", response_class=HTMLResponse)
+def product_page(slug: str, request: Request) -> Response:
+    admin = signed_in(request)
+    with shop(request).db.read() as s:
+        product = next((p for p in catalog.list_products(s) if p.slug == slug), None)
+        categories = catalog.list_categories(s)
+    if product is None:
+        raise catalog_not_found("product", slug)
+    return render(request, "product.html", admin=admin, product=product, tree=tree(categories))
+
+
+def catalog_not_found(what: str, name: str) -> Exception:
+    return NotFound(f"no {what} {name!r}", where=what)
+
+
+@router.post("/catalog/products/{slug}")
+async def update_product(slug: str, request: Request) -> Response:
+    signed_in(request)
+    form = await form_of(request)
+    data = model(
+        catalog.ProductPatch,
+        name=form.get("name") or None,
+        category=form.get("category") or None,
+        description=form.get("description", ""),
+        redemption=form.get("redemption", ""),
+        benefits=[b.strip() for b in form.get("benefits", "").splitlines() if b.strip()],
+        position=as_int(form.get("position"), "position"),
+        active=form.get("active") == "on",
+    )
+    with shop(request).db.write() as s:
+        catalog.update_product(s, slug, data)
+    return redirect(f"{PREFIX}/catalog/products/{slug}")
+
+
+@router.get("/catalog/skus/{code}", response_class=HTMLResponse)
+def sku_page(code: str, request: Request) -> Response:
+    admin = signed_in(request)
+    with shop(request).db.read() as s:
+        sku = catalog.get_sku(s, code)
+    return render(
+        request,
+        "sku.html",
+        admin=admin,
+        sku=sku,
+        price=major(sku.price_minor, sku.currency),
+        webhook=sku.delivery_kind == catalog.DeliveryKind.WEBHOOK,
+        secret=None,
+    )
+
+
+@router.post("/catalog/skus/{code}")
+async def update_sku(code: str, request: Request) -> Response:
+    signed_in(request)
+    form = await form_of(request)
+    with shop(request).db.read() as s:
+        current = catalog.get_sku(s, code)
+    price = form.get("price", "").strip()
+    data = model(
+        catalog.SkuPatch,
+        name=form.get("name") or None,
+        price_minor=parse_major(price, current.currency, where="price") if price else None,
+        low_stock_threshold=as_int(form.get("low_stock_threshold"), "low_stock_threshold"),
+        max_quantity=as_int(form.get("max_quantity"), "max_quantity"),
+        position=as_int(form.get("position"), "position"),
+        active=form.get("active") == "on",
+    )
+    with shop(request).db.write() as s:
+        catalog.update_sku(s, code, data)
+    return redirect(f"{PREFIX}/catalog/skus/{code}")
+
+
+@router.post("/catalog/skus/{code}/webhook-secret", response_class=HTMLResponse)
+async def webhook_secret(code: str, request: Request) -> Response:
+    """Shows a webhook SKU's signing secret: the owner only, checked here, not by the button."""
+    admin = signed_in(request)
+    await form_of(request)
+    require(admin, OWNER, "read signing secrets")
+    with shop(request).db.read() as s:
+        sku = catalog.get_sku(s, code)
+    if sku.delivery_kind != catalog.DeliveryKind.WEBHOOK:
+        raise catalog_not_found("webhook SKU", code)
+    secret = fulfilment.webhook_secret(shop(request), code)
+    return render(
+        request,
+        "sku.html",
+        admin=admin,
+        sku=sku,
+        price=major(sku.price_minor, sku.currency),
+        webhook=True,
+        secret=secret,
+    )
