@@ -6,6 +6,7 @@ to end through the shop, query-and-fix, Native/H5/JSAPI orders, refunds and conf
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -715,3 +716,31 @@ def test_certificate_warnings_and_rotation(keys: Keys, fake: FakeWechatPay) -> N
     assert "Wechatpay-Serial" not in fake.seen[-1].headers
     headers, body = fake.notification("TRANSACTION.SUCCESS", {}, serial=PUB_KEY_ID)
     assert reject(only_certs, headers, body) == "unknown-serial"
+
+
+def test_the_storefront_pay_page_shows_the_native_qr_code(
+    wechat_shop: tuple[TestClient, fulfilment.Shop], fake: FakeWechatPay
+) -> None:
+    """A buyer checking out in the browser with a Native account gets a QR code to scan (drawn
+    on the server as SVG, allowed by the CSP as a data: image) and the order link."""
+    client, shop = wechat_shop
+    add_keys(shop, make_sku(shop, "WX-1", price=2500), ["W-1"])
+    form = client.get("/checkout/WX-1")
+    assert form.status_code == 200
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    page = client.post(
+        "/checkout/WX-1",
+        data={
+            "csrf_token": token.group(1),
+            "email": "qr@example.com",
+            "quantity": "1",
+            "gateway": "wechat",
+        },
+    )
+    assert page.status_code == 200, page.text[:500]
+    image = re.search(r'<img class="qr" src="([^"]+)" alt="([^"]+)"', page.text)
+    assert image is not None and image.group(1).startswith("data:image/svg+xml")
+    assert image.group(2) == "付款二维码"
+    assert "weixin://wxpay/bizpayurl?pr=" in page.text  # also offered as a link
+    assert "default-src 'self'" in page.headers["content-security-policy"]
