@@ -15,10 +15,15 @@
       return new Intl.NumberFormat(lang, { style: "currency", currency: currency }).format(minor / Math.pow(10, digits));
     } catch (e) { return (minor / Math.pow(10, digits)).toFixed(digits) + " " + currency; }
   }
-  async function call(method, url, token) {
+  async function call(method, url, token, payload) {
     var headers = { "Accept": "application/json" };
     if (token) headers["Authorization"] = "Bearer " + token;
-    var res = await fetch(url, { method: method, headers: headers, credentials: "same-origin" });
+    var init = { method: method, headers: headers, credentials: "same-origin" };
+    if (payload !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    var res = await fetch(url, init);
     var body = null;
     try { body = await res.json(); } catch (e) { body = null; }
     if (!res.ok) {
@@ -170,7 +175,70 @@
       } catch (e) { showError(e); }
     });
     li.append(code, " ", reveal, " ", copy);
+    if (it.valid_until) {
+      var until = document.createElement("small");
+      until.className = "valid-until";
+      until.textContent = " " + fill(T.validUntil || "valid until %(date)s", {
+        date: new Date(it.valid_until).toLocaleDateString()
+      });
+      li.append(until);
+    }
+    if (it.kind !== "download") { li.append(" ", reportForm(it, label)); }
     return li;
+  }
+  // After-sales: "key invalid / redemption failed" with a note, for this one item.
+  function reportForm(it, label) {
+    var box = document.createElement("details");
+    box.className = "report";
+    var summary = document.createElement("summary");
+    summary.textContent = T.report || "Report a problem";
+    summary.setAttribute("aria-label", (T.report || "Report a problem") + " · " + label);
+    var form = document.createElement("form");
+    var problem = document.createElement("select");
+    problem.name = "problem";
+    problem.id = "problem-" + it.position;
+    [["key_invalid", T.keyInvalid || "Key invalid"],
+     ["redemption_failed", T.redemptionFailed || "Redemption failed"]].forEach(function (o) {
+      var opt = document.createElement("option");
+      opt.value = o[0];
+      opt.textContent = o[1];
+      problem.appendChild(opt);
+    });
+    var problemLabel = document.createElement("label");
+    problemLabel.htmlFor = problem.id;
+    problemLabel.textContent = T.problem || "Problem";
+    var note = document.createElement("textarea");
+    note.name = "note";
+    note.maxLength = 1000;
+    note.id = "note-" + it.position;
+    var noteLabel = document.createElement("label");
+    noteLabel.htmlFor = note.id;
+    noteLabel.textContent = T.note || "What went wrong (optional)";
+    var send = document.createElement("button");
+    send.type = "submit";
+    send.textContent = T.sendReport || "Send report";
+    var result = document.createElement("p");
+    result.setAttribute("role", "status");
+    form.append(problemLabel, problem, noteLabel, note, send, result);
+    form.addEventListener("submit", async function (ev) {
+      ev.preventDefault();
+      send.disabled = true;
+      try {
+        var r = await call("POST", "/api/v1/orders/" + encodeURIComponent(orderNo) + "/reports", token, {
+          position: it.position, problem: problem.value, note: note.value || null
+        });
+        var notice = r.status === "replaced" ? (T.replaced || "Replaced") : (T.underReview || "Sent for review");
+        document.getElementById("order-notice").textContent = notice;
+        box.open = false;
+        if (r.status === "replaced") {
+          revealed = null;  // the replacement shows on the next reveal
+          shownItems = "";
+          refresh();
+        }
+      } catch (e) { result.textContent = e.message; send.disabled = false; }
+    });
+    box.append(summary, form);
+    return box;
   }
   var shownItems = "";
   function render(o) {
