@@ -41,10 +41,10 @@ from kami.fulfilment.goods.lines import buyer_parts, make_due
 from kami.fulfilment.goods.procurement import ORDER_SALT
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
+from kami.fulfilment.refund_settling import dispose_keys
 from kami.fulfilment.refunds import (
     KEY_ACTIONS,
     RefundOutcome,
-    dispose_keys,
     list_order_refunds,
     request_refund,
     settle_by_hand,

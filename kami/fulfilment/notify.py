@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from kami import orders, payments
 from kami.fulfilment.delivering import deliver_paid
-from kami.fulfilment.refunds import apply_refund_notice
+from kami.fulfilment.refund_notices import apply_refund_notice
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import NotFound

@@ -29,8 +29,6 @@ Fulu has no price ceiling on an order, so `max_cost_minor` is not sent.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -39,9 +37,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
-
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kami.kernel.clock import utcnow
 from kami.suppliers.base import (
@@ -64,6 +59,8 @@ from kami.suppliers.base import (
     to_minor,
     unknown,
 )
+from kami.suppliers.fulu_cards import decrypt_card as decrypt_card
+from kami.suppliers.fulu_cards import encrypt_card as encrypt_card
 
 DIRECT_ADD = "fulu.order.direct.add"
 CARD_ADD = "fulu.order.card.add"
@@ -120,38 +117,6 @@ def sign_text(params: Mapping[str, Any]) -> str:
 def sign(params: Mapping[str, Any], secret: str) -> str:
     text = sign_text(params) + secret
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-# -- card secrets -----------------------------------------------------------------------------
-def _aes_key(secret: str) -> bytes:
-    # openssl (PHP openssl_decrypt, Fulu's sample) pads a short key with NULs, cuts a long one.
-    return secret.encode()[:32].ljust(32, b"\0")
-
-
-def decrypt_card(ciphertext: str, secret: str) -> str:
-    """base64 → AES-256-ECB (key: the AppSecret) → PKCS#7 → UTF-8, stripped. ValueError if not."""
-    try:
-        data = base64.b64decode(ciphertext, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("card secret is not base64") from None
-    if not data or len(data) % 16:
-        raise ValueError("card secret is not whole AES blocks")
-    decryptor = Cipher(algorithms.AES(_aes_key(secret)), modes.ECB()).decryptor()  # noqa: S305
-    padded = decryptor.update(data) + decryptor.finalize()
-    unpadder = padding.PKCS7(128).unpadder()
-    try:
-        plain = unpadder.update(padded) + unpadder.finalize()
-        return plain.decode().strip()
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("card secret does not decrypt with this AppSecret") from None
-
-
-def encrypt_card(plaintext: str, secret: str) -> str:
-    """The inverse of decrypt_card (what Fulu does; used by the simulator)."""
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(plaintext.encode()) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(_aes_key(secret)), modes.ECB()).encryptor()  # noqa: S305
-    return base64.b64encode(encryptor.update(padded) + encryptor.finalize()).decode()
 
 
 def beijing_timestamp() -> str:
