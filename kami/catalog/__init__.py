@@ -9,8 +9,6 @@ from kami.catalog.flash import (
     take_quota,
 )
 from kami.catalog.goods import (
-    ASYNC_KINDS,
-    VAULT_KINDS,
     BundleConfig,
     CardKeyConfig,
     DownloadConfig,
@@ -59,8 +57,6 @@ from kami.catalog.service import (
 )
 
 __all__ = [
-    "ASYNC_KINDS",
-    "VAULT_KINDS",
     "BundleConfig",
     "CardKeyConfig",
     "CategoryIn",

@@ -29,12 +29,6 @@ class DeliveryKind(StrEnum):
     DOWNLOAD = "download"  # a stored file, through signed links limited in time and count
 
 
-# Kinds whose goods come from somewhere else, after payment, possibly slowly.
-ASYNC_KINDS = frozenset({DeliveryKind.WEBHOOK, DeliveryKind.MANUAL, DeliveryKind.RECHARGE})
-# Kinds whose goods sit in the vault as keys of the SKU.
-VAULT_KINDS = frozenset({DeliveryKind.CARD_KEY, DeliveryKind.REUSABLE_KEY, DeliveryKind.TEXT})
-
-
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

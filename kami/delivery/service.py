@@ -84,16 +84,6 @@ def next_position(session: Session, order_id: int) -> int:
     return int(last or 0) + 1
 
 
-def item_key_ids(session: Session, order_id: int) -> list[int]:
-    """The keys the order holds now (revoked items and licenses left out), in delivery order."""
-    rows = session.execute(
-        select(Item.key_id)
-        .where(Item.order_id == order_id, Item.revoked_at.is_(None), Item.key_id.is_not(None))
-        .order_by(Item.position)
-    )
-    return [k for k in rows.scalars() if k is not None]
-
-
 @dataclass(frozen=True, slots=True)
 class LiveItem:
     position: int

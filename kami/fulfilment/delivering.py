@@ -19,7 +19,6 @@ from kami.kernel.errors import Conflict
 log = logging.getLogger("kami.fulfilment")
 
 
-
 class _Raced(Exception):
     """The order changed under us; roll the claim back."""
 

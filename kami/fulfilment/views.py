@@ -83,8 +83,14 @@ def _items(s: Session, order_id: int) -> list[BuyerItem]:
     live = delivery.live_items(s, order_id)
     keys = vault.masked_keys(s, [i.key_id for i in live if i.key_id is not None])
     masked_keys = iter(keys)
-    lic = {v.license_id: v.masked for v in licenses.licenses_for_order(s, order_id)}
-    files = download_names(s, order_id)
+    # Each kind is looked up only when the order holds one: the order page polls this view.
+    lic = (
+        {v.license_id: v.masked for v in licenses.licenses_for_order(s, order_id)}
+        if any(i.license_id is not None for i in live)
+        else {}
+    )
+    bare = any(i.key_id is None and i.license_id is None for i in live)
+    files = download_names(s, order_id) if bare else {}
     out = []
     for i in live:
         if i.key_id is not None:
@@ -119,7 +125,7 @@ def reveal(
         licensed = [i for i in live if i.license_id is not None]
         plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
         bare = {i.position for i in live if i.key_id is None and i.license_id is None}
-        links = download_links(s, shop, order.id, bare, now)
+        links = download_links(s, shop, order.id, bare, now) if bare else []
     items = [
         RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)
     ]

@@ -21,7 +21,7 @@ from kami.vault.defects import (
     mark_defective,
 )
 from kami.vault.errors import KeyringError
-from kami.vault.goods import sell_reserved_of, shared_key, store_delivered
+from kami.vault.goods import shared_key, store_delivered
 from kami.vault.imports import FINGERPRINT_SECRET, BatchInfo, ImportReport, import_keys
 from kami.vault.keyring import Keyring, load_keyring
 from kami.vault.queries import (
@@ -78,7 +78,6 @@ __all__ = [
     "reveal_keys",
     "rotate",
     "sell_reserved",
-    "sell_reserved_of",
     "shared_key",
     "stock_by_batch",
     "store_delivered",

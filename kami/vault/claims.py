@@ -4,7 +4,7 @@
 UPDATE … FROM picked WHERE status = 'available' RETURNING id` takes keys only if they are still
 available at the moment of the write. Concurrent claimers on PostgreSQL take different rows
 instead of queueing behind one another; on SQLite writers are serialised by `BEGIN IMMEDIATE`.
-The unique `delivery_item.key_id` constraint stands behind it. All or none: a short take is put
+The unique index on live `delivery_item.key_id` stands behind it. All or none: a short take is put
 back in the same transaction.
 
 Keys are first *reserved* for an order when it is placed and *sold* when it is paid; expiry or
@@ -180,16 +180,24 @@ def claim_keys(
     return take_keys(session, sku_id, order_id, quantity, now, target=KeyStatus.SOLD)
 
 
-def sell_reserved(session: Session, order_id: int, quantity: int, now: datetime) -> list[int]:
+def sell_reserved(
+    session: Session, order_id: int, quantity: int, now: datetime, *, sku_id: int | None = None
+) -> list[int]:
     """Turn an order's reservation into a sale; [] if it is not whole and still unexpired.
 
     A reserved key whose batch expired between checkout and payment is never sold: the whole
     reservation is released and the caller takes fresh keys (or the order waits for stock).
+    `sku_id` narrows it to one SKU's keys: a bundle holds a reservation per card-key component.
     """
+    mine = (
+        (Key.order_id == order_id)
+        if sku_id is None
+        else ((Key.order_id == order_id) & (Key.sku_id == sku_id))
+    )
     rows = list(
         session.execute(
             update(Key)
-            .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED, Key.expires_at > now)
+            .where(mine, Key.status == KeyStatus.RESERVED, Key.expires_at > now)
             .values(status=KeyStatus.SOLD, sold_at=now)
             .returning(Key.id)
             .execution_options(synchronize_session=False)
@@ -198,7 +206,12 @@ def sell_reserved(session: Session, order_id: int, quantity: int, now: datetime)
     if len(rows) != quantity:
         if rows:  # never sell part of a reservation
             _put_back(session, order_id, rows)
-        release_reserved(session, [order_id])
+        session.execute(  # and the rest of it (expired keys) goes back on sale too
+            update(Key)
+            .where(mine, Key.status == KeyStatus.RESERVED)
+            .values(status=KeyStatus.AVAILABLE, order_id=None)
+            .execution_options(synchronize_session=False)
+        )
         return []
     return sorted(rows)
 

@@ -1,13 +1,13 @@
-"""Keys that are not sold one to a buyer: a reusable key (or text) sold many times, a card-key
-component of a bundle, and goods that arrive after payment (from the seller's webhook, an
-operator or a supplier), which are kept encrypted like any key, sold to their order at once."""
+"""Keys that are not sold one to a buyer: a reusable key (or text) sold many times, and goods
+that arrive after payment (from the seller's webhook, an operator or a supplier), which are
+kept encrypted like any key, sold to their order at once."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import Conflict
@@ -26,39 +26,6 @@ def shared_key(session: Session, sku_id: int, now: datetime) -> int | None:
         .order_by(Key.id)
         .limit(1)
     ).scalar_one_or_none()
-
-
-def sell_reserved_of(
-    session: Session, order_id: int, sku_id: int, quantity: int, now: datetime
-) -> list[int]:
-    """A bundle's reservation of one component: sold whole, or not at all ([])."""
-    rows = list(
-        session.execute(
-            update(Key)
-            .where(
-                Key.order_id == order_id,
-                Key.sku_id == sku_id,
-                Key.status == KeyStatus.RESERVED,
-                Key.expires_at > now,
-            )
-            .values(status=KeyStatus.SOLD, sold_at=now)
-            .returning(Key.id)
-            .execution_options(synchronize_session=False)
-        ).scalars()
-    )
-    if len(rows) != quantity:  # never sell part of it: everything back on sale
-        session.execute(
-            update(Key)
-            .where(
-                Key.order_id == order_id,
-                Key.sku_id == sku_id,
-                Key.status.in_([KeyStatus.RESERVED, KeyStatus.SOLD]),
-            )
-            .values(status=KeyStatus.AVAILABLE, order_id=None, sold_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        return []
-    return sorted(rows)
 
 
 def store_delivered(

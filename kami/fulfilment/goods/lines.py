@@ -86,9 +86,9 @@ def _start(
 def serve_card_line(
     s: Session, shop: Shop, order: orders.OrderView, line: delivery.LineView, now: datetime
 ) -> bool:
-    keys = vault.sell_reserved_of(s, order.id, line.sku_id, line.quantity, now) or vault.take_keys(
-        s, line.sku_id, order.id, line.quantity, now, hints=shop.claim_hints
-    )
+    keys = vault.sell_reserved(
+        s, order.id, line.quantity, now, sku_id=line.sku_id
+    ) or vault.take_keys(s, line.sku_id, order.id, line.quantity, now, hints=shop.claim_hints)
     if not keys:
         if line.status is not Status.WAITING:
             delivery.move_line(s, line.id, [line.status], Status.WAITING, now)

@@ -8,7 +8,7 @@ supplier) have nothing to hold.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from kami.catalog import DeliveryKind
 from kami.fulfilment.shop import Shop
 from kami.kernel.errors import Conflict
 
-EPOCH = datetime(2000, 1, 1).astimezone()
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # "ever", for a buyer's units of a reusable key
 
 
 class SoldOut(Conflict):
