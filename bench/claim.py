@@ -172,7 +172,7 @@ def claim(db: Database, sku_id: int, threads: int, claims: int) -> tuple[list[fl
 def run(
     url: str, keys: int, threads: int, claims: int, baseline_seconds: float
 ) -> dict[str, object]:
-    db = Database(make_engine(url, pool_size=threads))
+    db = Database(make_engine(url, pool_size=threads), concurrency=threads)
     try:
         t0 = time.monotonic()
         sku_id = fill_pool(db, keys)

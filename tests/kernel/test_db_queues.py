@@ -1,0 +1,175 @@
+"""Who may run a transaction when: SQLite's one writer, handed between processes by a lock
+file rather than SQLite's polling, and the per-process admission of transactions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from kami.fulfilment import Shop
+from kami.kernel.db import Admission, FairSlots
+from kami.kernel.errors import InvalidInput
+from tests.conftest import BACKEND
+
+sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer queue")
+
+PROBE = """
+import fcntl, sys
+with open(sys.argv[1], "a") as f:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("held")
+    else:
+        print("free")
+"""
+
+
+def _probe(path: Path) -> str:
+    """What another process finds when it tries to become the writer."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def _lock_path(shop: Shop) -> Path:
+    return Path(str(shop.db.engine.url.database) + "-writer.lock")
+
+
+@sqlite_only
+def test_a_write_transaction_holds_the_lock_file_for_other_processes(shop: Shop) -> None:
+    with shop.db.write() as s:
+        s.execute(text("SELECT 1"))
+        assert _probe(_lock_path(shop)) == "held"
+    assert _probe(_lock_path(shop)) == "free"
+    with shop.db.read() as s:  # readers never take it (WAL lets them run beside the writer)
+        s.execute(text("SELECT 1"))
+        assert _probe(_lock_path(shop)) == "free"
+
+
+@sqlite_only
+def test_a_failed_transaction_hands_the_lock_on(shop: Shop) -> None:
+    with pytest.raises(RuntimeError), shop.db.write():
+        raise RuntimeError("boom")
+    assert _probe(_lock_path(shop)) == "free"
+
+
+@sqlite_only
+def test_writers_of_one_process_and_of_another_are_serialised(shop: Shop, tmp_path: Path) -> None:
+    """Read-then-write counters from threads here and from a second process lose no update."""
+    with shop.db.write() as s:
+        s.execute(text("CREATE TABLE t_counter (n INTEGER NOT NULL)"))
+        s.execute(text("INSERT INTO t_counter VALUES (0)"))
+    other = f"""
+import sys
+from kami.kernel.db import Database, make_engine
+from sqlalchemy import text
+db = Database(make_engine({str(shop.db.engine.url)!r}))
+for _ in range(200):
+    with db.write() as s:
+        n = s.execute(text("SELECT n FROM t_counter")).scalar_one()
+        s.execute(text("UPDATE t_counter SET n = :n"), {{"n": n + 1}})
+"""
+    child = subprocess.Popen([sys.executable, "-c", other])
+
+    def bump() -> None:
+        for _ in range(100):
+            with shop.db.write() as s:
+                n = s.execute(text("SELECT n FROM t_counter")).scalar_one()
+                s.execute(text("UPDATE t_counter SET n = :n"), {"n": n + 1})
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert child.wait(timeout=120) == 0
+    with shop.db.read() as s:
+        assert s.execute(text("SELECT n FROM t_counter")).scalar_one() == 600
+
+
+def test_fair_slots_serve_waiters_in_arrival_order() -> None:
+    slots = FairSlots(1)
+    slots.acquire()
+    served: list[int] = []
+    threads = []
+
+    def take(n: int) -> None:
+        slots.acquire()
+        served.append(n)
+        slots.release()
+
+    for n in range(5):
+        t = threading.Thread(target=take, args=(n,))
+        t.start()
+        threads.append(t)
+        while len(slots._waiting) < n + 1:  # each is queued before the next one arrives
+            time.sleep(0.001)
+    slots.release()
+    for t in threads:
+        t.join()
+    assert served == [0, 1, 2, 3, 4]
+
+
+def test_admission_lets_a_thread_nest_and_holds_others_at_the_limit() -> None:
+    admission = Admission(1)
+    inside = threading.Event()
+    release = threading.Event()
+    entered: list[str] = []
+
+    def holder() -> None:
+        with admission.enter(), admission.enter():  # nested: no wait for itself
+            inside.set()
+            release.wait(10)
+
+    def second() -> None:
+        with admission.enter():
+            entered.append("second")
+
+    a = threading.Thread(target=holder)
+    a.start()
+    assert inside.wait(10)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.2)
+    assert entered == []  # waiting for the one slot
+    with admission.enter(counted=False):  # SQLite's writer never waits for a slot
+        entered.append("writer")
+    release.set()
+    a.join()
+    b.join(10)
+    assert entered == ["writer", "second"]
+
+
+def test_a_write_inside_a_read_does_not_deadlock_at_any_limit(shop: Shop) -> None:
+    """Readers that go on to write hold their slot; the writer must still get through."""
+    errors: list[BaseException] = []
+
+    def read_then_write() -> None:
+        try:
+            for _ in range(20):
+                with shop.db.read() as r:
+                    r.execute(text("SELECT 1"))
+                    with shop.db.write() as w:
+                        w.execute(text("SELECT 1"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_then_write) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and errors == []
+
+
+def test_a_concurrency_below_one_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="at least 1"):
+        Admission(0)
