@@ -14,13 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from time import monotonic
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text, func, insert, select, update
+from sqlalchemy import JSON, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Base, Database, UtcDateTime
+from kami.kernel.db import Base, Database, PreparedInsert, UtcDateTime
 
 log = logging.getLogger("kami.outbox")
 
@@ -73,6 +74,12 @@ class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot help; the job is parked at once."""
 
 
+_ENQUEUE = PreparedInsert(
+    OutboxJob.__table__,
+    ["kind", "ref", "payload", "status", "attempts", "run_after", "created_at"],
+)
+
+
 def enqueue(
     session: Session,
     kind: str,
@@ -82,17 +89,15 @@ def enqueue(
     delay: timedelta | None = None,
 ) -> None:
     now = utcnow()
-    # A Core insert: no unit-of-work bookkeeping for a row nothing in this session reads back.
-    session.execute(
-        insert(OutboxJob).values(
-            kind=kind,
-            ref=ref,
-            payload=payload,
-            status=JobStatus.PENDING,
-            attempts=0,
-            run_after=now + (delay or timedelta(0)),
-            created_at=now,
-        )
+    _ENQUEUE.run(
+        session,
+        kind=kind,
+        ref=ref,
+        payload=payload,
+        status=JobStatus.PENDING.value,
+        attempts=0,
+        run_after=now + (delay or timedelta(0)),
+        created_at=now,
     )
 
 
@@ -101,54 +106,116 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(3600, 5 * 2 ** max(0, attempts - 1)))
 
 
-def _lease_one(db: Database) -> OutboxJob | None:
+# Jobs leased per transaction. Leasing and finishing one at a time cost two write transactions
+# per job, which on SQLite queue behind the shop's own writers (measured on the purchase bench:
+# the worker's transactions were two in five of all writes).
+LEASE_BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Leased:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _due(now: datetime) -> Any:
+    return ((OutboxJob.status == JobStatus.PENDING) & (OutboxJob.run_after <= now)) | (
+        (OutboxJob.status == JobStatus.RUNNING) & (OutboxJob.locked_until < now)
+    )
+
+
+def _lease(db: Database, limit: int) -> list[_Leased]:
+    """Up to `limit` due jobs, oldest first, leased in one transaction."""
     now = utcnow()
     with db.write() as s:
-        due = ((OutboxJob.status == JobStatus.PENDING) & (OutboxJob.run_after <= now)) | (
-            (OutboxJob.status == JobStatus.RUNNING) & (OutboxJob.locked_until < now)
-        )
-        pick = select(OutboxJob.id).where(due).order_by(OutboxJob.run_after).limit(1)
+        pick = select(OutboxJob.id).where(_due(now)).order_by(OutboxJob.run_after).limit(limit)
         if db.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (
+            pick = pick.with_for_update(skip_locked=True)  # a second worker takes other jobs
+        ids = list(s.execute(pick).scalars())
+        if not ids:
+            return []
+        rows = s.execute(
             update(OutboxJob)
-            .where(OutboxJob.id == pick.scalar_subquery(), due)
+            .where(OutboxJob.id.in_(ids), _due(now))
             .values(
-                status=JobStatus.RUNNING,
-                locked_until=now + LEASE,
-                attempts=OutboxJob.attempts + 1,
+                status=JobStatus.RUNNING, locked_until=now + LEASE, attempts=OutboxJob.attempts + 1
             )
-            .returning(OutboxJob)
-        )
-        return s.execute(stmt).scalars().first()
+            .returning(OutboxJob.id, OutboxJob.kind, OutboxJob.payload, OutboxJob.attempts)
+        ).all()
+    order = {job_id: n for n, job_id in enumerate(ids)}
+    leased = [_Leased(r.id, r.kind, dict(r.payload), r.attempts) for r in rows]
+    return sorted(leased, key=lambda j: order[j.id])
 
 
 def run_due_jobs(db: Database, handlers: Mapping[str, Handler], *, limit: int = 100) -> int:
-    """Run up to `limit` due jobs; returns how many were run (successfully or not)."""
+    """Run up to `limit` due jobs; returns how many were run (successfully or not).
+
+    Jobs are leased in batches and the successful ones of a batch marked done together; a
+    failure is recorded at once. A batch that runs past half its lease gives its remaining jobs
+    back rather than let the lease lapse under them.
+    """
     ran = 0
     while ran < limit:
-        job = _lease_one(db)
-        if job is None:
+        batch = _lease(db, min(LEASE_BATCH, limit - ran))
+        if not batch:
             break
-        ran += 1
-        handler = handlers.get(job.kind)
-        error: str | None
-        permanent = False
-        if handler is None:
-            error, permanent = f"no handler for job kind {job.kind!r}", True
-        else:
-            try:
-                handler(dict(job.payload))
-                error = None
-            except PermanentJobError as exc:
-                error, permanent = f"{type(exc).__name__}: {exc}", True
-            except Exception as exc:  # any failure is retried; the worker itself must survive
-                error = f"{type(exc).__name__}: {exc}"
-        _finish(db, job, error, permanent)
+        started = monotonic()
+        done: list[int] = []
+        try:
+            for n, job in enumerate(batch):
+                if monotonic() - started > LEASE.total_seconds() / 2:
+                    _give_back(db, batch[n:])
+                    return ran
+                ran += 1
+                error, permanent = _run(job, handlers)
+                if error is None:
+                    done.append(job.id)
+                else:
+                    _finish(db, job, error, permanent)
+        finally:
+            _mark_done(db, done)
+        if len(batch) < LEASE_BATCH:
+            break
     return ran
 
 
-def _finish(db: Database, job: OutboxJob, error: str | None, permanent: bool) -> None:
+def _run(job: _Leased, handlers: Mapping[str, Handler]) -> tuple[str | None, bool]:
+    handler = handlers.get(job.kind)
+    if handler is None:
+        return f"no handler for job kind {job.kind!r}", True
+    try:
+        handler(dict(job.payload))
+    except PermanentJobError as exc:
+        return f"{type(exc).__name__}: {exc}", True
+    except Exception as exc:  # any failure is retried; the worker itself must survive
+        return f"{type(exc).__name__}: {exc}", False
+    return None, False
+
+
+def _mark_done(db: Database, ids: list[int]) -> None:
+    if not ids:
+        return
+    with db.write() as s:
+        s.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(ids))
+            .values(status=JobStatus.DONE, finished_at=utcnow(), locked_until=None)
+        )
+
+
+def _give_back(db: Database, jobs: list[_Leased]) -> None:
+    """Leased but not run: pending again, and the attempt they never had is not counted."""
+    with db.write() as s:
+        s.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_([j.id for j in jobs]), OutboxJob.status == JobStatus.RUNNING)
+            .values(status=JobStatus.PENDING, locked_until=None, attempts=OutboxJob.attempts - 1)
+        )
+
+
+def _finish(db: Database, job: _Leased, error: str | None, permanent: bool) -> None:
     now = utcnow()
     if error is None:
         values: dict[str, Any] = {

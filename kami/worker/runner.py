@@ -18,10 +18,14 @@ from kami.kernel.outbox import run_due_jobs
 log = logging.getLogger("kami.worker")
 
 SWEEP_EVERY = 5.0
+# Jobs run per cycle at most. A cycle that ran fewer found the queue drained and waits the poll
+# interval before the next: looping at once after every job made each purchase cost the worker
+# four more transactions (measured on the purchase bench at low concurrency).
+JOBS_PER_CYCLE = 100
 
 
 def run_once(container: Container, *, sweep: bool = True) -> int:
-    ran = run_due_jobs(container.db, container.job_handlers())
+    ran = run_due_jobs(container.db, container.job_handlers(), limit=JOBS_PER_CYCLE)
     # Expiry runs every cycle: it is one indexed update and it gives reserved keys back.
     fulfilment.expire_orders(container.shop)
     # Goods from the seller's webhook: every cycle, each line when its attempt is due.
@@ -53,7 +57,7 @@ def run_forever(container: Container, stop: threading.Event) -> None:
         except Exception:  # the worker must outlive any one failure; the job keeps its record
             log.exception("worker cycle failed")
             ran = 0
-        if not ran:
+        if ran < JOBS_PER_CYCLE:
             stop.wait(poll)
 
 
