@@ -115,13 +115,24 @@ def place_order(
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
     if idempotency_key is None and shop.recently_sold_out(data.sku):
         _refuse_early(shop, data)
+    # The SKU's own terms are checked from a read, before the write lock is queued for: on
+    # SQLite the writer is the whole database's, and every statement it holds it for is one that
+    # every other checkout and payment waits behind. A SKU edited in between is the same race
+    # as an order placed a moment earlier; stock, quota and caps are checked under the lock.
+    with shop.db.read() as s:
+        sku = catalog.get_sku(s, data.sku)
+        earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
+    # A replay answers with the order first placed, whatever the SKU's terms are now.
+    buyer_input = _check_terms(shop, sku, data) if earlier is None else {}
     with shop.db.write() as s:
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             order, created = replay, False
         else:
             try:
-                order = _place(s, shop, data, idempotency_key, buyer_ip, device_id, channel)
+                order = _place(
+                    s, shop, sku, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
+                )
             except SoldOut:
                 shop.mark_sold_out(data.sku)
                 raise
@@ -170,17 +181,8 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
             raise _sold_out(sku)
 
 
-def _place(
-    s: Session,
-    shop: Shop,
-    data: orders.OrderIn,
-    idempotency_key: str | None,
-    buyer_ip: str | None,
-    device_id: str | None,
-    channel: str,
-) -> orders.OrderView:
-    now = utcnow()
-    sku = catalog.get_sku(s, data.sku)
+def _check_terms(shop: Shop, sku: catalog.SkuView, data: orders.OrderIn) -> dict[str, str]:
+    """The SKU's own terms: on sale, quantity, channel, currency; returns the checked input."""
     if not sku.active:
         raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
     if not sku.min_quantity <= data.quantity <= sku.max_quantity:
@@ -204,6 +206,21 @@ def _place(
             where="gateway",
             slug="currency-unsupported",
         )
+    return catalog.validate_buyer_input(sku.input_fields, data.buyer_input)
+
+
+def _place(
+    s: Session,
+    shop: Shop,
+    sku: catalog.SkuView,
+    buyer_input: dict[str, str],
+    data: orders.OrderIn,
+    idempotency_key: str | None,
+    buyer_ip: str | None,
+    device_id: str | None,
+    channel: str,
+) -> orders.OrderView:
+    now = utcnow()
     sale = _flash_terms(s, sku, data, device_id)
     unit_price = sale.price_minor if sale else sku.price_minor
     if unit_price * data.quantity > MAX_MINOR:
@@ -213,7 +230,6 @@ def _place(
             where="quantity",
             slug="amount-too-large",
         )
-    buyer_input = catalog.validate_buyer_input(sku.input_fields, data.buyer_input)
     # Reservations that lapsed a moment ago go back on sale now, not at the next sweep.
     if not has_goods(s, sku, data.quantity, now) and (
         not release_expired(s, sku.id) or not has_goods(s, sku, data.quantity, now)

@@ -140,6 +140,11 @@ def release_expired(session: Session, sku_id: int | None = None) -> int:
 
 
 def expire_orders(shop: Shop) -> int:
+    # Asked with a read first: the worker calls this every cycle, and on SQLite a write
+    # transaction, even one that changes nothing, waits for and holds the database's one writer.
+    with shop.db.read() as s:
+        if not orders.any_expired_due(s, None, utcnow()):
+            return 0
     with shop.db.write() as s:
         return release_expired(s)
 

@@ -39,14 +39,19 @@ def _reject(slug: str, detail: str, where: str) -> payments.NotificationRejected
     return payments.NotificationRejected(detail, where=where, slug=slug)
 
 
-def _apply(
-    session: Session, notice: payments.PaymentNotice, shop: Shop
-) -> tuple[payments.Verdict, str | None, bool]:
+def _check(shop: Shop, notice: payments.PaymentNotice) -> orders.OrderView:
+    """The order the notice pays, checked against the notice; read without the write lock.
+
+    Gateway, currency and amount never change after an order is placed, so checking them from
+    a read is as good as under the lock, and a forged or mistaken notice never queues for the
+    writer. The status is decided by the guarded update in `_apply`.
+    """
     if notice.status is not payments.TradeStatus.PAID:
         raise _reject(
             "not-paid-status", f"trade status is {notice.status.value!r}, not paid", "status"
         )
-    order = orders.find_order(session, notice.order_no, for_update=True)
+    with shop.db.read() as s:
+        order = orders.find_order(s, notice.order_no)
     if order is None:
         raise _reject("unknown-order", f"no order {notice.order_no!r}", "order_no")
     if order.gateway != notice.gateway:
@@ -68,6 +73,12 @@ def _apply(
             f"{order.amount_minor}",
             "amount_minor",
         )
+    return order
+
+
+def _apply(
+    session: Session, notice: payments.PaymentNotice, shop: Shop, order: orders.OrderView
+) -> tuple[payments.Verdict, str | None, bool]:
     prior_order = payments.record_inbox(session, notice, order.id)
     if prior_order is not None:
         if prior_order != order.id:
@@ -140,8 +151,9 @@ def apply_notice(
 ) -> Outcome:
     """Apply a verified notice: the one path for notifications and for answers to queries."""
     try:
+        order = _check(shop, notice)
         with shop.db.write() as s:
-            verdict, reason, delivered = _apply(s, notice, shop)
+            verdict, reason, delivered = _apply(s, notice, shop, order)
             detail = "second payment of a paid order: refund it" if reason else None
             payments.record_notification(
                 s,

@@ -108,7 +108,11 @@ def reveal(
     from kami.fulfilment.goods.downloads import download_links  # goods imports views
 
     authorise(shop, order_no, token)
-    with shop.db.write() as s:
+    # Read and decrypt without the write lock; then record the reveal in a transaction of its
+    # own, which commits before any key leaves: a reveal that is not recorded returns nothing.
+    # (On SQLite the writer is the whole database's; holding it while decrypting kept every
+    # checkout and payment waiting.)
+    with shop.db.read() as s:
         order = orders.get_order(s, order_no)
         if order.status not in REVEALABLE:
             raise Conflict(
@@ -117,14 +121,14 @@ def reveal(
                 slug="not-delivered",
             )
         live = delivery.live_items(s, order.id)
-        now = utcnow()
-        # Recorded in the same transaction as the decryption it authorises.
-        delivery.record_reveal(s, order.id, now, ip, user_agent)
         keyed = [i for i in live if i.key_id is not None]
         secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
         licensed = [i for i in live if i.license_id is not None]
         plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
-        bare = {i.position for i in live if i.key_id is None and i.license_id is None}
+    bare = {i.position for i in live if i.key_id is None and i.license_id is None}
+    now = utcnow()
+    with shop.db.write() as s:
+        delivery.record_reveal(s, order.id, now, ip, user_agent)
         links = download_links(s, shop, order.id, bare, now) if bare else []
     items = [
         RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
@@ -15,38 +16,60 @@ from kami.orders.states import HOLDING, OrderStatus
 
 
 def to_view(o: Order) -> OrderView:
+    return view_of_row(o)
+
+
+# The statements on the purchase path are built once and run as Core: building a statement
+# and its cache key on every call, and loading ORM objects, were most of a purchase's CPU.
+_T = cast(Table, Order.__table__)
+_BY_NO = select(_T).where(_T.c.order_no == bindparam("order_no"))
+_BY_NO_LOCKED = _BY_NO.with_for_update()
+_OPEN_BY = {
+    column: select(func.count()).where(
+        _T.c.sku_id == bindparam("sku_id"),
+        _T.c[column] == bindparam("value"),
+        _T.c.status == OrderStatus.PENDING.value,
+    )
+    for column in ("email", "buyer_ip", "device_id")
+}
+
+
+def view_of_row(r: Any) -> OrderView:
+    """An OrderView from a row of the order table's columns."""
     return OrderView(
-        id=o.id,
-        sku_id=o.sku_id,
-        order_no=o.order_no,
-        sku=o.sku_code,
-        title=o.title,
-        redemption=o.redemption,
-        validity_days=o.validity_days,
-        quantity=o.quantity,
-        unit_price_minor=o.unit_price_minor,
-        amount_minor=o.amount_minor,
-        currency=o.currency,
-        email=o.email,
-        gateway=o.gateway,
-        status=o.status,
-        trade_no=o.trade_no,
-        created_at=o.created_at,
-        expires_at=o.expires_at,
-        paid_at=o.paid_at,
-        delivered_at=o.delivered_at,
-        note=o.note,
-        delivery_kind=o.delivery_kind,
-        buyer_input=dict(o.buyer_input) if o.buyer_input else None,
+        id=r.id,
+        sku_id=r.sku_id,
+        order_no=r.order_no,
+        sku=r.sku_code,
+        title=r.title,
+        redemption=r.redemption,
+        validity_days=r.validity_days,
+        quantity=r.quantity,
+        unit_price_minor=r.unit_price_minor,
+        amount_minor=r.amount_minor,
+        currency=r.currency,
+        email=r.email,
+        gateway=r.gateway,
+        status=r.status,
+        trade_no=r.trade_no,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        paid_at=r.paid_at,
+        delivered_at=r.delivered_at,
+        note=r.note,
+        delivery_kind=r.delivery_kind,
+        buyer_input=dict(r.buyer_input) if r.buyer_input else None,
     )
 
 
 def find_order(session: Session, order_no: str, *, for_update: bool = False) -> OrderView | None:
-    stmt = select(Order).where(Order.order_no == order_no)
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    order = session.execute(stmt).scalar_one_or_none()
-    return to_view(order) if order else None
+    locked = for_update and session.get_bind().dialect.name == "postgresql"
+    row = (
+        session.connection()
+        .execute(_BY_NO_LOCKED if locked else _BY_NO, {"order_no": order_no})
+        .first()
+    )
+    return view_of_row(row) if row else None
 
 
 def find_order_by_id(session: Session, order_id: int) -> OrderView | None:
@@ -126,26 +149,20 @@ def _lock_key(text: str) -> int:
     )
 
 
-def any_expired_due(session: Session, sku_id: int, now: datetime) -> bool:
-    """Whether a pending order of this SKU is past its time (its keys are about to return)."""
-    row = session.execute(
-        select(Order.id)
-        .where(Order.status == OrderStatus.PENDING, Order.expires_at <= now, Order.sku_id == sku_id)
-        .limit(1)
-    ).first()
+def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool:
+    """Whether a pending order (of this SKU, or of any) is past its time (its keys are about to
+    return)."""
+    stmt = select(Order.id).where(Order.status == OrderStatus.PENDING, Order.expires_at <= now)
+    if sku_id is not None:
+        stmt = stmt.where(Order.sku_id == sku_id)
+    row = session.execute(stmt.limit(1)).first()
     return row is not None
 
 
 def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
     """Pending orders of this SKU with the given email, buyer_ip or device_id."""
-    col = {"email": Order.email, "buyer_ip": Order.buyer_ip, "device_id": Order.device_id}[column]
-    return int(
-        session.execute(
-            select(func.count()).where(
-                Order.sku_id == sku_id, col == value, Order.status == OrderStatus.PENDING
-            )
-        ).scalar_one()
-    )
+    stmt = _OPEN_BY[column]
+    return int(session.connection().execute(stmt, {"sku_id": sku_id, "value": value}).scalar_one())
 
 
 def quantity_held(
