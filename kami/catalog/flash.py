@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
@@ -81,8 +81,11 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
     return _view(sale)
 
 
+_SALE_OF = select(FlashSale).where(FlashSale.sku_id == bindparam("sku_id"))  # built once
+
+
 def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
-    sale = session.execute(select(FlashSale).where(FlashSale.sku_id == sku_id)).scalar_one_or_none()
+    sale = session.execute(_SALE_OF, {"sku_id": sku_id}).scalar_one_or_none()
     return _view(sale) if sale else None
 
 

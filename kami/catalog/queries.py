@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import Category, Product, Sku
@@ -73,19 +73,23 @@ def sku_view(session: Session, sku: Sku) -> SkuView:
     return _sku_view(sku, prod)
 
 
+# Built once: every checkout looks its SKU up by code.
+_SKU_BY_CODE = (
+    select(Sku, Product)
+    .join(Product, Product.id == Sku.product_id)
+    .where(Sku.code == bindparam("code"))
+)
+
+
 def get_sku(session: Session, code: str) -> SkuView:
-    row = session.execute(
-        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.code == code)
-    ).first()
+    row = session.execute(_SKU_BY_CODE, {"code": code}).first()
     if row is None:
         raise NotFound(f"no SKU with code {code!r}", where="sku")
     return _sku_view(row[0], row[1])
 
 
 def find_sku(session: Session, code: str) -> SkuView | None:
-    row = session.execute(
-        select(Sku, Product).join(Product, Product.id == Sku.product_id).where(Sku.code == code)
-    ).first()
+    row = session.execute(_SKU_BY_CODE, {"code": code}).first()
     return _sku_view(row[0], row[1]) if row else None
 
 

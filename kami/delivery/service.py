@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
+from kami.kernel.db import PreparedInsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,13 @@ class RevealView:
     revealed_at: datetime
     ip: str | None
     user_agent: str | None
+
+
+_ITEM = PreparedInsert(
+    Item.__table__,
+    ["order_id", "position", "key_id", "shared", "line_id", "delivered_at", "valid_until"],
+)
+_REVEAL = PreparedInsert(Reveal.__table__, ["order_id", "revealed_at", "ip", "user_agent"])
 
 
 def record_items(
@@ -34,18 +42,20 @@ def record_items(
     validity period carry `valid_until` (delivered_at + the order's validity_days)."""
     if not key_ids:
         return
-    session.execute(
-        insert(Item),
+    session.connection().execute(
+        _ITEM.statement,
         [
-            {
-                "order_id": order_id,
-                "position": n,
-                "key_id": k,
-                "shared": shared,
-                "line_id": line_id,
-                "delivered_at": now,
-                "valid_until": valid_until,
-            }
+            _ITEM.params(
+                {
+                    "order_id": order_id,
+                    "position": n,
+                    "key_id": k,
+                    "shared": shared,
+                    "line_id": line_id,
+                    "delivered_at": now,
+                    "valid_until": valid_until,
+                }
+            )
             for n, k in enumerate(key_ids, start=start)
         ],
     )
@@ -93,13 +103,17 @@ class LiveItem:
     valid_until: datetime | None = None
 
 
+_I = Item.__table__
+_LIVE = (
+    select(_I.c.position, _I.c.key_id, _I.c.license_id, _I.c.shared, _I.c.valid_until)
+    .where(_I.c.order_id == bindparam("order_id"), _I.c.revoked_at.is_(None))
+    .order_by(_I.c.position)
+)
+
+
 def live_items(session: Session, order_id: int) -> list[LiveItem]:
     """The order's items that are not revoked, in delivery order."""
-    rows = session.execute(
-        select(Item.position, Item.key_id, Item.license_id, Item.shared, Item.valid_until)
-        .where(Item.order_id == order_id, Item.revoked_at.is_(None))
-        .order_by(Item.position)
-    )
+    rows = session.connection().execute(_LIVE, {"order_id": order_id})
     return [LiveItem(p, k, lic, bool(sh), vu) for p, k, lic, sh, vu in rows.tuples()]
 
 
@@ -140,10 +154,12 @@ def revoke_items(
 def record_reveal(
     session: Session, order_id: int, now: datetime, ip: str | None, user_agent: str | None
 ) -> None:
-    session.add(
-        Reveal(
-            order_id=order_id, revealed_at=now, ip=ip, user_agent=(user_agent or "")[:512] or None
-        )
+    _REVEAL.run(
+        session,
+        order_id=order_id,
+        revealed_at=now,
+        ip=ip,
+        user_agent=(user_agent or "")[:512] or None,
     )
 
 

@@ -6,16 +6,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
 from kami.orders.models import Order
-from kami.orders.queries import to_view
+from kami.orders.queries import to_view, view_of_row
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import OrderStatus, sources_of
 
@@ -62,6 +63,16 @@ def find_idempotent(session: Session, key: str, data: OrderIn) -> OrderView | No
     return to_view(order)
 
 
+_T = cast(Table, Order.__table__)
+# The columns a new order is written with; the rest start empty.
+_INSERTED = [
+    c
+    for c in _T.columns
+    if c.key not in {"id", "trade_no", "paid_at", "delivered_at", "note", "synced_at"}
+]
+_INSERT = insert(_T).values({c.key: bindparam(f"p_{c.key}") for c in _INSERTED}).returning(_T.c.id)
+
+
 def create_order(
     session: Session,
     data: OrderIn,
@@ -105,9 +116,11 @@ def create_order(
         expires_at=now + ttl,
     )
     if not idempotency_key:  # nothing to recover from: no savepoint round trips
-        session.add(order)
-        session.flush()
-        return to_view(order), True
+        row = {c.key: getattr(order, c.key) for c in _INSERTED}
+        params = {f"p_{key}": value for key, value in row.items()}
+        order_id = session.connection().execute(_INSERT, params).scalar_one()
+        empty = dict.fromkeys(("trade_no", "paid_at", "delivered_at", "note"))
+        return view_of_row(SimpleNamespace(id=order_id, **empty, **row)), True
     try:
         with session.begin_nested():
             session.add(order)
@@ -122,15 +135,28 @@ def create_order(
     return to_view(order), True
 
 
+# Guarded moves, built once per (target, columns set): see the note in queries.
+_MOVES: dict[tuple[OrderStatus, tuple[str, ...]], Update] = {}
+
+
+def _move_statement(target: OrderStatus, columns: tuple[str, ...]) -> Update:
+    stmt = _MOVES.get((target, columns))
+    if stmt is None:
+        sources = sorted(s.value for s in sources_of(target))
+        stmt = (
+            update(_T)
+            .where(_T.c.id == bindparam("order_id"), _T.c.status.in_(sources))
+            .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
+        )
+        _MOVES[(target, columns)] = stmt
+    return stmt
+
+
 def move(session: Session, order_id: int, target: OrderStatus, **values: Any) -> bool:
     """Guarded status change: only from a status the state machine allows. True if it moved."""
-    result = session.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status.in_([s.value for s in sources_of(target)]))
-        .values(status=target, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    stmt = _move_statement(target, tuple(sorted(values)))
+    params = {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
+    return bool(session.connection().execute(stmt, params).rowcount)
 
 
 def expire_due(session: Session, now: datetime, sku_id: int | None = None) -> list[Released]:

@@ -7,11 +7,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
+from kami.kernel.db import PreparedInsert
 from kami.payments.gateways.base import PaymentNotice, RawNotification, RefundNotice
 from kami.payments.models import Inbox, Notification
 
@@ -41,6 +42,37 @@ class NotificationView:
     detail: str | None
 
 
+_NOTIFICATION = PreparedInsert(
+    Notification.__table__,
+    [
+        "gateway",
+        "received_at",
+        "remote_addr",
+        "method",
+        "headers",
+        "query",
+        "body",
+        "order_no",
+        "trade_no",
+        "verdict",
+        "reason",
+        "detail",
+    ],
+)
+_INBOX_COLUMNS = ["gateway", "trade_no", "order_id", "amount_minor", "currency", "applied_at"]
+_INBOX_INSERT = {
+    name: insert_cls(Inbox)
+    .values({c: bindparam(f"p_{c}") for c in _INBOX_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["gateway", "trade_no"])
+    .returning(Inbox.__table__.c.id)
+    for name, insert_cls in (("postgresql", postgresql.Insert), ("sqlite", sqlite.Insert))
+}
+_INBOX_ORDER = select(Inbox.__table__.c.order_id).where(
+    Inbox.__table__.c.gateway == bindparam("gateway"),
+    Inbox.__table__.c.trade_no == bindparam("trade_no"),
+)
+
+
 def record_notification(
     session: Session,
     raw: RawNotification,
@@ -55,21 +87,20 @@ def record_notification(
     """Keep the raw notification whatever became of it; the body is capped, never dropped."""
     # PostgreSQL text cannot hold NUL: it is stored as U+FFFD, like bytes that are not UTF-8.
     body = raw.body[:MAX_BODY].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    session.execute(
-        insert(Notification).values(
-            gateway=raw.gateway,
-            received_at=received_at or utcnow(),
-            remote_addr=raw.remote_addr,
-            method=raw.method,
-            headers=dict(raw.headers),
-            query=dict(raw.query),
-            body=body,
-            order_no=(notice.order_no if notice else order_no),
-            trade_no=notice.trade_no if notice else None,
-            verdict=verdict,
-            reason=reason,
-            detail=(detail or "")[:2000] or None,
-        )
+    _NOTIFICATION.run(
+        session,
+        gateway=raw.gateway,
+        received_at=received_at or utcnow(),
+        remote_addr=raw.remote_addr,
+        method=raw.method,
+        headers=dict(raw.headers),
+        query=dict(raw.query),
+        body=body,
+        order_no=(notice.order_no if notice else order_no),
+        trade_no=notice.trade_no if notice else None,
+        verdict=verdict,
+        reason=reason,
+        detail=(detail or "")[:2000] or None,
     )
 
 
@@ -80,28 +111,20 @@ def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int 
     its row (PostgreSQL), or find it after the first commit (SQLite serialises writers), instead
     of failing with an error.
     """
-    dialect = session.get_bind().dialect.name
-    insert_cls = postgresql.Insert if dialect == "postgresql" else sqlite.Insert
-    stmt = (
-        insert_cls(Inbox)
-        .values(
-            gateway=notice.gateway,
-            trade_no=notice.trade_no,
-            order_id=order_id,
-            amount_minor=notice.amount_minor,
-            currency=notice.currency,
-            applied_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["gateway", "trade_no"])
-        .returning(Inbox.id)
-    )
-    if session.execute(stmt).first() is not None:
+    conn = session.connection()
+    stmt = _INBOX_INSERT[conn.dialect.name]
+    values = {
+        "gateway": notice.gateway,
+        "trade_no": notice.trade_no,
+        "order_id": order_id,
+        "amount_minor": notice.amount_minor,
+        "currency": notice.currency,
+        "applied_at": utcnow(),
+    }
+    if conn.execute(stmt, {f"p_{k}": v for k, v in values.items()}).first() is not None:
         return None
-    return session.execute(
-        select(Inbox.order_id).where(
-            Inbox.gateway == notice.gateway, Inbox.trade_no == notice.trade_no
-        )
-    ).scalar_one()
+    found = conn.execute(_INBOX_ORDER, {"gateway": notice.gateway, "trade_no": notice.trade_no})
+    return int(found.scalar_one())
 
 
 def _view(n: Notification) -> NotificationView:

@@ -229,14 +229,21 @@ def release_reserved(session: Session, order_ids: Sequence[int]) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+_STOCK = (
+    select(Key.__table__.c.id)
+    .where(
+        Key.__table__.c.sku_id == bindparam("sku_id"),
+        Key.__table__.c.status == KeyStatus.AVAILABLE.value,
+        Key.__table__.c.expires_at > bindparam("now"),
+    )
+    .limit(bindparam("n"))
+)
+
+
 def has_stock(session: Session, sku_id: int, quantity: int, now: datetime) -> bool:
     """Whether `quantity` keys are sellable now; reads at most `quantity` index entries."""
-    rows = session.execute(
-        select(Key.id)
-        .where(Key.sku_id == sku_id, Key.status == KeyStatus.AVAILABLE, Key.expires_at > now)
-        .limit(quantity)
-    ).all()
-    return len(rows) >= quantity
+    params = {"sku_id": sku_id, "now": now, "n": quantity}
+    return len(session.connection().execute(_STOCK, params).all()) >= quantity
 
 
 def withdraw_sold(

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
@@ -110,15 +110,17 @@ def masked_keys(session: Session, key_ids: Sequence[int]) -> list[MaskedKey]:
     return [MaskedKey(k, by_id[k]) for k in key_ids if k in by_id]
 
 
+_K = Key.__table__
+_SEALED = select(_K.c.id, _K.c.data_key_id, _K.c.ciphertext, _K.c.fingerprint).where(
+    _K.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def reveal_keys(session: Session, cipher: VaultCipher, key_ids: Sequence[int]) -> list[Secret]:
     """Decrypt keys, in the order given. Callers must have authorised and recorded the reveal."""
     if not key_ids:
         return []
-    rows = session.execute(
-        select(Key.id, Key.data_key_id, Key.ciphertext, Key.fingerprint).where(
-            Key.id.in_(list(key_ids))
-        )
-    ).all()
+    rows = session.connection().execute(_SEALED, {"ids": list(key_ids)}).all()
     by_id = {r.id: r for r in rows}
     return [
         cipher.decrypt(session, by_id[k].data_key_id, by_id[k].ciphertext, by_id[k].fingerprint)
