@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import bindparam, select, update
@@ -49,7 +50,7 @@ class FlashSaleView(BaseModel):
     reservation_minutes: int
 
 
-def _view(f: FlashSale) -> FlashSaleView:
+def _view(f: Any) -> FlashSaleView:
     return FlashSaleView(
         id=f.id,
         sku_id=f.sku_id,
@@ -81,11 +82,12 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
     return _view(sale)
 
 
-_SALE_OF = select(FlashSale).where(FlashSale.sku_id == bindparam("sku_id"))  # built once
+_F = FlashSale.__table__
+_SALE_OF = select(_F).where(_F.c.sku_id == bindparam("sku_id"))  # built once, run as Core
 
 
 def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
-    sale = session.execute(_SALE_OF, {"sku_id": sku_id}).scalar_one_or_none()
+    sale = session.connection().execute(_SALE_OF, {"sku_id": sku_id}).first()
     return _view(sale) if sale else None
 
 

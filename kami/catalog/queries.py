@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -44,7 +46,8 @@ def product_view(session: Session, prod: Product) -> ProductView:
     )
 
 
-def _sku_view(sku: Sku, prod: Product) -> SkuView:
+def _sku_view(sku: Any, prod: Any) -> SkuView:
+    """From ORM objects, or from a row and the product's columns (`_sku_row_view`)."""
     return SkuView(
         id=sku.id,
         code=sku.code,
@@ -73,24 +76,43 @@ def sku_view(session: Session, sku: Sku) -> SkuView:
     return _sku_view(sku, prod)
 
 
-# Built once: every checkout looks its SKU up by code.
+# Built once and run as Core: every checkout looks its SKU up by code.
+_S, _P = Sku.__table__, Product.__table__
 _SKU_BY_CODE = (
-    select(Sku, Product)
-    .join(Product, Product.id == Sku.product_id)
-    .where(Sku.code == bindparam("code"))
+    select(
+        _S,
+        _P.c.slug.label("product_slug"),
+        _P.c.name.label("product_name"),
+        _P.c.active.label("product_active"),
+        _P.c.validity_days.label("product_validity_days"),
+        _P.c.redemption.label("product_redemption"),
+    )
+    .join(_P, _P.c.id == _S.c.product_id)
+    .where(_S.c.code == bindparam("code"))
 )
 
 
+def _sku_row_view(r: Any) -> SkuView:
+    product = SimpleNamespace(
+        slug=r.product_slug,
+        name=r.product_name,
+        active=r.product_active,
+        validity_days=r.product_validity_days,
+        redemption=r.product_redemption,
+    )
+    return _sku_view(r, product)
+
+
 def get_sku(session: Session, code: str) -> SkuView:
-    row = session.execute(_SKU_BY_CODE, {"code": code}).first()
-    if row is None:
+    found = find_sku(session, code)
+    if found is None:
         raise NotFound(f"no SKU with code {code!r}", where="sku")
-    return _sku_view(row[0], row[1])
+    return found
 
 
 def find_sku(session: Session, code: str) -> SkuView | None:
-    row = session.execute(_SKU_BY_CODE, {"code": code}).first()
-    return _sku_view(row[0], row[1]) if row else None
+    row = session.connection().execute(_SKU_BY_CODE, {"code": code}).first()
+    return _sku_row_view(row) if row else None
 
 
 def list_skus(session: Session) -> list[SkuView]:

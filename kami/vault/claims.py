@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Integer, Update, bindparam, select, tuple_, update
+from sqlalchemy import Integer, Result, Table, Update, bindparam, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from kami.vault.models import Key
@@ -180,6 +180,19 @@ def claim_keys(
     return take_keys(session, sku_id, order_id, quantity, now, target=KeyStatus.SOLD)
 
 
+_KT = cast(Table, Key.__table__)
+_SELL = (
+    update(_KT)
+    .where(
+        _KT.c.order_id == bindparam("b_order"),
+        _KT.c.status == KeyStatus.RESERVED.value,
+        _KT.c.expires_at > bindparam("b_now"),
+    )
+    .values(status=KeyStatus.SOLD.value, sold_at=bindparam("b_sold_at"))
+    .returning(_KT.c.id)
+)
+
+
 def sell_reserved(
     session: Session, order_id: int, quantity: int, now: datetime, *, sku_id: int | None = None
 ) -> list[int]:
@@ -194,15 +207,20 @@ def sell_reserved(
         if sku_id is None
         else ((Key.order_id == order_id) & (Key.sku_id == sku_id))
     )
-    rows = list(
-        session.execute(
+    sold: Result[Any]
+    if sku_id is None:  # an order's own reservation: the payment path, built once
+        sold = session.connection().execute(
+            _SELL, {"b_order": order_id, "b_now": now, "b_sold_at": now}
+        )
+    else:
+        sold = session.execute(
             update(Key)
             .where(mine, Key.status == KeyStatus.RESERVED, Key.expires_at > now)
             .values(status=KeyStatus.SOLD, sold_at=now)
             .returning(Key.id)
             .execution_options(synchronize_session=False)
-        ).scalars()
-    )
+        )
+    rows = list(sold.scalars())
     if len(rows) != quantity:
         if rows:  # never sell part of a reservation
             _put_back(session, order_id, rows)
