@@ -9,7 +9,7 @@ from importlib import resources
 
 from sqlalchemy.exc import DBAPIError
 
-from kami import delivery, fulfilment, licenses, payments, vault
+from kami import accounts, delivery, fulfilment, licenses, payments, vault
 from kami.config import Settings
 from kami.gateway_config import configured_gateways
 from kami.kernel.db import Database, make_engine, normalise_url
@@ -82,6 +82,7 @@ def build(settings: Settings) -> Container:
                 fulfilment.ORDER_SALT,
                 fulfilment.LOOKUP_SECRET,
                 fulfilment.DOWNLOAD_SECRET,
+                accounts.TOTP_SECRET,
             ):
                 cipher.named_secret(s, name)
             licenses.prepare_secrets(s, cipher)
