@@ -16,10 +16,11 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from kami import bootstrap, catalog, fulfilment, payments, vault
 from kami.config import Settings
@@ -95,9 +96,28 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     )
 
 
+WRITES = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT")
+
+
+def _reads_never_write(engine: Engine) -> None:
+    """Fail a test whose code writes inside `Database.read()`.
+
+    A read is rolled back (SQLite) or runs in autocommit (PostgreSQL), so a write there was lost
+    on one database and kept on the other; the console's TOTP secret was once made that way.
+    """
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if conn.get_execution_options().get("kami_write"):
+            return
+        if statement.lstrip()[:9].upper().startswith(WRITES):
+            raise AssertionError(f"a write inside a read transaction: {statement[:120]}")
+
+
 @pytest.fixture
 def container(settings: Settings) -> Iterator[bootstrap.Container]:
     c = bootstrap.build(settings)
+    _reads_never_write(c.db.engine)
     yield c
     c.close()
 
