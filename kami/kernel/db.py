@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -112,6 +113,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
+WAL_AUTOCHECKPOINT_PAGES = 10_000  # about 40 MB of WAL with 4 KiB pages
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -122,6 +126,11 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        # Checkpoints are the worker's (Database.checkpoint, every cycle), outside the writer.
+        # SQLite's own, every 1,000 pages, run inside whichever commit crosses the mark, with
+        # its fsync, while every other writer waits: on the purchase bench a 5,000-purchase
+        # run fell from 185 to 126 purchases/s. This is the fallback if no worker runs.
+        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -304,6 +313,20 @@ class Database:
                 yield session
             finally:
                 session.rollback()
+
+    def checkpoint(self) -> tuple[int, int] | None:
+        """SQLite: copy the WAL back into the database without blocking anyone (PASSIVE), so
+        commits never have to. Returns (frames in the WAL, frames copied); None elsewhere or
+        when another checkpoint is running."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        with self.engine.connect() as conn:
+            driver: Any = conn.connection.driver_connection
+            try:
+                busy, log, done = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.OperationalError:
+                return None
+        return None if busy else (int(log), int(done))
 
     def dispose(self) -> None:
         self.engine.dispose()

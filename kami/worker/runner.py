@@ -26,6 +26,8 @@ JOBS_PER_CYCLE = 100
 
 def run_once(container: Container, *, sweep: bool = True) -> int:
     ran = run_due_jobs(container.db, container.job_handlers(), limit=JOBS_PER_CYCLE)
+    # SQLite: the WAL is copied back here, off the commit path (kami.kernel.db).
+    container.db.checkpoint()
     # Expiry runs every cycle: it is one indexed update and it gives reserved keys back.
     fulfilment.expire_orders(container.shop)
     # Goods from the seller's webhook: every cycle, each line when its attempt is due.

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from kami import bootstrap
 from kami.fulfilment import Shop
-from kami.kernel.db import Admission, FairSlots
+from kami.kernel.db import WAL_AUTOCHECKPOINT_PAGES, Admission, FairSlots
 from kami.kernel.errors import InvalidInput
+from kami.worker import runner
 from tests.conftest import BACKEND
 
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer queue")
@@ -173,3 +175,34 @@ def test_a_write_inside_a_read_does_not_deadlock_at_any_limit(shop: Shop) -> Non
 def test_a_concurrency_below_one_is_refused() -> None:
     with pytest.raises(InvalidInput, match="at least 1"):
         Admission(0)
+
+
+@sqlite_only
+def test_commits_leave_checkpoints_to_the_worker(shop: Shop) -> None:
+    with shop.db.read() as s:
+        pages = s.execute(text("PRAGMA wal_autocheckpoint")).scalar_one()
+    assert pages == WAL_AUTOCHECKPOINT_PAGES  # SQLite's own only as a fallback
+    with shop.db.write() as s:
+        s.execute(text("CREATE TABLE t_wal (n INTEGER)"))
+    for n in range(20):
+        with shop.db.write() as s:
+            s.execute(text("INSERT INTO t_wal VALUES (:n)"), {"n": n})
+    done = shop.db.checkpoint()
+    assert done is not None
+    frames, copied = done
+    assert frames > 0 and copied == frames
+
+
+def test_the_worker_checkpoints_every_cycle(
+    container: bootstrap.Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(container.db, "checkpoint", lambda: calls.append("checkpoint"))
+    runner.run_once(container, sweep=False)
+    assert calls == ["checkpoint"]
+
+
+def test_postgresql_has_no_checkpoint_to_do(shop: Shop) -> None:
+    if BACKEND == "sqlite":
+        pytest.skip("PostgreSQL only")
+    assert shop.db.checkpoint() is None
