@@ -54,5 +54,11 @@ def admin(request: Request) -> accounts.AdminView:
         return accounts.authenticate(s, token)
 
 
-ShopDep = Annotated[Shop, Depends(shop)]
+async def _shop_dependency(request: Request) -> Shop:
+    # A coroutine on purpose: FastAPI runs a plain function dependency in the thread pool, one
+    # more hand-over to a thread and back for every request, for a lookup of an attribute.
+    return container(request).shop
+
+
+ShopDep = Annotated[Shop, Depends(_shop_dependency)]
 AdminDep = Annotated[accounts.AdminView, Depends(admin)]
