@@ -42,20 +42,18 @@ def record_items(
     validity period carry `valid_until` (delivered_at + the order's validity_days)."""
     if not key_ids:
         return
-    session.connection().execute(
-        _ITEM.statement,
+    _ITEM.run_many(
+        session,
         [
-            _ITEM.params(
-                {
-                    "order_id": order_id,
-                    "position": n,
-                    "key_id": k,
-                    "shared": shared,
-                    "line_id": line_id,
-                    "delivered_at": now,
-                    "valid_until": valid_until,
-                }
-            )
+            {
+                "order_id": order_id,
+                "position": n,
+                "key_id": k,
+                "shared": shared,
+                "line_id": line_id,
+                "delivered_at": now,
+                "valid_until": valid_until,
+            }
             for n, k in enumerate(key_ids, start=start)
         ],
     )

@@ -28,6 +28,8 @@ from sqlalchemy import (
     event,
     insert,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool, QueuePool
@@ -340,9 +342,27 @@ class PreparedInsert:
     statements cost about half as much built once). Every column named must be given a value.
     """
 
-    def __init__(self, table: Any, columns: Sequence[str], returning: Any = None) -> None:
-        stmt = insert(table).values({c: bindparam(f"p_{c}") for c in columns})
-        self.statement = stmt.returning(returning) if returning is not None else stmt
+    def __init__(
+        self,
+        table: Any,
+        columns: Sequence[str],
+        returning: Any = None,
+        *,
+        skip_conflicts_on: Sequence[str] = (),
+    ) -> None:
+        """`skip_conflicts_on`: the unique columns on which a conflicting row is skipped
+        (`ON CONFLICT … DO NOTHING`, which SQLite and PostgreSQL spell alike)."""
+        values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns}
+        self._statements: dict[str, Any] = {}
+        for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert)):
+            stmt: Any = insert(table).values(values)
+            if skip_conflicts_on:
+                stmt = (
+                    dialect_insert(table)
+                    .values(values)
+                    .on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
+                )
+            self._statements[name] = stmt.returning(returning) if returning is not None else stmt
         self.columns = frozenset(columns)
 
     def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,4 +372,11 @@ class PreparedInsert:
         return {f"p_{k}": v for k, v in values.items()}
 
     def run(self, session: Session, **values: Any) -> CursorResult[Any]:
-        return session.connection().execute(self.statement, self.params(values))
+        conn = session.connection()
+        return conn.execute(self._statements[conn.dialect.name], self.params(values))
+
+    def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One executemany for all `rows` (nothing returned)."""
+        if rows:
+            conn = session.connection()
+            conn.execute(self._statements[conn.dialect.name], [self.params(r) for r in rows])

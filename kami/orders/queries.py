@@ -14,11 +14,6 @@ from kami.orders.models import Order
 from kami.orders.schemas import OrderView
 from kami.orders.states import HOLDING, OrderStatus
 
-
-def to_view(o: Order) -> OrderView:
-    return view_of_row(o)
-
-
 # The statements on the purchase path are built once and run as Core: building a statement
 # and its cache key on every call, and loading ORM objects, were most of a purchase's CPU.
 _T = cast(Table, Order.__table__)
@@ -34,8 +29,8 @@ _OPEN_BY = {
 }
 
 
-def view_of_row(r: Any) -> OrderView:
-    """An OrderView from a row of the order table's columns."""
+def to_view(r: Any) -> OrderView:
+    """An OrderView from an `Order`, or from a row of the order table's columns."""
     return OrderView(
         id=r.id,
         sku_id=r.sku_id,
@@ -69,7 +64,7 @@ def find_order(session: Session, order_no: str, *, for_update: bool = False) -> 
         .execute(_BY_NO_LOCKED if locked else _BY_NO, {"order_no": order_no})
         .first()
     )
-    return view_of_row(row) if row else None
+    return to_view(row) if row else None
 
 
 def find_order_by_id(session: Session, order_id: int) -> OrderView | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -9,14 +10,15 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, insert, select, update
+from sqlalchemy import Table, Update, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from kami.kernel.db import PreparedInsert
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
 from kami.orders.models import Order
-from kami.orders.queries import to_view, view_of_row
+from kami.orders.queries import to_view
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import OrderStatus, sources_of
 
@@ -64,13 +66,11 @@ def find_idempotent(session: Session, key: str, data: OrderIn) -> OrderView | No
 
 
 _T = cast(Table, Order.__table__)
-# The columns a new order is written with; the rest start empty.
-_INSERTED = [
-    c
-    for c in _T.columns
-    if c.key not in {"id", "trade_no", "paid_at", "delivered_at", "note", "synced_at"}
-]
-_INSERT = insert(_T).values({c.key: bindparam(f"p_{c.key}") for c in _INSERTED}).returning(_T.c.id)
+# Columns a new order starts without; it is written with all the others.
+_EMPTY_AT_START = ("trade_no", "paid_at", "delivered_at", "note", "synced_at")
+_INSERT = PreparedInsert(
+    _T, [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}], _T.c.id
+)
 
 
 def create_order(
@@ -116,11 +116,10 @@ def create_order(
         expires_at=now + ttl,
     )
     if not idempotency_key:  # nothing to recover from: no savepoint round trips
-        row = {c.key: getattr(order, c.key) for c in _INSERTED}
-        params = {f"p_{key}": value for key, value in row.items()}
-        order_id = session.connection().execute(_INSERT, params).scalar_one()
-        empty = dict.fromkeys(("trade_no", "paid_at", "delivered_at", "note"))
-        return view_of_row(SimpleNamespace(id=order_id, **empty, **row)), True
+        row = {key: getattr(order, key) for key in _INSERT.columns}
+        order_id = _INSERT.run(session, **row).scalar_one()
+        written = SimpleNamespace(id=order_id, **dict.fromkeys(_EMPTY_AT_START), **row)
+        return to_view(written), True
     try:
         with session.begin_nested():
             session.add(order)
@@ -135,21 +134,15 @@ def create_order(
     return to_view(order), True
 
 
-# Guarded moves, built once per (target, columns set): see the note in queries.
-_MOVES: dict[tuple[OrderStatus, tuple[str, ...]], Update] = {}
-
-
+@functools.cache
 def _move_statement(target: OrderStatus, columns: tuple[str, ...]) -> Update:
-    stmt = _MOVES.get((target, columns))
-    if stmt is None:
-        sources = sorted(s.value for s in sources_of(target))
-        stmt = (
-            update(_T)
-            .where(_T.c.id == bindparam("order_id"), _T.c.status.in_(sources))
-            .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
-        )
-        _MOVES[(target, columns)] = stmt
-    return stmt
+    """A guarded move, built once per target and set of columns (see the note in queries)."""
+    sources = sorted(s.value for s in sources_of(target))
+    return (
+        update(_T)
+        .where(_T.c.id == bindparam("order_id"), _T.c.status.in_(sources))
+        .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
+    )
 
 
 def move(session: Session, order_id: int, target: OrderStatus, **values: Any) -> bool:

@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
@@ -59,14 +58,12 @@ _NOTIFICATION = PreparedInsert(
         "detail",
     ],
 )
-_INBOX_COLUMNS = ["gateway", "trade_no", "order_id", "amount_minor", "currency", "applied_at"]
-_INBOX_INSERT = {
-    name: insert_cls(Inbox)
-    .values({c: bindparam(f"p_{c}") for c in _INBOX_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["gateway", "trade_no"])
-    .returning(Inbox.__table__.c.id)
-    for name, insert_cls in (("postgresql", postgresql.Insert), ("sqlite", sqlite.Insert))
-}
+_INBOX = PreparedInsert(
+    Inbox.__table__,
+    ["gateway", "trade_no", "order_id", "amount_minor", "currency", "applied_at"],
+    Inbox.__table__.c.id,
+    skip_conflicts_on=["gateway", "trade_no"],
+)
 _INBOX_ORDER = select(Inbox.__table__.c.order_id).where(
     Inbox.__table__.c.gateway == bindparam("gateway"),
     Inbox.__table__.c.trade_no == bindparam("trade_no"),
@@ -111,18 +108,18 @@ def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int 
     its row (PostgreSQL), or find it after the first commit (SQLite serialises writers), instead
     of failing with an error.
     """
-    conn = session.connection()
-    stmt = _INBOX_INSERT[conn.dialect.name]
-    values = {
-        "gateway": notice.gateway,
-        "trade_no": notice.trade_no,
-        "order_id": order_id,
-        "amount_minor": notice.amount_minor,
-        "currency": notice.currency,
-        "applied_at": utcnow(),
-    }
-    if conn.execute(stmt, {f"p_{k}": v for k, v in values.items()}).first() is not None:
+    inserted = _INBOX.run(
+        session,
+        gateway=notice.gateway,
+        trade_no=notice.trade_no,
+        order_id=order_id,
+        amount_minor=notice.amount_minor,
+        currency=notice.currency,
+        applied_at=utcnow(),
+    )
+    if inserted.first() is not None:
         return None
+    conn = session.connection()
     found = conn.execute(_INBOX_ORDER, {"gateway": notice.gateway, "trade_no": notice.trade_no})
     return int(found.scalar_one())
 
