@@ -17,6 +17,7 @@ caller may do next:
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import time
 import urllib.error
@@ -237,6 +238,33 @@ def redact(value: Any, keys: frozenset[str]) -> Any:
     if isinstance(value, list):
         return [redact(v, keys) for v in value]
     return value
+
+
+MAX_SHOWN = 8000  # characters of a supplier's answer kept for the timeline
+
+
+def shown(data: Any, secret_fields: frozenset[str]) -> str:
+    """A supplier's answer or callback as kept for people to read: secrets masked, capped."""
+    return json.dumps(redact(data, secret_fields), ensure_ascii=False)[:MAX_SHOWN]
+
+
+def callback_order_no(data: Any, field: str) -> str:
+    """The order number a callback is about; CallbackRejected if it is missing or too long."""
+    no = data.get(field) if isinstance(data, Mapping) else None
+    if not isinstance(no, str) or not no or len(no) > 50:
+        raise CallbackRejected(
+            f"{field} is missing or too long", where=field, slug="malformed-callback"
+        )
+    return no
+
+
+def readable(result: SupplierResult, where: str) -> SupplierResult:
+    """A callback's outcome; CallbackRejected if it could not be read (nothing changes)."""
+    if result.status is SupplierOrderStatus.UNKNOWN:
+        raise CallbackRejected(
+            result.detail or f"unreadable {where}", where=where, slug="malformed-callback"
+        )
+    return result
 
 
 def timeout_option(options: Mapping[str, str]) -> float:

@@ -41,11 +41,13 @@ from kami.suppliers.base import (
     SupplierResult,
     SupplierSpec,
     TransportError,
+    callback_order_no,
     failed,
     http_url_option,
     post,
-    redact,
+    readable,
     require,
+    shown,
     timeout_option,
     to_minor,
     unknown,
@@ -124,7 +126,7 @@ class DayuanrenSupplier:
             errno = int(data["errno"])
         except (ValueError, TypeError, KeyError):
             raise TransportError(f"unparseable answer: {text[:200]}") from None
-        raw = json.dumps(redact(data, SECRET_FIELDS), ensure_ascii=False)[:8000]
+        raw = shown(data, SECRET_FIELDS)
         return errno, str(data.get("errmsg") or ""), data.get("data"), raw
 
     def submit(self, request: SupplierRequest) -> SupplierResult:
@@ -235,21 +237,9 @@ class DayuanrenSupplier:
             raise CallbackRejected(
                 "userid is not this account's", where="userid", slug="unknown-merchant"
             )
-        no = params.get("out_trade_num", "")
-        if not no or len(no) > 50:
-            raise CallbackRejected(
-                "out_trade_num is missing or too long",
-                where="out_trade_num",
-                slug="malformed-callback",
-            )
-        shown = dict(params, sign="***")
-        shown_raw = json.dumps(redact(shown, SECRET_FIELDS), ensure_ascii=False)[:8000]
-        result = self._order(no, params, shown_raw)
-        if result.status is SupplierOrderStatus.UNKNOWN:
-            raise CallbackRejected(
-                result.detail or "unreadable state", where="state", slug="malformed-callback"
-            )
-        return result
+        no = callback_order_no(params, "out_trade_num")
+        kept = shown(dict(params, sign="***"), SECRET_FIELDS)
+        return readable(self._order(no, params, kept), "state")
 
     def acknowledge(self, ok: bool) -> tuple[int, bytes, str]:
         return (200, b"success", "text/plain") if ok else (400, b"fail", "text/plain")

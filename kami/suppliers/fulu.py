@@ -41,6 +41,7 @@ from typing import Any
 from kami.kernel.clock import utcnow
 from kami.suppliers.base import (
     DEFAULT_TIMEOUT,
+    MAX_SHOWN,
     NOT_FOUND,
     CallbackRejected,
     SupplierCallback,
@@ -50,11 +51,14 @@ from kami.suppliers.base import (
     SupplierResult,
     SupplierSpec,
     TransportError,
+    callback_order_no,
     failed,
     http_url_option,
     post,
+    readable,
     redact,
     require,
+    shown,
     timeout_option,
     to_minor,
     unknown,
@@ -181,8 +185,8 @@ class FuluSupplier:
         if isinstance(result, str) and result:
             with contextlib.suppress(ValueError):
                 result = json.loads(result)
-        shown = dict(data, result=redact(result, SECRET_FIELDS))
-        raw = json.dumps(shown, ensure_ascii=False)[:8000]
+        visible = dict(data, result=redact(result, SECRET_FIELDS))
+        raw = json.dumps(visible, ensure_ascii=False)[:MAX_SHOWN]
         return _Reply(code, str(data.get("message") or ""), result, raw)
 
     def submit(self, request: SupplierRequest) -> SupplierResult:
@@ -322,20 +326,8 @@ class FuluSupplier:
             raise CallbackRejected(
                 "sign does not match the callback", where="sign", slug="bad-signature"
             )
-        no = data.get("customer_order_no")
-        if not isinstance(no, str) or not no or len(no) > 50:
-            raise CallbackRejected(
-                "customer_order_no is missing or too long",
-                where="customer_order_no",
-                slug="malformed-callback",
-            )
-        shown = json.dumps(redact(data, SECRET_FIELDS), ensure_ascii=False)[:8000]
-        result = self._order(no, data, shown)
-        if result.status is SupplierOrderStatus.UNKNOWN:
-            raise CallbackRejected(
-                result.detail or "unreadable order", where="order_status", slug="malformed-callback"
-            )
-        return result
+        no = callback_order_no(data, "customer_order_no")
+        return readable(self._order(no, data, shown(data, SECRET_FIELDS)), "order_status")
 
     def acknowledge(self, ok: bool) -> tuple[int, bytes, str]:
         return (200, b"success", "text/plain") if ok else (400, b"fail", "text/plain")

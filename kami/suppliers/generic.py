@@ -51,11 +51,13 @@ from kami.suppliers.base import (
     SupplierResult,
     SupplierSpec,
     TransportError,
+    callback_order_no,
     failed,
     http_url_option,
     post,
-    redact,
+    readable,
     require,
+    shown,
     timeout_option,
     unknown,
 )
@@ -139,7 +141,7 @@ class GenericSupplier:
             data = json.loads(answer.body)
         except ValueError:
             raise TransportError(f"HTTP {answer.status}: answer is not JSON") from None
-        raw = json.dumps(redact(data, SECRET_FIELDS), ensure_ascii=False)[:8000]
+        raw = shown(data, SECRET_FIELDS)
         return answer, data, raw
 
     def submit(self, request: SupplierRequest) -> SupplierResult:
@@ -221,20 +223,8 @@ class GenericSupplier:
             raise CallbackRejected(
                 "the callback body is not JSON", where="body", slug="malformed-callback"
             ) from None
-        no = data.get("customer_order_no") if isinstance(data, dict) else None
-        if not isinstance(no, str) or not no or len(no) > 50:
-            raise CallbackRejected(
-                "customer_order_no is missing or too long",
-                where="customer_order_no",
-                slug="malformed-callback",
-            )
-        shown = json.dumps(redact(data, SECRET_FIELDS), ensure_ascii=False)[:8000]
-        result = self._order(no, data, shown)
-        if result.status is SupplierOrderStatus.UNKNOWN:
-            raise CallbackRejected(
-                result.detail or "unreadable order", where="status", slug="malformed-callback"
-            )
-        return result
+        no = callback_order_no(data, "customer_order_no")
+        return readable(self._order(no, data, shown(data, SECRET_FIELDS)), "status")
 
     def acknowledge(self, ok: bool) -> tuple[int, bytes, str]:
         return (200, b"ok", "text/plain") if ok else (400, b"fail", "text/plain")
