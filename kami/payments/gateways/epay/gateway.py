@@ -128,12 +128,6 @@ class EpayGateway:
             raise NotificationRejected(
                 "sign does not match the parameters", where="sign", slug="bad-signature"
             )
-        if params.get("pid") != self._pid:
-            raise NotificationRejected(
-                f"pid {params.get('pid')!r} is not this merchant's",
-                where="pid",
-                slug="merchant-mismatch",
-            )
         return payment_notice(self.name, self._pid, params)
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:

@@ -78,7 +78,14 @@ def notification_params(raw: RawNotification) -> dict[str, str]:
 
 
 def payment_notice(gateway: str, pid: str, params: Mapping[str, str]) -> PaymentNotice:
-    """The notice of verified parameters whose pid is this merchant's."""
+    """The notice of verified parameters; refused unless their pid is this merchant's (V1 and
+    V2 alike)."""
+    if params.get("pid") != pid:
+        raise NotificationRejected(
+            f"pid {params.get('pid', '')[:40]!r} is not this merchant's",
+            where="pid",
+            slug="merchant-mismatch",
+        )
     for field in ("out_trade_no", "trade_no", "money"):
         if not params.get(field) or len(params[field]) > 64:
             raise NotificationRejected(

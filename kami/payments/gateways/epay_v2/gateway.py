@@ -198,12 +198,6 @@ class EpayV2Gateway:
             )
         if skew:
             raise stale_timestamp(f"timestamp {timestamp}", skew, self._tolerance, "timestamp")
-        if params.get("pid") != self._pid:
-            raise NotificationRejected(
-                f"pid {params.get('pid', '')[:40]!r} is not this merchant's",
-                where="pid",
-                slug="merchant-mismatch",
-            )
         return payment_notice(self.name, self._pid, params)
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
