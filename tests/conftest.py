@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import uuid
@@ -96,7 +97,12 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     )
 
 
-WRITES = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT")
+# A statement that writes: INSERT, UPDATE, DELETE, SAVEPOINT, or a WITH … whose main statement
+# writes (the claim's `WITH picked AS MATERIALIZED (…) UPDATE …`).
+_WRITE_STATEMENT = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|SAVEPOINT)\b|^\s*WITH\b.*\)\s*(INSERT|UPDATE|DELETE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def _reads_never_write(engine: Engine) -> None:
@@ -110,7 +116,7 @@ def _reads_never_write(engine: Engine) -> None:
     def _check(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if conn.get_execution_options().get("kami_write"):
             return
-        if statement.lstrip()[:9].upper().startswith(WRITES):
+        if _WRITE_STATEMENT.search(statement):
             raise AssertionError(f"a write inside a read transaction: {statement[:120]}")
 
 
