@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
 from kami.kernel.clock import utcnow
+from kami.kernel.db import Prepared
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import MAX_MINOR
 
@@ -83,11 +84,11 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
 
 
 _F = FlashSale.__table__
-_SALE_OF = select(_F).where(_F.c.sku_id == bindparam("sku_id"))  # built once, run as Core
+_SALE_OF = Prepared(select(_F).where(_F.c.sku_id == bindparam("sku_id")))
 
 
 def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
-    sale = session.connection().execute(_SALE_OF, {"sku_id": sku_id}).first()
+    sale = _SALE_OF.run(session, {"sku_id": sku_id}).first()
     return _view(sale) if sale else None
 
 

@@ -20,6 +20,7 @@ from kami.catalog.schemas import (
     PublicSku,
     SkuView,
 )
+from kami.kernel.db import Prepared
 from kami.kernel.errors import NotFound
 
 
@@ -78,7 +79,7 @@ def sku_view(session: Session, sku: Sku) -> SkuView:
 
 # Built once and run as Core: every checkout looks its SKU up by code.
 _S, _P = Sku.__table__, Product.__table__
-_SKU_BY_CODE = (
+_SKU_BY_CODE = Prepared(
     select(
         _S,
         _P.c.slug.label("product_slug"),
@@ -111,7 +112,7 @@ def get_sku(session: Session, code: str) -> SkuView:
 
 
 def find_sku(session: Session, code: str) -> SkuView | None:
-    row = session.connection().execute(_SKU_BY_CODE, {"code": code}).first()
+    row = _SKU_BY_CODE.run(session, {"code": code}).first()
     return _sku_row_view(row) if row else None
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
-from kami.kernel.db import PreparedInsert
+from kami.kernel.db import Prepared, PreparedInsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ class LiveItem:
 
 
 _I = Item.__table__
-_LIVE = (
+_LIVE = Prepared(
     select(_I.c.position, _I.c.key_id, _I.c.license_id, _I.c.shared, _I.c.valid_until)
     .where(_I.c.order_id == bindparam("order_id"), _I.c.revoked_at.is_(None))
     .order_by(_I.c.position)
@@ -111,8 +111,8 @@ _LIVE = (
 
 def live_items(session: Session, order_id: int) -> list[LiveItem]:
     """The order's items that are not revoked, in delivery order."""
-    rows = session.connection().execute(_LIVE, {"order_id": order_id})
-    return [LiveItem(p, k, lic, bool(sh), vu) for p, k, lic, sh, vu in rows.tuples()]
+    rows = _LIVE.run(session, {"order_id": order_id})
+    return [LiveItem(p, k, lic, bool(sh), vu) for p, k, lic, sh, vu in rows]
 
 
 def count_shared(session: Session, key_id: int) -> int:

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from kami.kernel.db import Prepared
 from kami.kernel.errors import NotFound
 from kami.orders.models import Order
 from kami.orders.schemas import OrderView
@@ -17,13 +18,16 @@ from kami.orders.states import HOLDING, OrderStatus
 # The statements on the purchase path are built once and run as Core: building a statement
 # and its cache key on every call, and loading ORM objects, were most of a purchase's CPU.
 _T = cast(Table, Order.__table__)
-_BY_NO = select(_T).where(_T.c.order_no == bindparam("order_no"))
-_BY_NO_LOCKED = _BY_NO.with_for_update()
+_BY_NO_SELECT = select(_T).where(_T.c.order_no == bindparam("order_no"))
+_BY_NO = Prepared(_BY_NO_SELECT)
+_BY_NO_LOCKED = Prepared(_BY_NO_SELECT.with_for_update())
 _OPEN_BY = {
-    column: select(func.count()).where(
-        _T.c.sku_id == bindparam("sku_id"),
-        _T.c[column] == bindparam("value"),
-        _T.c.status == OrderStatus.PENDING.value,
+    column: Prepared(
+        select(func.count()).where(
+            _T.c.sku_id == bindparam("sku_id"),
+            _T.c[column] == bindparam("value"),
+            _T.c.status == OrderStatus.PENDING.value,
+        )
     )
     for column in ("email", "buyer_ip", "device_id")
 }
@@ -59,11 +63,7 @@ def to_view(r: Any) -> OrderView:
 
 def find_order(session: Session, order_no: str, *, for_update: bool = False) -> OrderView | None:
     locked = for_update and session.get_bind().dialect.name == "postgresql"
-    row = (
-        session.connection()
-        .execute(_BY_NO_LOCKED if locked else _BY_NO, {"order_no": order_no})
-        .first()
-    )
+    row = (_BY_NO_LOCKED if locked else _BY_NO).run(session, {"order_no": order_no}).first()
     return to_view(row) if row else None
 
 
@@ -157,7 +157,7 @@ def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool
 def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
     """Pending orders of this SKU with the given email, buyer_ip or device_id."""
     stmt = _OPEN_BY[column]
-    return int(session.connection().execute(stmt, {"sku_id": sku_id, "value": value}).scalar_one())
+    return int(stmt.run(session, {"sku_id": sku_id, "value": value}).scalar_one())
 
 
 def quantity_held(

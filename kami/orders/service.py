@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, select, update
+from sqlalchemy import Table, bindparam, false, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kami.kernel.db import PreparedInsert
+from kami.kernel.db import Prepared, PreparedInsert
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
 from kami.orders.models import Order
@@ -135,12 +135,12 @@ def create_order(
 
 
 @functools.cache
-def _move_statement(target: OrderStatus, columns: tuple[str, ...]) -> Update:
+def _move_statement(target: OrderStatus, columns: tuple[str, ...]) -> Prepared:
     """A guarded move, built once per target and set of columns (see the note in queries)."""
     sources = sorted(s.value for s in sources_of(target))
-    return (
+    return Prepared(
         update(_T)
-        .where(_T.c.id == bindparam("order_id"), _T.c.status.in_(sources))
+        .where(_T.c.id == bindparam("order_id"), or_(false(), *(_T.c.status == s for s in sources)))
         .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
     )
 
@@ -149,7 +149,7 @@ def move(session: Session, order_id: int, target: OrderStatus, **values: Any) ->
     """Guarded status change: only from a status the state machine allows. True if it moved."""
     stmt = _move_statement(target, tuple(sorted(values)))
     params = {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
-    return bool(session.connection().execute(stmt, params).rowcount)
+    return bool(stmt.run(session, params).rowcount)
 
 
 def expire_due(session: Session, now: datetime, sku_id: int | None = None) -> list[Released]:

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
-from kami.kernel.db import PreparedInsert
+from kami.kernel.db import Prepared, PreparedInsert
 from kami.payments.gateways.base import PaymentNotice, RawNotification, RefundNotice
 from kami.payments.models import Inbox, Notification
 
@@ -64,9 +64,11 @@ _INBOX = PreparedInsert(
     Inbox.__table__.c.id,
     skip_conflicts_on=["gateway", "trade_no"],
 )
-_INBOX_ORDER = select(Inbox.__table__.c.order_id).where(
-    Inbox.__table__.c.gateway == bindparam("gateway"),
-    Inbox.__table__.c.trade_no == bindparam("trade_no"),
+_INBOX_ORDER = Prepared(
+    select(Inbox.__table__.c.order_id).where(
+        Inbox.__table__.c.gateway == bindparam("gateway"),
+        Inbox.__table__.c.trade_no == bindparam("trade_no"),
+    )
 )
 
 
@@ -119,8 +121,7 @@ def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int 
     )
     if inserted.first() is not None:
         return None
-    conn = session.connection()
-    found = conn.execute(_INBOX_ORDER, {"gateway": notice.gateway, "trade_no": notice.trade_no})
+    found = _INBOX_ORDER.run(session, {"gateway": notice.gateway, "trade_no": notice.trade_no})
     return int(found.scalar_one())
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
+from kami.kernel.db import Prepared
 from kami.vault.cipher import Secret, VaultCipher
 from kami.vault.imports import FINGERPRINT_SECRET
 from kami.vault.models import Batch, DataKey, Key
@@ -111,16 +114,28 @@ def masked_keys(session: Session, key_ids: Sequence[int]) -> list[MaskedKey]:
 
 
 _K = Key.__table__
-_SEALED = select(_K.c.id, _K.c.data_key_id, _K.c.ciphertext, _K.c.fingerprint).where(
-    _K.c.id.in_(bindparam("ids", expanding=True))
-)
+_SEALED_COLUMNS = (_K.c.id, _K.c.data_key_id, _K.c.ciphertext, _K.c.fingerprint)
+_SEALED_PREPARED = 16  # an order of up to this many keys reads them with a statement built once
+_SEALED_ANY = select(*_SEALED_COLUMNS).where(_K.c.id.in_(bindparam("ids", expanding=True)))
+
+
+@functools.cache
+def _sealed(n: int) -> Prepared:
+    """Keys by id, for exactly `n` ids (`id IN (?, ?, …)` with its own parameters)."""
+    return Prepared(
+        select(*_SEALED_COLUMNS).where(_K.c.id.in_([bindparam(f"id{i}") for i in range(n)]))
+    )
 
 
 def reveal_keys(session: Session, cipher: VaultCipher, key_ids: Sequence[int]) -> list[Secret]:
     """Decrypt keys, in the order given. Callers must have authorised and recorded the reveal."""
     if not key_ids:
         return []
-    rows = session.connection().execute(_SEALED, {"ids": list(key_ids)}).all()
+    rows: Any
+    if len(key_ids) <= _SEALED_PREPARED:
+        rows = _sealed(len(key_ids)).run(session, {f"id{i}": k for i, k in enumerate(key_ids)})
+    else:
+        rows = session.connection().execute(_SEALED_ANY, {"ids": list(key_ids)})
     by_id = {r.id: r for r in rows}
     return [
         cipher.decrypt(session, by_id[k].data_key_id, by_id[k].ciphertext, by_id[k].fingerprint)

@@ -1,0 +1,120 @@
+"""`kernel.db.Prepared`: Core statements compiled once and run on the transaction's own DB-API
+connection must give what SQLAlchemy's own execution gives, on both databases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from kami.fulfilment import Shop
+from kami.kernel.clock import utcnow
+from kami.kernel.db import Prepared, PreparedInsert
+from kami.kernel.outbox import OutboxJob, enqueue
+from kami.orders.queries import _BY_NO, _BY_NO_SELECT, find_order
+from kami.payments.models import Inbox
+from tests.conftest import add_keys, make_sku, place, random_keys
+
+_J = OutboxJob.__table__
+_JOB = Prepared(select(_J).where(_J.c.ref == bindparam("ref")))
+_RESCHEDULE = Prepared(
+    update(_J).where(_J.c.ref == bindparam("ref")).values(run_after=bindparam("at"))
+)
+_NEW_JOB = PreparedInsert(
+    _J, ["kind", "ref", "payload", "status", "attempts", "run_after", "created_at"], _J.c.id
+)
+
+
+def test_rows_equal_sqlalchemys_own_for_a_real_order(shop: Shop) -> None:
+    sku = make_sku(shop, "P-1")
+    add_keys(shop, sku, random_keys(1))
+    placed = place(shop, sku.code).order
+    with shop.db.read() as s:
+        ours = _BY_NO.run(s, {"order_no": placed.order_no}).one()
+        theirs = s.connection().execute(_BY_NO_SELECT, {"order_no": placed.order_no}).one()
+        view = find_order(s, placed.order_no)
+    assert tuple(ours) == tuple(theirs)
+    assert [type(v) for v in ours] == [type(v) for v in theirs]  # datetimes, enums, JSON alike
+    assert ours.created_at.utcoffset() == timedelta(0)  # UTC-aware, as the ORM gives it
+    assert view is not None and view.created_at == ours.created_at
+
+
+def test_json_and_utc_datetimes_round_trip(shop: Shop) -> None:
+    at = utcnow().replace(microsecond=123456)
+    with shop.db.write() as s:
+        job_id = _NEW_JOB.run(
+            s,
+            kind="k",
+            ref="r-1",
+            payload={"order_no": "X", "n": [1, 2], "ü": None},
+            status="pending",
+            attempts=0,
+            run_after=at,
+            created_at=at,
+        ).scalar_one()
+    with shop.db.read() as s:
+        row = _JOB.run(s, {"ref": "r-1"}).one()
+        orm = s.get(OutboxJob, job_id)
+        assert orm is not None and orm.payload == row.payload and orm.run_after == at
+    assert row.payload == {"order_no": "X", "n": [1, 2], "ü": None}
+    assert row.run_after == at and row.run_after.utcoffset() == timedelta(0)
+
+
+def test_runs_inside_the_sessions_transaction(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="r-2")
+    later = utcnow() + timedelta(hours=1)
+    with pytest.raises(RuntimeError, match="undo"), shop.db.write() as s:
+        assert _RESCHEDULE.run(s, {"ref": "r-2", "at": later}).rowcount == 1
+        raise RuntimeError("undo")
+    with shop.db.read() as s:
+        assert _JOB.run(s, {"ref": "r-2"}).one().run_after < later  # rolled back with it
+    with shop.db.write() as s:
+        _RESCHEDULE.run(s, {"ref": "r-2", "at": later})
+        s.commit()  # a second transaction in the same session gets its own connection state
+        assert _JOB.run(s, {"ref": "r-2"}).one().run_after == later
+        s.execute(text("SELECT 1"))
+
+
+def test_a_write_inside_a_read_is_refused(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="r-3")
+    with shop.db.read() as s, pytest.raises(RuntimeError, match=r"inside Database\.read"):
+        _RESCHEDULE.run(s, {"ref": "r-3", "at": utcnow()})
+
+
+def test_parameters_must_be_exactly_the_statements(shop: Shop) -> None:
+    with shop.db.write() as s, pytest.raises(TypeError, match=r"missing=.*'at'"):
+        _RESCHEDULE.run(s, {"ref": "x"})
+    with shop.db.write() as s, pytest.raises(TypeError, match=r"extra=.*'when'"):
+        _RESCHEDULE.run(s, {"ref": "x", "at": utcnow(), "when": 1})
+
+
+def test_an_expanding_in_cannot_be_prepared() -> None:
+    with pytest.raises(TypeError, match="expanding IN"):
+        Prepared(select(_J.c.id).where(_J.c.id.in_(bindparam("ids", expanding=True))))
+
+
+def test_a_driver_error_is_sqlalchemys_and_hides_the_values(shop: Shop) -> None:
+    add_keys(shop, make_sku(shop, "P-2"), random_keys(1))
+    order = place(shop, "P-2").order
+    inbox = Prepared(
+        insert(Inbox.__table__).values(
+            gateway="sandbox",
+            trade_no=bindparam("trade_no"),
+            order_id=order.id,
+            amount_minor=1,
+            currency="CNY",
+            applied_at=bindparam("at"),
+        )
+    )
+    with shop.db.write() as s:
+        inbox.run(s, {"trade_no": "secret-trade-1", "at": utcnow()})
+    with pytest.raises(IntegrityError) as caught, shop.db.write() as s:
+        inbox.run(s, {"trade_no": "secret-trade-1", "at": utcnow()})
+    assert "[SQL: INSERT INTO payments_inbox" in str(caught.value)  # what failed, and where
+    assert "[parameters:" not in str(caught.value)  # but not the values sent
+    with shop.db.read() as s:  # the failed transaction left the first row alone
+        assert s.execute(text("SELECT count(*) FROM payments_inbox")).scalar_one() == 1
