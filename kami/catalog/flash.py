@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
@@ -83,7 +83,7 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
     return _view(sale)
 
 
-_F = FlashSale.__table__
+_F = cast(Table, FlashSale.__table__)
 _SALE_OF = Prepared(select(_F).where(_F.c.sku_id == bindparam("sku_id")))
 
 
@@ -92,15 +92,16 @@ def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
     return _view(sale) if sale else None
 
 
+_TAKE_QUOTA = Prepared(
+    update(_F)
+    .where(_F.c.id == bindparam("sale_id"), _F.c.taken + bindparam("n") <= _F.c.quota)
+    .values(taken=_F.c.taken + bindparam("n"))
+)
+
+
 def take_quota(session: Session, sale_id: int, quantity: int) -> bool:
     """Hold `quantity` units of the quota; False (nothing held) if that would pass the quota."""
-    result = session.execute(
-        update(FlashSale)
-        .where(FlashSale.id == sale_id, FlashSale.taken + quantity <= FlashSale.quota)
-        .values(taken=FlashSale.taken + quantity)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(_TAKE_QUOTA.run(session, {"sale_id": sale_id, "n": quantity}).rowcount)
 
 
 def give_back_quota(session: Session, sale_id: int, quantity: int) -> None:

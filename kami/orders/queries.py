@@ -144,14 +144,19 @@ def _lock_key(text: str) -> int:
     )
 
 
+_EXPIRED_DUE = select(_T.c.id).where(
+    _T.c.status == OrderStatus.PENDING.value, _T.c.expires_at <= bindparam("now")
+)
+_ANY_EXPIRED_DUE = Prepared(_EXPIRED_DUE.limit(1))
+_SKU_EXPIRED_DUE = Prepared(_EXPIRED_DUE.where(_T.c.sku_id == bindparam("sku_id")).limit(1))
+
+
 def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool:
     """Whether a pending order (of this SKU, or of any) is past its time (its keys are about to
     return)."""
-    stmt = select(Order.id).where(Order.status == OrderStatus.PENDING, Order.expires_at <= now)
-    if sku_id is not None:
-        stmt = stmt.where(Order.sku_id == sku_id)
-    row = session.execute(stmt.limit(1)).first()
-    return row is not None
+    if sku_id is None:
+        return _ANY_EXPIRED_DUE.run(session, {"now": now}).first() is not None
+    return _SKU_EXPIRED_DUE.run(session, {"now": now, "sku_id": sku_id}).first() is not None
 
 
 def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
@@ -164,18 +169,27 @@ def quantity_held(
     session: Session, sku_id: int, since: datetime, *, email: str, device_id: str | None
 ) -> int:
     """Units a buyer holds or bought of this SKU since `since` (flash-sale per-buyer limit)."""
-    who = Order.email == email
+    params = {"sku_id": sku_id, "since": since, "email": email}
     if device_id:
-        who = or_(who, Order.device_id == device_id)
-    total = session.execute(
-        select(func.coalesce(func.sum(Order.quantity), 0)).where(
-            Order.sku_id == sku_id,
-            Order.created_at >= since,
-            Order.status.in_([s.value for s in HOLDING]),
+        params["device_id"] = device_id
+    return int(_HELD[bool(device_id)].run(session, params).scalar_one())
+
+
+def _held(by_device: bool) -> Prepared:
+    who = _T.c.email == bindparam("email")
+    if by_device:
+        who = or_(who, _T.c.device_id == bindparam("device_id"))
+    return Prepared(
+        select(func.coalesce(func.sum(_T.c.quantity), 0)).where(
+            _T.c.sku_id == bindparam("sku_id"),
+            _T.c.created_at >= bindparam("since"),
+            or_(*(_T.c.status == s.value for s in sorted(HOLDING))),
             who,
         )
-    ).scalar_one()
-    return int(total)
+    )
+
+
+_HELD = {False: _held(False), True: _held(True)}
 
 
 def quantity_pending(session: Session, sku_id: int) -> int:

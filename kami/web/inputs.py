@@ -57,6 +57,10 @@ async def check_request(request: Request, *, has_body: bool) -> None:
     if has_body and _is_json(request.headers.get("content-type", "")):
         # Starlette keeps the body on the request, so FastAPI reads these same bytes afterwards.
         raw = await request.body()
+        # JSON can carry a NUL only as the escape \u0000 (raw control characters are not
+        # allowed in its strings): a body with neither is not parsed a second time here.
+        if b"\\u0000" not in raw and b"\x00" not in raw:
+            return
         try:
             data = json.loads(raw) if raw else None
         except (ValueError, RecursionError):
