@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select
+from sqlalchemy import BigInteger, Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.db import Prepared
@@ -135,7 +135,10 @@ def lock_buyer(session: Session, sku_id: int, identities: list[str]) -> None:
         return
     keys = sorted({_lock_key(f"{sku_id}:{ident}") for ident in identities})
     for key in keys:
-        session.execute(select(func.pg_advisory_xact_lock(key)))
+        _ADVISORY_LOCK.run(session, {"key": key})
+
+
+_ADVISORY_LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger))))
 
 
 def _lock_key(text: str) -> int:
