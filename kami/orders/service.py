@@ -90,7 +90,7 @@ def create_order(
         existing = find_idempotent(session, idempotency_key, data)
         if existing is not None:
             return existing, False
-    order = Order(
+    row = dict(
         order_no=new_order_no(),
         sku_id=priced.sku_id,
         sku_code=priced.sku_code,
@@ -116,10 +116,10 @@ def create_order(
         expires_at=now + ttl,
     )
     if not idempotency_key:  # nothing to recover from: no savepoint round trips
-        row = {key: getattr(order, key) for key in _INSERT.columns}
         order_id = _INSERT.run(session, **row).scalar_one()
         written = SimpleNamespace(id=order_id, **dict.fromkeys(_EMPTY_AT_START), **row)
         return to_view(written), True
+    order = Order(**row)
     try:
         with session.begin_nested():
             session.add(order)
