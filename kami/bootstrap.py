@@ -68,7 +68,12 @@ def build_mailer(settings: Settings) -> delivery.Mailer | None:
 def build(settings: Settings) -> Container:
     channels = configured_gateways(settings)  # a misconfigured channel stops us before any I/O
     upstream = configured_suppliers(settings)  # so does a misconfigured supplier account
-    db = Database(make_engine(settings.database_url), concurrency=settings.db_concurrency)
+    # Each admission slot keeps up to two connections, and a nested transaction takes a third
+    # from the pool (decision 0009); the pool (size + twice its size in overflow) must hold them.
+    pool = max(10, settings.db_concurrency)
+    db = Database(
+        make_engine(settings.database_url, pool_size=pool), concurrency=settings.db_concurrency
+    )
     cipher = vault.VaultCipher(build_keyring(settings))
     gateways = payments.GatewayRegistry()
     # Named secrets are made (on first start) here, in a write transaction: created lazily

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 EMAIL = rf"^[^@\s\x00-\x1f]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$"
@@ -20,6 +20,14 @@ class OrderIn(BaseModel):
         max_length=10,
         description="the values the SKU's input fields ask for (recharge account, phone …)",
     )
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _one_spelling(cls, value: object) -> object:
+        """One buyer, one address: `B@Example.com` and `b@example.com ` are the same mailbox
+        everywhere in practice, so the per-buyer caps, the flash sale's limit and the order
+        look-up must not tell them apart. Orders keep the address in this form."""
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class OrderView(BaseModel):

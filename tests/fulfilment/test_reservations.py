@@ -97,6 +97,12 @@ def test_per_buyer_caps(shop: fulfilment.Shop) -> None:
     for _ in range(2):
         fulfilment.place_order(shop, data)
     assert _problem(fulfilment.place_order, shop, data) == "too-many-open-orders"
+    # The same mailbox spelled another way is the same buyer.
+    respelled = orders.OrderIn(
+        sku=sku.code, quantity=1, email=" Hoarder@Example.COM", gateway="sandbox"
+    )
+    assert respelled.email == "hoarder@example.com"
+    assert _problem(fulfilment.place_order, shop, respelled) == "too-many-open-orders"
     # A fresh address on the same device is still the same buyer.
     other = data.model_copy(update={"email": "alias@example.com"})
     fulfilment.place_order(shop, other, device_id="dev-1")
@@ -164,6 +170,7 @@ def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Sh
     assert a.amount_minor == 198  # the sale price
     assert a.expires_at - a.created_at == timedelta(minutes=2)  # the shorter time to pay
     assert _problem(place, shop, "FLASH", 1, email="a@example.com") == "limit-reached"
+    assert _problem(place, shop, "FLASH", 1, email="A@Example.com ") == "limit-reached"
     place(shop, "FLASH", 1, email="b@example.com")
     assert (
         _problem(place, shop, "FLASH", 1, email="c@example.com") == "sold-out"

@@ -226,6 +226,19 @@ def _verify(client: TestClient, email: str, ticket: str, code: str) -> httpx.Res
     return client.post("/lookup/verify", data=data)
 
 
+def test_lookup_finds_orders_whatever_the_case_of_the_address(
+    mail_client: tuple[TestClient, Inbox, fulfilment.Shop],
+) -> None:
+    client, inbox, shop = mail_client
+    seed(shop)
+    no, access = _buy(client, "Mixed.Case@Example.COM")
+    ticket = _ask_code(client, "mixed.case@example.com")
+    body = inbox.messages[-1].get_payload(decode=True).decode()  # type: ignore[union-attr]
+    code = re.search(r"\b(\d{6})\b", body).group(1)  # type: ignore[union-attr]
+    found = _verify(client, "MIXED.case@example.com", ticket, code)
+    assert f'href="/orders/{no}#t={access}"' in found.text
+
+
 def test_lookup_needs_the_code_sent_to_the_address(
     mail_client: tuple[TestClient, Inbox, fulfilment.Shop],
 ) -> None:
