@@ -14,9 +14,10 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_order_status_expires", "status", "expires_at"),
         Index("ix_orders_order_sku_status_paid", "sku_id", "status", "paid_at"),
-        Index("ix_orders_order_sku_email", "sku_id", "email"),
-        Index("ix_orders_order_sku_ip", "sku_id", "buyer_ip"),
-        Index("ix_orders_order_sku_device", "sku_id", "device_id"),
+        # Status last: the buyer caps count pending orders only (migration 0013).
+        Index("ix_orders_order_sku_email_status", "sku_id", "email", "status"),
+        Index("ix_orders_order_sku_ip_status", "sku_id", "buyer_ip", "status"),
+        Index("ix_orders_order_sku_device_status", "sku_id", "device_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
