@@ -11,6 +11,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections import deque, namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -35,8 +36,10 @@ from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool, QueuePool
 from sqlalchemy.types import TypeDecorator
 
+from kami.kernel import waiting
 from kami.kernel.clock import as_utc
 from kami.kernel.errors import InvalidInput
+from kami.kernel.waiting import WouldWait
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -160,15 +163,27 @@ class FairSlots:
         self._guard = threading.Lock()
         self._waiting: deque[threading.Lock] = deque()
 
-    def acquire(self) -> None:
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for a slot, at most `timeout` seconds if given; whether one was taken."""
         with self._guard:
             if self._free and not self._waiting:
                 self._free -= 1
-                return
+                return True
+            if timeout is not None and timeout <= 0:
+                return False
             turn = threading.Lock()
             turn.acquire()
             self._waiting.append(turn)
-        turn.acquire()  # released by the release() that hands this thread its slot
+        # Released by the release() that hands this thread its slot.
+        if turn.acquire(timeout=-1 if timeout is None else timeout):
+            return True
+        with self._guard:
+            try:
+                self._waiting.remove(turn)  # still queued: leave the queue empty-handed
+            except ValueError:
+                turn.acquire()  # handed the slot just as the wait ended: it is ours (no wait)
+                return True
+        return False
 
     def release(self) -> None:
         with self._guard:
@@ -202,15 +217,36 @@ class WriterQueue:
             self._pid = os.getpid()
         return self._fd
 
-    def acquire(self) -> None:
-        self._threads.acquire()
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Become the writer, waiting at most `timeout` seconds if given; whether it did.
+
+        The other processes' writer is waited for on the flock, which has no time limit of
+        its own: with a limit, it is asked again and again without blocking until the limit
+        passes (a write transaction lasts a fraction of a millisecond)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._threads.acquire(timeout):
+            return False
         if self._path is None:
-            return
+            return True
         try:
-            fcntl.flock(self._file(), fcntl.LOCK_EX)
+            if deadline is None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+                return True
+            pause = 0.00002
+            while True:
+                try:
+                    fcntl.flock(self._file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() + pause > deadline:
+                        break
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.0005)
         except BaseException:
             self._threads.release()
             raise
+        self._threads.release()
+        return False
 
     def release(self) -> None:
         try:
@@ -259,7 +295,8 @@ class Admission:
         depth: int = getattr(self._local, "depth", 0)
         slot: int | None = None
         if counted and depth == 0:
-            self._slots.acquire()
+            if not self._slots.acquire(waiting.lock_wait()):
+                raise WouldWait("every database slot of this process is in use")
             with self._guard:
                 slot = self._free.pop()
         self._local.depth = depth + 1
@@ -356,6 +393,7 @@ class _KeptSession(Session):
         if self.in_transaction():
             super().commit()  # flushes, and commits through the connection if the ORM used it
         self.info["kami_kept"][0].commit()  # nothing to do if nothing is open
+        waiting.committed()
 
     def rollback(self) -> None:
         if self.in_transaction():
@@ -412,8 +450,8 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         writers = self._writers
-        if writers is not None:
-            writers.acquire()
+        if writers is not None and not writers.acquire(waiting.lock_wait()):
+            raise WouldWait("SQLite's writer is busy")
         try:
             with self._admission.enter(counted=writers is None) as slot:
                 kept = self._writer if slot is None else self._slot_writers[slot]
@@ -426,6 +464,7 @@ class Database:
                     try:
                         yield session
                         session.commit()
+                        waiting.committed()
                     except BaseException:
                         session.rollback()
                         raise

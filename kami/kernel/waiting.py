@@ -1,0 +1,84 @@
+"""Calls that must not wait long: a thread asks every place where it could wait to refuse
+instead.
+
+A web server process answers all its connections from one event loop; while the loop waits on a
+lock or on the network, every one of them waits. Handing each request's database work to a
+worker thread avoids that, but costs more than many of the requests themselves (measured on the
+purchase benchmark: half of a purchase's server CPU, decision 0010). So the loop runs such a
+call itself under `no_waiting()`, and the places where a thread can wait ask first:
+
+- admission to the database and SQLite's one writer (`kernel.db`) wait at most `LOCK_WAIT`
+  (`lock_wait()`): long enough for another process's write transaction, which lasts a fraction
+  of a millisecond, too short to matter if something holds the writer for long (an import);
+- a payment channel's network call (`payments` transport) is never waited for.
+
+Past that, they raise `WouldWait`, and the caller runs the call again from the start on a worker
+thread, where waiting harms nobody.
+
+Starting again is safe only if the refused call changed nothing. A call may therefore be
+refused only until its first commit: after it, database waits are waited where the call is
+(its work must finish where it started; the hot calls commit once and are done), and reaching
+for the network is a programming error that `WouldWait` reports with `after_commit` set, so that
+the caller does not run the call a second time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class WouldWait(BaseException):
+    """Raised under `no_waiting()` where the code would have had to wait.
+
+    A BaseException, like GeneratorExit: it must pass every `except Exception` on its way out
+    (an adapter that turns network failures into `Unavailable`, a flow that records a failure),
+    so that only the caller that asked for it handles it. Transactions roll back on it.
+    """
+
+    def __init__(self, what: str, *, after_commit: bool = False) -> None:
+        super().__init__(what)
+        self.what = what
+        self.after_commit = after_commit
+
+
+class _State(threading.local):
+    refusing = False
+    committed = False
+
+
+_state = _State()
+
+
+@contextmanager
+def no_waiting() -> Iterator[None]:
+    """Within the block, this thread refuses to wait (see the module's docstring)."""
+    if _state.refusing:
+        raise RuntimeError("no_waiting() is already in force on this thread")
+    _state.refusing, _state.committed = True, False
+    try:
+        yield
+    finally:
+        _state.refusing = _state.committed = False
+
+
+LOCK_WAIT = 0.005  # seconds
+
+
+def lock_wait() -> float | None:
+    """How long this thread may wait for a database lock: LOCK_WAIT under `no_waiting()` before
+    a commit, else as long as it takes (None)."""
+    return LOCK_WAIT if _state.refusing and not _state.committed else None
+
+
+def committed() -> None:
+    """Called by the database after a write transaction committed on this thread."""
+    if _state.refusing:
+        _state.committed = True
+
+
+def check_network(what: str) -> None:
+    """Called before a network call: under `no_waiting()` it raises WouldWait instead."""
+    if _state.refusing:
+        raise WouldWait(what, after_commit=_state.committed)
