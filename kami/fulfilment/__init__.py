@@ -9,7 +9,15 @@ from kami.fulfilment.aftersales import (
     replace_reported,
     report_item,
 )
-from kami.fulfilment.checkout import PlacedOrder, TooManyOpenOrders, cancel_order, place_order
+from kami.fulfilment.checkout import (
+    OpenedOrder,
+    PlacedOrder,
+    TooManyOpenOrders,
+    cancel_order,
+    open_order,
+    place_order,
+    request_payment,
+)
 from kami.fulfilment.delivering import (
     deliver_paid,
     expire_orders,
@@ -77,6 +85,7 @@ __all__ = [
     "AftersalesPolicy",
     "BuyerItem",
     "ManualTask",
+    "OpenedOrder",
     "Outcome",
     "PlacedOrder",
     "Procured",
@@ -113,6 +122,7 @@ __all__ = [
     "list_reports",
     "make_due",
     "manual_queue",
+    "open_order",
     "place_order",
     "procure_due",
     "procure_sku",
@@ -122,6 +132,7 @@ __all__ = [
     "reject_report",
     "replace_reported",
     "report_item",
+    "request_payment",
     "request_refund",
     "reveal",
     "send_order_mail",

@@ -98,6 +98,15 @@ def _flash_terms(
     return sale
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedOrder:
+    """An order placed and its goods reserved, not yet sent to its payment channel."""
+
+    order: orders.OrderView
+    created: bool  # False: an Idempotency-Key replay answered with the order first placed
+    payer_ip: str | None
+
+
 def place_order(
     shop: Shop,
     data: orders.OrderIn,
@@ -107,10 +116,31 @@ def place_order(
     device_id: str | None = None,
     channel: str = "shop",
 ) -> PlacedOrder:
+    opened = open_order(
+        shop,
+        data,
+        idempotency_key=idempotency_key,
+        buyer_ip=buyer_ip,
+        device_id=device_id,
+        channel=channel,
+    )
+    return request_payment(shop, opened)
+
+
+def open_order(
+    shop: Shop,
+    data: orders.OrderIn,
+    *,
+    idempotency_key: str | None = None,
+    buyer_ip: str | None = None,
+    device_id: str | None = None,
+    channel: str = "shop",
+) -> OpenedOrder:
+    """Place the order and reserve its goods, in one write transaction; nothing else."""
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
         raise InvalidInput("Idempotency-Key must be 1 to 128 characters", where="Idempotency-Key")
     try:
-        gateway = shop.gateways.get(data.gateway)
+        shop.gateways.get(data.gateway)
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
     if idempotency_key is None and shop.recently_sold_out(data.sku):
@@ -127,29 +157,34 @@ def place_order(
     with shop.db.write() as s:
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
-            order, created = replay, False
-        else:
-            try:
-                order = _place(
-                    s, shop, sku, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
-                )
-            except SoldOut:
-                shop.mark_sold_out(data.sku)
-                raise
-            created = True
-    # Asked after the commit: a channel's network call must never hold the write lock.
-    payment = gateway.create_payment(
+            return OpenedOrder(replay, False, buyer_ip)
+        try:
+            order = _place(
+                s, shop, sku, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
+            )
+        except SoldOut:
+            shop.mark_sold_out(data.sku)
+            raise
+    return OpenedOrder(order, True, buyer_ip)
+
+
+def request_payment(shop: Shop, opened: OpenedOrder) -> PlacedOrder:
+    """Ask the order's channel how the buyer pays. A call of its own, after the order
+    committed: a channel's network call must never hold the write lock, and a caller that may
+    not wait (`kernel.waiting`) is refused before the request leaves, then runs this again."""
+    order = opened.order
+    payment = shop.gateways.get(order.gateway).create_payment(
         payments.PaymentRequest(
             order_no=order.order_no,
             amount_minor=order.amount_minor,
             currency=order.currency,
             subject=order.title,
             expires_at=order.expires_at,
-            payer_ip=buyer_ip,
+            payer_ip=opened.payer_ip,
         )
     )
     token = orders.access_token(shop.token_secret(), order.order_no)
-    return PlacedOrder(order, token, payment, created)
+    return PlacedOrder(order, token, payment, opened.created)
 
 
 def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:

@@ -46,6 +46,10 @@ def rate_limit(request: Request, name: str) -> None:
     request.app.state.rate_limits.hit(name, client_ip(request) or "unknown")
 
 
+async def rate_limit_on_loop(request: Request, name: str) -> None:
+    await request.app.state.rate_limits.hit_on_loop(name, client_ip(request) or "unknown")
+
+
 def admin(request: Request) -> accounts.AdminView:
     token = bearer(request)
     if token is None:

@@ -2,14 +2,22 @@
 
 In memory by default; with `KAMI_REDIS_URL` the counters live in Redis so that every server
 process shares them. A refused request gets a 429 problem with `Retry-After`.
+
+`hit` is for code on a worker thread. `hit_on_loop` is for the event loop: in memory it is the
+same call (no I/O), with Redis it asks through an asyncio client, so the loop never waits on
+the network; both count in the same window, under the same keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+import weakref
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import Storage as LoopStorage
+from limits.aio.strategies import MovingWindowRateLimiter as LoopRateLimiter
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -36,6 +44,11 @@ class RateLimits:
         if not isinstance(storage, Storage):
             raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
         self._limiter = MovingWindowRateLimiter(storage)
+        self._redis = (redis_url, namespace) if redis_url else None
+        # An asyncio client belongs to the loop it was made on: one per loop (a process has one).
+        self._loop_limiters: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, LoopRateLimiter
+        ] = weakref.WeakKeyDictionary()
         self._rules: dict[str, RateLimitItem] = {}
         for name, text in rules.items():
             try:
@@ -50,8 +63,33 @@ class RateLimits:
         rule = self._rules[name]
         if self._limiter.hit(rule, name, key):
             return
-        reset = self._limiter.get_window_stats(rule, name, key).reset_time
-        retry = max(1, math.ceil(reset - time.time()))
-        raise RateLimited(
-            f"too many {name} requests from this address; try again in {retry} s", retry
-        )
+        raise _refused(name, self._limiter.get_window_stats(rule, name, key).reset_time)
+
+    async def hit_on_loop(self, name: str, key: str) -> None:
+        if self._redis is None:
+            self.hit(name, key)  # in memory: nothing to wait for
+            return
+        limiter = self._loop_limiter()
+        rule = self._rules[name]
+        if await limiter.hit(rule, name, key):
+            return
+        raise _refused(name, (await limiter.get_window_stats(rule, name, key)).reset_time)
+
+    def _loop_limiter(self) -> LoopRateLimiter:
+        loop = asyncio.get_running_loop()
+        limiter = self._loop_limiters.get(loop)
+        if limiter is None:
+            assert self._redis is not None
+            url, namespace = self._redis
+            storage = storage_from_string(
+                f"async+{url}", key_prefix=namespace, implementation="redispy"
+            )
+            if not isinstance(storage, LoopStorage):
+                raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
+            limiter = self._loop_limiters[loop] = LoopRateLimiter(storage)
+        return limiter
+
+
+def _refused(name: str, reset: float) -> RateLimited:
+    retry = max(1, math.ceil(reset - time.time()))
+    return RateLimited(f"too many {name} requests from this address; try again in {retry} s", retry)

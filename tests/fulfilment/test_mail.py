@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
-from typing import Any
 
-import pytest
-from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 
 from kami import bootstrap, fulfilment
 from kami.config import Settings, SmtpConfig
 from kami.web.app import create_app
 from kami.worker import runner
-from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
+from tests.conftest import Inbox, add_keys, make_sku, place, raw_notification, sandbox_body
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 def test_delivery_mail_carries_a_working_link(settings: Settings, smtp: tuple[Inbox, int]) -> None:

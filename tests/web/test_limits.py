@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from kami import accounts, bootstrap, fulfilment
 from kami.config import Settings
 from kami.web.app import create_app
-from tests.conftest import add_keys, make_sku
+from kami.web.ratelimit import RateLimited, RateLimits
+from tests.conftest import add_keys, make_sku, run_async
 
 ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway": "sandbox"}
 
@@ -116,3 +117,22 @@ def test_admin_sets_a_flash_sale(client: TestClient, shop: fulfilment.Shop) -> N
     assert created["amount_minor"] == 100
     r = client.post("/api/v1/orders", json={**ORDER, "email": "late@example.com"})
     assert r.status_code == 409 and r.json()["type"] == "/problems/sold-out"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_event_loop_and_worker_threads_count_in_one_window(store: str) -> None:
+    """The hot endpoints ask on the loop (an asyncio client for Redis), the others on a worker
+    thread: one budget all the same."""
+    redis = "redis://127.0.0.1:6379/0" if store == "redis" else None
+    limits = RateLimits(redis, {"orders": "2/minute"}, namespace=f"kami-test-{uuid.uuid4().hex}")
+
+    async def on_loop() -> None:
+        await limits.hit_on_loop("orders", "198.51.100.7")
+
+    limits.hit("orders", "198.51.100.7")
+    run_async(on_loop)
+    with pytest.raises(RateLimited):
+        limits.hit("orders", "198.51.100.7")
+    with pytest.raises(RateLimited):
+        run_async(on_loop)
+    limits.hit("orders", "198.51.100.8")  # another address has its own budget

@@ -4,16 +4,12 @@ and the order look-up by e-mail and one-time code (through a real SMTP server on
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
@@ -24,6 +20,7 @@ from kami.web import i18n
 from kami.web.app import create_app
 from kami.web.storefront import lookup_codes
 from tests.browser.seed import EVIL, EVIL_INPUT, Seeded, seed
+from tests.conftest import Inbox
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["/", "/p/evil-vip", "/p/plain-card", "/checkout/EVIL-MONTH", "/lookup", "/orders/KX1"]
@@ -175,30 +172,17 @@ def test_hostile_texts_and_buyer_input_are_escaped(client: TestClient, seeded: S
 
 
 # -- order look-up by e-mail and one-time code ----------------------------------------------
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
 @pytest.fixture
-def mail_client(settings: Settings) -> Iterator[tuple[TestClient, Inbox, fulfilment.Shop]]:
-    inbox = Inbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    smtp = SmtpConfig(host="127.0.0.1", port=port, security="none", sender="shop@example.com")
-    container = bootstrap.build(settings.model_copy(update={"smtp": smtp}))
+def mail_client(
+    settings: Settings, smtp: tuple[Inbox, int]
+) -> Iterator[tuple[TestClient, Inbox, fulfilment.Shop]]:
+    inbox, port = smtp
+    mail = SmtpConfig(host="127.0.0.1", port=port, security="none", sender="shop@example.com")
+    container = bootstrap.build(settings.model_copy(update={"smtp": mail}))
     try:
         with TestClient(create_app(container, worker=False)) as c:
             yield c, inbox, container.shop
     finally:
-        controller.stop()
         container.close()
 
 

@@ -1,0 +1,172 @@
+"""Where and in what order a request's blocking work runs (kami.web.running): on the event loop
+when nothing would wait, again from the start on a worker thread when it would, payments first."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from kami.fulfilment import Shop
+from kami.payments.gateways.transport import opener
+from kami.web import running
+from tests.conftest import BACKEND, add_keys, make_sku, run_async, sandbox_body, sign
+
+ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway": "sandbox"}
+
+
+@pytest.fixture
+def table(shop: Shop) -> None:
+    with shop.db.write() as s:
+        s.execute(text("CREATE TABLE IF NOT EXISTS t_running (n INTEGER NOT NULL)"))
+        s.execute(text("DELETE FROM t_running"))
+
+
+def _rows(shop: Shop) -> int:
+    with shop.db.read() as s:
+        return int(s.execute(text("SELECT count(*) FROM t_running")).scalar_one())
+
+
+@pytest.fixture
+def slots_taken(shop: Shop, table: None) -> Iterator[threading.Event]:
+    """Every admission slot of the process held by other threads' reads, until the event."""
+    leave = threading.Event()
+    entered = threading.Barrier(shop.db._admission.limit + 1)
+
+    def hold() -> None:
+        with shop.db.read():
+            entered.wait(5)
+            leave.wait(30)
+
+    holders = [threading.Thread(target=hold) for _ in range(shop.db._admission.limit)]
+    for h in holders:
+        h.start()
+    entered.wait(5)
+    yield leave
+    leave.set()
+    for h in holders:
+        h.join(10)
+
+
+def test_a_call_runs_on_the_event_loop_when_nothing_waits(shop: Shop, table: None) -> None:
+
+    def insert() -> int:
+        with shop.db.write() as s:
+            s.execute(text("INSERT INTO t_running VALUES (1)"))
+        return threading.get_ident()
+
+    async def scene() -> tuple[int, int]:
+        return threading.get_ident(), await running.run(insert)
+
+    loop_thread, ran_on = run_async(scene)
+    assert ran_on == loop_thread
+    assert _rows(shop) == 1
+
+
+def test_a_refused_call_runs_again_on_a_worker_thread_and_changes_things_once(
+    shop: Shop, slots_taken: threading.Event
+) -> None:
+    attempts: list[int] = []
+
+    def read_then_insert() -> int:
+        attempts.append(threading.get_ident())
+        with shop.db.read() as s:  # refused here on the loop: every slot is taken
+            s.execute(text("SELECT 1"))
+        with shop.db.write() as s:
+            s.execute(text("INSERT INTO t_running VALUES (1)"))
+        return threading.get_ident()
+
+    async def scene() -> tuple[int, int]:
+        return threading.get_ident(), await running.run(read_then_insert)
+
+    threading.Timer(0.2, slots_taken.set).start()
+    loop_thread, ran_on = run_async(scene)
+    assert ran_on != loop_thread
+    assert attempts == [loop_thread, ran_on]  # refused on the loop, run again on a thread
+    assert _rows(shop) == 1
+
+
+def test_a_call_that_reaches_for_the_network_after_its_commit_is_not_run_again(
+    shop: Shop, table: None
+) -> None:
+
+    def insert_then_call() -> None:
+        with shop.db.write() as s:
+            s.execute(text("INSERT INTO t_running VALUES (1)"))
+        opener().open("http://127.0.0.1:9/", timeout=1)
+
+    with pytest.raises(RuntimeError, match="after it committed"):
+        run_async(lambda: running.run(insert_then_call))
+    assert _rows(shop) == 1
+
+
+def test_a_payment_runs_ahead_of_the_calls_waiting_for_their_turn() -> None:
+    ran: list[str] = []
+
+    async def scene() -> None:
+        checkouts = [
+            asyncio.create_task(running.run(ran.append, f"checkout {n}")) for n in range(3)
+        ]
+        await asyncio.sleep(0)  # the checkouts have asked for their turns
+        payment = asyncio.create_task(running.run_first(ran.append, "payment"))
+        await asyncio.gather(*checkouts, payment)
+
+    run_async(scene)
+    assert ran == ["payment", "checkout 0", "checkout 1", "checkout 2"]
+
+
+def test_turns_skip_a_caller_that_went_away() -> None:
+    ran: list[str] = []
+
+    async def scene() -> None:
+        first = asyncio.create_task(running.run(ran.append, "gone"))
+        second = asyncio.create_task(running.run(ran.append, "stays"))
+        await asyncio.sleep(0)
+        first.cancel()  # its client disconnected while it waited
+        await asyncio.gather(first, second, return_exceptions=True)
+
+    run_async(scene)
+    assert ran == ["stays"]
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer")
+def test_a_purchase_goes_through_while_another_process_holds_the_writer(
+    client: TestClient, shop: Shop
+) -> None:
+    add_keys(shop, make_sku(shop), ["K-1"])
+    lock = str(shop.db.engine.url.database) + "-writer.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True); time.sleep(0.3)",
+            lock,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        created = client.post("/api/v1/orders", json=ORDER)  # waits on a worker thread
+        assert created.status_code == 201
+    finally:
+        holder.wait(10)
+    order = created.json()
+    body = sandbox_body(order["order_no"], order["amount_minor"])
+    paid = client.post(
+        "/api/v1/payments/sandbox/notify", content=body, headers={"X-Sandbox-Signature": sign(body)}
+    )
+    assert paid.status_code == 200
+    revealed = client.post(
+        f"/api/v1/orders/{order['order_no']}/reveal",
+        headers={"Authorization": f"Bearer {order['access_token']}"},
+    )
+    assert [i["card"] for i in revealed.json()["items"]] == ["K-1"]
