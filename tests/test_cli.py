@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from kami.cli.main import app
 from kami.config import Settings
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, Inbox
 
 runner = CliRunner()
 
@@ -155,3 +155,76 @@ def test_serve_sells_a_demo_key(env: dict[str, str], tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_serve_with_several_processes_runs_the_jobs_in_the_supervisor(
+    env: dict[str, str], tmp_path: Path, smtp: tuple[Inbox, int]
+) -> None:
+    """The request processes run no jobs (none holds the interpreter while a request waits);
+    the supervising process does, so the buyer's mail still goes out."""
+    inbox, smtp_port = smtp
+    assert kami(env, "db", "upgrade")[0] == 0
+    assert kami(env, "demo", "--if-empty")[0] == 0
+    port = _free_port()
+    proc_env = {
+        **os.environ,
+        **env,
+        "KAMI_PORT": str(port),
+        "KAMI_WORKER_POLL_SECONDS": "0.2",
+        "KAMI_SMTP__HOST": "127.0.0.1",
+        "KAMI_SMTP__PORT": str(smtp_port),
+        "KAMI_SMTP__SECURITY": "none",
+        "KAMI_SMTP__SENDER": "shop@example.com",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kami.cli.main", "serve", "--workers", "2"],
+        env=proc_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(200):
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail("server did not start")
+            children = [
+                int(p)
+                for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+            ]
+            requests = [
+                c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+            ]
+            assert len(requests) == 2
+            assert {_environ(c)["KAMI_INPROCESS_WORKER"] for c in requests} == {"false"}
+            created = http.post(
+                "/api/v1/orders",
+                json={
+                    "sku": "TX-VIP-MONTH",
+                    "quantity": 1,
+                    "email": "buyer@example.com",
+                    "gateway": "sandbox",
+                },
+            ).json()
+            assert http.post(f"/pay/sandbox/{created['order_no']}").json()["verdict"] == "accepted"
+            for _ in range(200):
+                if inbox.messages:
+                    break
+                time.sleep(0.1)
+            assert [m["To"] for m in inbox.messages] == ["buyer@example.com"]
+            body = inbox.messages[0].get_payload(decode=True)
+            assert isinstance(body, bytes) and created["order_no"] in body.decode()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(20)

@@ -14,6 +14,7 @@ from rich.table import Table
 from kami import bootstrap
 from kami.cli import admincmd, bench, keys, suppliers, suppliersim, vaultcmd
 from kami.cli.context import clear_errors, console, container, err, settings
+from kami.worker import runner
 
 app = typer.Typer(
     help="Kami: self-hosted shop with automatic delivery of virtual goods.", no_args_is_help=True
@@ -54,7 +55,12 @@ def serve(
         bool, typer.Option("--no-worker", help="do not run jobs in-process")
     ] = False,
 ) -> None:
-    """Serve the shop and the APIs (with an in-process job worker unless --no-worker)."""
+    """Serve the shop and the APIs, and run the jobs (unless --no-worker).
+
+    With one process the jobs run in a thread of it. With several, the request processes run
+    none: the supervising process, otherwise idle, runs one job thread per request process, so
+    no request waits for the interpreter while a job holds it (decision 0010).
+    """
     import uvicorn
 
     if host:
@@ -88,14 +94,20 @@ def serve(
         # connections of worker processes: each request after the first on a kept-alive
         # connection waited ~43 ms for the peer's delayed ACK (measured by the purchase bench).
         sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-    Multiprocess(config, sockets=[sock]).run()
+    run_jobs = s.inprocess_worker
+    os.environ["KAMI_INPROCESS_WORKER"] = "false"  # the request processes (spawned) run none
+    with clear_errors(), container() as c:
+        stops = [runner.start_thread(c)[1] for _ in range(workers)] if run_jobs else []
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            for stop in stops:
+                stop.set()
 
 
 @app.command()
 def worker(once: Annotated[bool, typer.Option(help="run due jobs once and exit")] = False) -> None:
     """Run outbox jobs and the periodic sweeps (expiry, awaiting stock)."""
-    from kami.worker import runner
-
     with clear_errors(), container() as c:
         if once:
             ran = runner.run_once(c)

@@ -1,8 +1,9 @@
 """Runs outbox jobs and the periodic sweeps (expiry, awaiting-stock) until told to stop.
 
-`kami serve` runs one in a thread so the embedded install is a single process; `kami worker`
-runs it alone for deployments with separate worker processes. Several may run at once: jobs are
-leased, sweeps are guarded updates.
+`kami serve` runs it in threads: in its one process, or with several request processes in the
+supervising process, away from every request's event loop. `kami worker` runs it alone for
+deployments with separate worker processes. Several may run at once: jobs are leased, sweeps
+are guarded updates.
 """
 
 from __future__ import annotations
