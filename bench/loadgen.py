@@ -206,6 +206,11 @@ class Server:
         """User + system CPU so far of the workers and the supervising process."""
         return sum(_cpu_seconds(p) for p in {self.proc.pid, *self.worker_pids()})
 
+    def supervisor_cpu_seconds(self) -> float:
+        """User + system CPU so far of the supervising process: with several request processes
+        it runs the jobs (kami serve); 0 with one, which is both."""
+        return _cpu_seconds(self.proc.pid) if self.workers > 1 else 0.0
+
     def log_tail(self, lines: int = 20) -> list[str]:
         try:
             return self.log_path.read_text(errors="replace").splitlines()[-lines:]

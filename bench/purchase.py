@@ -166,9 +166,11 @@ async def load(
         if greeting["errors"]:
             errors["hello"] += greeting["errors"]
         cpu_server, cpu_client = server.cpu_seconds(), cpu_self()
+        cpu_jobs = server.supervisor_cpu_seconds()
         with PgSampler(url) as pg:
             elapsed = await bounded(lanes, orders, seconds, buy)
         cpu_server, cpu_client = server.cpu_seconds() - cpu_server, cpu_self() - cpu_client
+        cpu_jobs = server.supervisor_cpu_seconds() - cpu_jobs
 
     out: dict[str, object] = {
         "purchases": done[0],
@@ -188,6 +190,7 @@ async def load(
     out["errors_by_kind"] = dict(errors.most_common(10))
     out["revealed_distinct_cards"] = len(cards)
     out["server_cpu_s"] = round(cpu_server, 1)
+    out["jobs_cpu_s"] = round(cpu_jobs, 1)
     out["client_cpu_s"] = round(cpu_client, 1)
     out["pg_activity"] = pg.summary()
     return out
