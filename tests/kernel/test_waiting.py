@@ -48,10 +48,14 @@ def _let_go(holder: subprocess.Popen[str], after: float) -> None:
     threading.Timer(after, lambda: (holder.stdin.write("\n"), holder.stdin.flush())).start()
 
 
-def _table(shop: Shop) -> None:
+@pytest.fixture
+def table(shop: Shop) -> Iterator[None]:
+    """A scratch table, dropped afterwards (PostgreSQL keeps one database for the session)."""
     with shop.db.write() as s:
-        s.execute(text("CREATE TABLE IF NOT EXISTS t_waits (n INTEGER NOT NULL)"))
-        s.execute(text("DELETE FROM t_waits"))
+        s.execute(text("CREATE TABLE t_waits (n INTEGER NOT NULL)"))
+    yield
+    with shop.db.write() as s:
+        s.execute(text("DROP TABLE t_waits"))
 
 
 def _count(shop: Shop) -> int:
@@ -123,8 +127,7 @@ def test_the_writer_of_another_process_is_waited_for_up_to_the_limit(
     queue.release()
 
 
-def test_after_its_commit_a_call_waits_for_the_database_as_usual(shop: Shop) -> None:
-    _table(shop)
+def test_after_its_commit_a_call_waits_for_the_database_as_usual(shop: Shop, table: None) -> None:
     with waiting.no_waiting():
         assert waiting.lock_wait() == waiting.LOCK_WAIT
         with shop.db.read() as s:
@@ -137,8 +140,7 @@ def test_after_its_commit_a_call_waits_for_the_database_as_usual(shop: Shop) -> 
     assert _count(shop) == 1
 
 
-def test_a_refused_transaction_is_rolled_back(shop: Shop) -> None:
-    _table(shop)
+def test_a_refused_transaction_is_rolled_back(shop: Shop, table: None) -> None:
     with waiting.no_waiting(), pytest.raises(waiting.WouldWait), shop.db.write() as s:
         s.execute(text("INSERT INTO t_waits VALUES (1)"))
         waiting.check_network("a channel")  # as a channel's call inside the transaction would
@@ -161,8 +163,7 @@ def test_the_network_is_refused_before_a_request_leaves() -> None:
         server.close()
 
 
-def test_reaching_for_the_network_after_a_commit_says_so(shop: Shop) -> None:
-    _table(shop)
+def test_reaching_for_the_network_after_a_commit_says_so(shop: Shop, table: None) -> None:
     with waiting.no_waiting():
         with shop.db.write() as s:
             s.execute(text("INSERT INTO t_waits VALUES (1)"))

@@ -22,10 +22,13 @@ ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway":
 
 
 @pytest.fixture
-def table(shop: Shop) -> None:
+def table(shop: Shop) -> Iterator[None]:
+    """A scratch table, dropped afterwards (PostgreSQL keeps one database for the session)."""
     with shop.db.write() as s:
-        s.execute(text("CREATE TABLE IF NOT EXISTS t_running (n INTEGER NOT NULL)"))
-        s.execute(text("DELETE FROM t_running"))
+        s.execute(text("CREATE TABLE t_running (n INTEGER NOT NULL)"))
+    yield
+    with shop.db.write() as s:
+        s.execute(text("DROP TABLE t_running"))
 
 
 def _rows(shop: Shop) -> int:
