@@ -25,6 +25,7 @@ from kami.web.api.licenses import router as licenses_router
 from kami.web.api.public import router as public_router
 from kami.web.api.suppliers import router as suppliers_router
 from kami.web.console import router as console_router
+from kami.web.hotpaths import HotPaths
 from kami.web.ratelimit import RateLimits
 from kami.web.storefront.pages import router as storefront_router
 from kami.worker import runner
@@ -101,6 +102,8 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     )
     problems.install(app)
 
+    # Added first, so it runs inside SecurityHeaders: its answers get the headers too.
+    app.add_middleware(HotPaths)
     app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", tags=["ops"])

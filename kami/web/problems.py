@@ -57,14 +57,19 @@ def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def kami_problem(exc: KamiError) -> JSONResponse:
+    """The answer to a domain error, wherever the request was answered."""
+    if exc.status >= 500:
+        log.error("%s: %s", exc.slug, exc)
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry)} if retry else None
+    return problem(exc.status, exc.slug, exc.title, exc.detail, headers, where=exc.where)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(KamiError)
     async def _kami(_: Request, exc: KamiError) -> JSONResponse:
-        if exc.status >= 500:
-            log.error("%s: %s", exc.slug, exc)
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry else None
-        return problem(exc.status, exc.slug, exc.title, exc.detail, headers, where=exc.where)
+        return kami_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -124,7 +124,7 @@ async def cancel_order(order_no: str, request: Request, shop: ShopDep) -> OrderO
     return order_out(order, [])
 
 
-async def _notify(gateway: str, request: Request) -> Response:
+async def answer_notification(gateway: str, request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_NOTIFY_BODY:
         body = body[:MAX_NOTIFY_BODY]
@@ -155,9 +155,9 @@ async def _notify(gateway: str, request: Request) -> Response:
     },
 )
 async def notify_post(gateway: GatewayName, request: Request) -> Response:
-    return await _notify(gateway, request)
+    return await answer_notification(gateway, request)
 
 
 @router.get("/payments/{gateway}/notify", include_in_schema=False)
 async def notify_get(gateway: GatewayName, request: Request) -> Response:
-    return await _notify(gateway, request)
+    return await answer_notification(gateway, request)
