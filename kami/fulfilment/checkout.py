@@ -54,14 +54,13 @@ def _check_caps(
     if device_id:
         identities.append(f"d:{device_id}")
     orders.lock_buyer(s, sku.id, identities)
-    checks = [("email", data.email, shop.open_orders_per_buyer)]
-    if device_id:
-        checks.append(("device_id", device_id, shop.open_orders_per_buyer))
-    if buyer_ip:
-        checks.append(("buyer_ip", buyer_ip, shop.open_orders_per_ip))
-    for column, value, limit in checks:
-        if orders.count_open(s, sku.id, column, value) >= limit:
-            where = {"email": "email", "device_id": "device", "buyer_ip": "ip"}[column]
+    held = orders.count_open(s, sku.id, email=data.email, device_id=device_id, buyer_ip=buyer_ip)
+    for column, where, limit in (
+        ("email", "email", shop.open_orders_per_buyer),
+        ("device_id", "device", shop.open_orders_per_buyer),
+        ("buyer_ip", "ip", shop.open_orders_per_ip),
+    ):
+        if held[column] >= limit:
             raise TooManyOpenOrders(
                 f"{limit} unpaid orders of {sku.code} are already open for this {where}; "
                 "pay or cancel one first",

@@ -21,16 +21,25 @@ _T = cast(Table, Order.__table__)
 _BY_NO_SELECT = select(_T).where(_T.c.order_no == bindparam("order_no"))
 _BY_NO = Prepared(_BY_NO_SELECT)
 _BY_NO_LOCKED = Prepared(_BY_NO_SELECT.with_for_update())
-_OPEN_BY = {
-    column: Prepared(
-        select(func.count()).where(
-            _T.c.sku_id == bindparam("sku_id"),
-            _T.c[column] == bindparam("value"),
-            _T.c.status == OrderStatus.PENDING.value,
+# A buyer's pending orders of a SKU, counted by e-mail, device and address in one statement
+# (one round trip instead of three): three scalar subqueries, so that each is answered from
+# its own index (sku_id, column, status); one count with an OR read every pending order of
+# the SKU instead (SQLite's plan).
+_WHO = {"email": _T.c.email, "device_id": _T.c.device_id, "buyer_ip": _T.c.buyer_ip}
+_OPEN_COUNTS = Prepared(
+    select(
+        *(
+            select(func.count())
+            .where(
+                _T.c.sku_id == bindparam("sku_id"),
+                column == bindparam(name),
+                _T.c.status == OrderStatus.PENDING.value,
+            )
+            .scalar_subquery()
+            for name, column in _WHO.items()
         )
     )
-    for column in ("email", "buyer_ip", "device_id")
-}
+)
 
 
 def to_view(r: Any) -> OrderView:
@@ -162,10 +171,15 @@ def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool
     return _SKU_EXPIRED_DUE.run(session, {"now": now, "sku_id": sku_id}).first() is not None
 
 
-def count_open(session: Session, sku_id: int, column: str, value: str) -> int:
-    """Pending orders of this SKU with the given email, buyer_ip or device_id."""
-    stmt = _OPEN_BY[column]
-    return int(stmt.run(session, {"sku_id": sku_id, "value": value}).scalar_one())
+def count_open(
+    session: Session, sku_id: int, *, email: str, device_id: str | None, buyer_ip: str | None
+) -> dict[str, int]:
+    """Pending orders of this SKU by the buyer's e-mail, device and address (0 for one not
+    given), keyed "email", "device_id", "buyer_ip"."""
+    row = _OPEN_COUNTS.run(
+        session, {"sku_id": sku_id, "email": email, "device_id": device_id, "buyer_ip": buyer_ip}
+    ).one()
+    return {name: int(n) for name, n in zip(_WHO, row, strict=True)}
 
 
 def quantity_held(
