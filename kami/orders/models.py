@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
+
+PENDING_ONLY = text("status = 'pending'")
 
 
 class Order(Base):
@@ -14,10 +16,17 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_order_status_expires", "status", "expires_at"),
         Index("ix_orders_order_sku_status_paid", "sku_id", "status", "paid_at"),
-        # Status last: the buyer caps count pending orders only (migration 0013).
-        Index("ix_orders_order_sku_email_status", "sku_id", "email", "status"),
-        Index("ix_orders_order_sku_ip_status", "sku_id", "buyer_ip", "status"),
-        Index("ix_orders_order_sku_device_status", "sku_id", "device_id", "status"),
+        Index("ix_orders_order_sku_email", "sku_id", "email"),
+        # Pending orders only: the per-address cap counts those, and many buyers share an
+        # address (migration 0013).
+        Index(
+            "ix_orders_order_sku_ip_pending",
+            "sku_id",
+            "buyer_ip",
+            sqlite_where=PENDING_ONLY,
+            postgresql_where=PENDING_ONLY,
+        ),
+        Index("ix_orders_order_sku_device", "sku_id", "device_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
