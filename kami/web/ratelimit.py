@@ -1,7 +1,7 @@
 """Rate limits on order creation and reveal, per client address (the `limits` library).
 
-In memory by default; with `KAMI_REDIS_URL` the counters live in Redis so that every server
-process shares them. A refused request gets a 429 problem with `Retry-After`.
+In memory by default (`ratelimit_memory`); with `KAMI_REDIS_URL` the counters live in Redis so
+that every server process shares them. A refused request gets a 429 problem with `Retry-After`.
 
 `hit` is for code on a worker thread. `hit_on_loop` is for the event loop: in memory it is the
 same call (no I/O), with Redis it asks through an asyncio client, so the loop never waits on
@@ -18,10 +18,11 @@ import weakref
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage as LoopStorage
 from limits.aio.strategies import MovingWindowRateLimiter as LoopRateLimiter
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from kami.kernel.errors import InvalidInput, KamiError
+from kami.web.ratelimit_memory import InProcessStorage
 
 
 class RateLimited(KamiError):
@@ -39,7 +40,9 @@ class RateLimits:
         self, redis_url: str | None, rules: dict[str, str], namespace: str = "kami"
     ) -> None:
         storage = (
-            storage_from_string(redis_url, key_prefix=namespace) if redis_url else MemoryStorage()
+            storage_from_string(redis_url, key_prefix=namespace)
+            if redis_url
+            else InProcessStorage()
         )
         if not isinstance(storage, Storage):
             raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
