@@ -12,7 +12,7 @@ refused before it has changed anything and runs again, from the start, on a work
 In what order: a payment notification first. A paid buyer waits for their key and the channel
 for its answer, and a channel that times out sends again; a new checkout can wait a moment. So
 `run` takes turns, one call per pass of the event loop, and between two turns the loop reads
-what has arrived: a notification (`run_first`) does not take a turn and runs as soon as it is
+what has arrived: a notification (`run_now`) does not take a turn and runs as soon as it is
 read, ahead of every checkout and reveal already waiting.
 """
 
@@ -42,8 +42,10 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await _run(fn, *args, **kwargs)
 
 
-async def run_first(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """As `run`, without taking a turn: for payment notifications only."""
+async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """As `run`, without taking a turn: for payment notifications, and for the short second
+    step of a request that has had its turn (asking the channel for a new order's payment
+    instruction), which would otherwise queue a second time behind every waiting request."""
     return await _run(fn, *args, **kwargs)
 
 

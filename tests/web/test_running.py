@@ -117,7 +117,7 @@ def test_a_payment_runs_ahead_of_the_calls_waiting_for_their_turn() -> None:
             asyncio.create_task(running.run(ran.append, f"checkout {n}")) for n in range(3)
         ]
         await asyncio.sleep(0)  # the checkouts have asked for their turns
-        payment = asyncio.create_task(running.run_first(ran.append, "payment"))
+        payment = asyncio.create_task(running.run_now(ran.append, "payment"))
         await asyncio.gather(*checkouts, payment)
 
     run_async(scene)

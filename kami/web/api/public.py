@@ -53,7 +53,7 @@ async def create_order(
         buyer_ip=client_ip(request),
         device_id=device_id(request),
     )
-    placed = await running.run(fulfilment.request_payment, shop, opened)
+    placed = await running.run_now(fulfilment.request_payment, shop, opened)
     o = placed.order
     response.headers["Location"] = f"/api/v1/orders/{o.order_no}"
     return CreatedOrderOut(
@@ -137,7 +137,7 @@ async def answer_notification(gateway: str, request: Request) -> Response:
         remote_addr=client_ip(request),
     )
     shop = request.app.state.container.shop
-    outcome = await running.run_first(fulfilment.handle_notification, shop, raw)
+    outcome = await running.run_now(fulfilment.handle_notification, shop, raw)
     ack = outcome.ack
     return Response(
         ack.body,
