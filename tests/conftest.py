@@ -16,7 +16,9 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from email import message_from_bytes
@@ -24,6 +26,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
@@ -170,6 +173,33 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def wait_until_serving(
+    http: httpx.Client, server: subprocess.Popen[bytes], tries: int = 200
+) -> None:
+    """Ask /healthz every 0.1 s until `kami serve` answers; fail if it exits or never does."""
+    for _ in range(tries):
+        if server.poll() is not None:
+            err = server.stderr.read().decode() if server.stderr else ""
+            pytest.fail(f"kami serve exited: {err[-2000:]}")
+        try:
+            if http.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail("kami serve did not start")
+
+
+@pytest.fixture
+def scratch_table(shop: fulfilment.Shop) -> Iterator[str]:
+    """A table `t_scratch (n INTEGER)`, dropped afterwards (PostgreSQL keeps one database for
+    the whole session, and the schema test would see it)."""
+    with shop.db.write() as s:
+        s.execute(text("CREATE TABLE t_scratch (n INTEGER NOT NULL)"))
+    yield "t_scratch"
+    with shop.db.write() as s:
+        s.execute(text("DROP TABLE t_scratch"))
+
+
 T = TypeVar("T")
 
 

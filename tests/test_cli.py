@@ -15,9 +15,15 @@ from typer.testing import CliRunner
 
 from kami.cli.main import app
 from kami.config import Settings
-from tests.conftest import BACKEND, Inbox
+from tests.conftest import BACKEND, Inbox, wait_until_serving
 
 runner = CliRunner()
+DEMO_ORDER = {
+    "sku": "TX-VIP-MONTH",
+    "quantity": 1,
+    "email": "buyer@example.com",
+    "gateway": "sandbox",
+}
 
 
 @pytest.fixture
@@ -122,23 +128,11 @@ def test_serve_sells_a_demo_key(env: dict[str, str], tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=10) as http:
-            for _ in range(100):
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("server did not start")
+            wait_until_serving(http, server)
             assert "腾讯视频" in http.get("/").text
             created = http.post(
                 "/api/v1/orders",
-                json={
-                    "sku": "TX-VIP-MONTH",
-                    "quantity": 1,
-                    "email": "buyer@example.com",
-                    "gateway": "sandbox",
-                },
+                json=DEMO_ORDER,
             )
             assert created.status_code == 201, created.text
             order = created.json()
@@ -191,14 +185,7 @@ def test_serve_with_several_processes_runs_the_jobs_in_the_supervisor(
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            for _ in range(200):
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("server did not start")
+            wait_until_serving(http, server)
             children = [
                 int(p)
                 for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
@@ -210,12 +197,7 @@ def test_serve_with_several_processes_runs_the_jobs_in_the_supervisor(
             assert {_environ(c)["KAMI_INPROCESS_WORKER"] for c in requests} == {"false"}
             created = http.post(
                 "/api/v1/orders",
-                json={
-                    "sku": "TX-VIP-MONTH",
-                    "quantity": 1,
-                    "email": "buyer@example.com",
-                    "gateway": "sandbox",
-                },
+                json=DEMO_ORDER,
             ).json()
             assert http.post(f"/pay/sandbox/{created['order_no']}").json()["verdict"] == "accepted"
             for _ in range(200):

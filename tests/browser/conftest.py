@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from kami import fulfilment
 from kami.config import Settings
 from tests.browser.seed import Seeded, seed, seed_plain
+from tests.conftest import wait_until_serving
 
 CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}
@@ -72,17 +72,7 @@ def _serve(settings: Settings, seeded: Seeded | None, tmp_path: Path) -> Iterato
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=5) as http:
-            for _ in range(200):
-                if proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"kami serve exited: {err[-2000:]}")
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("kami serve did not start")
+            wait_until_serving(http, proc)
         yield Server(base, seeded)
     finally:
         proc.terminate()

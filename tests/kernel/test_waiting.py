@@ -48,19 +48,9 @@ def _let_go(holder: subprocess.Popen[str], after: float) -> None:
     threading.Timer(after, lambda: (holder.stdin.write("\n"), holder.stdin.flush())).start()
 
 
-@pytest.fixture
-def table(shop: Shop) -> Iterator[None]:
-    """A scratch table, dropped afterwards (PostgreSQL keeps one database for the session)."""
-    with shop.db.write() as s:
-        s.execute(text("CREATE TABLE t_waits (n INTEGER NOT NULL)"))
-    yield
-    with shop.db.write() as s:
-        s.execute(text("DROP TABLE t_waits"))
-
-
 def _count(shop: Shop) -> int:
     with shop.db.read() as s:
-        return int(s.execute(text("SELECT count(*) FROM t_waits")).scalar_one())
+        return int(s.execute(text("SELECT count(*) FROM t_scratch")).scalar_one())
 
 
 def test_fair_slots_wait_at_most_their_timeout_and_leave_the_queue() -> None:
@@ -127,22 +117,24 @@ def test_the_writer_of_another_process_is_waited_for_up_to_the_limit(
     queue.release()
 
 
-def test_after_its_commit_a_call_waits_for_the_database_as_usual(shop: Shop, table: None) -> None:
+def test_after_its_commit_a_call_waits_for_the_database_as_usual(
+    shop: Shop, scratch_table: str
+) -> None:
     with waiting.no_waiting():
         assert waiting.lock_wait() == waiting.LOCK_WAIT
         with shop.db.read() as s:
             s.execute(text("SELECT 1"))
         assert waiting.lock_wait() == waiting.LOCK_WAIT  # a read commits nothing
         with shop.db.write() as s:
-            s.execute(text("INSERT INTO t_waits VALUES (1)"))
+            s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         assert waiting.lock_wait() is None
     assert waiting.lock_wait() is None
     assert _count(shop) == 1
 
 
-def test_a_refused_transaction_is_rolled_back(shop: Shop, table: None) -> None:
+def test_a_refused_transaction_is_rolled_back(shop: Shop, scratch_table: str) -> None:
     with waiting.no_waiting(), pytest.raises(waiting.WouldWait), shop.db.write() as s:
-        s.execute(text("INSERT INTO t_waits VALUES (1)"))
+        s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         waiting.check_network("a channel")  # as a channel's call inside the transaction would
     assert _count(shop) == 0
 
@@ -163,10 +155,10 @@ def test_the_network_is_refused_before_a_request_leaves() -> None:
         server.close()
 
 
-def test_reaching_for_the_network_after_a_commit_says_so(shop: Shop, table: None) -> None:
+def test_reaching_for_the_network_after_a_commit_says_so(shop: Shop, scratch_table: str) -> None:
     with waiting.no_waiting():
         with shop.db.write() as s:
-            s.execute(text("INSERT INTO t_waits VALUES (1)"))
+            s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         with pytest.raises(waiting.WouldWait) as refused:
             waiting.check_network("a channel")
     assert refused.value.after_commit

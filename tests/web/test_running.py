@@ -21,23 +21,13 @@ from tests.conftest import BACKEND, add_keys, make_sku, run_async, sandbox_body,
 ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway": "sandbox"}
 
 
-@pytest.fixture
-def table(shop: Shop) -> Iterator[None]:
-    """A scratch table, dropped afterwards (PostgreSQL keeps one database for the session)."""
-    with shop.db.write() as s:
-        s.execute(text("CREATE TABLE t_running (n INTEGER NOT NULL)"))
-    yield
-    with shop.db.write() as s:
-        s.execute(text("DROP TABLE t_running"))
-
-
 def _rows(shop: Shop) -> int:
     with shop.db.read() as s:
-        return int(s.execute(text("SELECT count(*) FROM t_running")).scalar_one())
+        return int(s.execute(text("SELECT count(*) FROM t_scratch")).scalar_one())
 
 
 @pytest.fixture
-def slots_taken(shop: Shop, table: None) -> Iterator[threading.Event]:
+def slots_taken(shop: Shop, scratch_table: str) -> Iterator[threading.Event]:
     """Every admission slot of the process held by other threads' reads, until the event."""
     leave = threading.Event()
     entered = threading.Barrier(shop.db._admission.limit + 1)
@@ -57,11 +47,11 @@ def slots_taken(shop: Shop, table: None) -> Iterator[threading.Event]:
         h.join(10)
 
 
-def test_a_call_runs_on_the_event_loop_when_nothing_waits(shop: Shop, table: None) -> None:
+def test_a_call_runs_on_the_event_loop_when_nothing_waits(shop: Shop, scratch_table: str) -> None:
 
     def insert() -> int:
         with shop.db.write() as s:
-            s.execute(text("INSERT INTO t_running VALUES (1)"))
+            s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         return threading.get_ident()
 
     async def scene() -> tuple[int, int]:
@@ -82,7 +72,7 @@ def test_a_refused_call_runs_again_on_a_worker_thread_and_changes_things_once(
         with shop.db.read() as s:  # refused here on the loop: every slot is taken
             s.execute(text("SELECT 1"))
         with shop.db.write() as s:
-            s.execute(text("INSERT INTO t_running VALUES (1)"))
+            s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         return threading.get_ident()
 
     async def scene() -> tuple[int, int]:
@@ -96,12 +86,12 @@ def test_a_refused_call_runs_again_on_a_worker_thread_and_changes_things_once(
 
 
 def test_a_call_that_reaches_for_the_network_after_its_commit_is_not_run_again(
-    shop: Shop, table: None
+    shop: Shop, scratch_table: str
 ) -> None:
 
     def insert_then_call() -> None:
         with shop.db.write() as s:
-            s.execute(text("INSERT INTO t_running VALUES (1)"))
+            s.execute(text("INSERT INTO t_scratch VALUES (1)"))
         opener().open("http://127.0.0.1:9/", timeout=1)
 
     with pytest.raises(RuntimeError, match="after it committed"):
