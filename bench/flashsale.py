@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="server processes")
     p.add_argument("--seconds", type=float, default=600.0, help="buyer phase at most this long")
     p.add_argument("--distinct-ips", action="store_true", help="an X-Forwarded-For per buyer")
-    p.add_argument("--no-worker", action="store_true", help="serve without the in-process worker")
+    p.add_argument("--no-worker", action="store_true", help="serve without job threads")
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator lanes")
     p.add_argument(
         "--nodelay-fix",

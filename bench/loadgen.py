@@ -2,7 +2,7 @@
 
 The server is the real one, `python -m kami.cli.main serve --workers N`, started as a subprocess
 in its own session on a free 127.0.0.1 port, with the production settings a shop would run
-(in-process job worker on, access log off) plus what a single-address load generator needs:
+(job threads on, access log off) plus what a single-address load generator needs:
 rate limits and the per-IP open-order cap raised so that it is never throttled, and the sandbox
 channel enabled with a known secret. It is always stopped (SIGTERM, then SIGKILL of its own
 process group) when the `with` block ends.

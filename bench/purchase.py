@@ -5,7 +5,7 @@
 
 A scratch database gets one SKU with `--orders` real keys, imported (encrypted) through
 `fulfilment.import_and_serve`. The real server (`python -m kami.cli.main serve --workers N`,
-in-process job worker on, see bench/loadgen.py) is started on a free 127.0.0.1 port. The load
+job threads on, see bench/loadgen.py) is started on a free 127.0.0.1 port. The load
 generator (bench/loadgen.py: one asyncio loop, `--concurrency` keep-alive connections, each
 running one request at a time; a minimal HTTP/1.1 client by default, `--client httpx` for an
 httpx.AsyncClient per connection) then, in the same run against the same server:
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--orders", type=int, default=5000, help="purchases to make at most (= keys)")
     p.add_argument("--seconds", type=float, default=60.0, help="purchase phase at most this long")
     p.add_argument("--hello-seconds", type=float, default=10.0, help="GET /healthz phase")
-    p.add_argument("--no-worker", action="store_true", help="serve without the in-process worker")
+    p.add_argument("--no-worker", action="store_true", help="serve without job threads")
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator lanes")
     p.add_argument("--distinct-ips", action="store_true", help="an X-Forwarded-For per buyer")
     p.add_argument(
