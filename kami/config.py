@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAMI_", env_nested_delimiter="__", extra="ignore")
 
     database_url: str = "sqlite:///var/kami.db"
-    # Transactions one server process runs at once (kami.kernel.db.Admission); the others wait
-    # without holding a connection. More only helps when the database is far away.
+    # Transactions one server process runs at once (kami.kernel.admission.Admission); the others
+    # wait without holding a connection. More only helps when the database is far away.
     db_concurrency: int = Field(default=4, ge=1, le=256)
     host: str = "127.0.0.1"
     port: int = 8000

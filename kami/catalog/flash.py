@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Prepared
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import MAX_MINOR
+from kami.kernel.prepared import Prepared
 
 
 class FlashSaleIn(BaseModel):

@@ -20,8 +20,8 @@ from kami.catalog.schemas import (
     PublicSku,
     SkuView,
 )
-from kami.kernel.db import Prepared
 from kami.kernel.errors import NotFound
+from kami.kernel.prepared import Prepared
 
 
 def category_view(session: Session, cat: Category) -> CategoryView:

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
-from kami.kernel.db import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared, PreparedInsert
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ from sqlalchemy import JSON, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Base, Database, PreparedInsert, UtcDateTime
+from kami.kernel.db import Base, Database, UtcDateTime
+from kami.kernel.prepared import PreparedInsert
 
 log = logging.getLogger("kami.outbox")
 

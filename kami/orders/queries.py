@@ -9,8 +9,8 @@ from typing import Any, cast
 from sqlalchemy import BigInteger, Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from kami.kernel.db import Prepared
 from kami.kernel.errors import NotFound
+from kami.kernel.prepared import Prepared
 from kami.orders.models import PENDING_ONLY, Order
 from kami.orders.schemas import OrderView
 from kami.orders.states import HOLDING, OrderStatus

@@ -14,9 +14,9 @@ from sqlalchemy import Table, bindparam, false, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kami.kernel.db import Prepared, PreparedInsert
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
+from kami.kernel.prepared import Prepared, PreparedInsert
 from kami.orders.models import Order
 from kami.orders.queries import to_view
 from kami.orders.schemas import OrderIn, OrderView

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared, PreparedInsert
 from kami.payments.gateways.base import PaymentNotice, RawNotification, RefundNotice
 from kami.payments.models import Inbox, Notification
 

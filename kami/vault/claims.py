@@ -31,7 +31,7 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, Update, bindparam, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from kami.kernel.db import Prepared
+from kami.kernel.prepared import Prepared
 from kami.vault.models import Key
 from kami.vault.states import KeyStatus
 

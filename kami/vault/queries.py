@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Prepared
+from kami.kernel.prepared import Prepared
 from kami.vault.cipher import Secret, VaultCipher
 from kami.vault.imports import FINGERPRINT_SECRET
 from kami.vault.models import Batch, DataKey, Key

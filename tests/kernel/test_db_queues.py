@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from kami import bootstrap
 from kami.fulfilment import Shop
-from kami.kernel.db import WAL_AUTOCHECKPOINT_PAGES, Admission, FairSlots
+from kami.kernel.admission import Admission, FairSlots
+from kami.kernel.db import WAL_AUTOCHECKPOINT_PAGES
 from kami.kernel.errors import InvalidInput
 from kami.worker import runner
 from tests.conftest import BACKEND

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Prepared
 from kami.kernel.outbox import OutboxJob, enqueue
+from kami.kernel.prepared import Prepared
 from tests.conftest import BACKEND
 
 _J = OutboxJob.__table__

@@ -1,4 +1,4 @@
-"""`kernel.db.Prepared`: Core statements compiled once and run on the transaction's own DB-API
+"""`kernel.prepared.Prepared`: Core statements compiled once and run on the transaction's own DB-API
 connection must give what SQLAlchemy's own execution gives, on both databases."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Prepared, PreparedInsert
 from kami.kernel.outbox import OutboxJob, enqueue
+from kami.kernel.prepared import Prepared, PreparedInsert
 from kami.orders.queries import _BY_NO, _BY_NO_SELECT, find_order
 from kami.payments.models import Inbox
 from tests.conftest import add_keys, make_sku, place, random_keys

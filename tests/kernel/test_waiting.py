@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from kami.fulfilment import Shop
 from kami.kernel import waiting
-from kami.kernel.db import Admission, FairSlots, WriterQueue
+from kami.kernel.admission import Admission, FairSlots, WriterQueue
 from kami.payments.gateways.transport import opener
 from tests.conftest import BACKEND
 

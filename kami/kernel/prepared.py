@@ -1,0 +1,310 @@
+"""Statements written once as Core, compiled once per dialect, run on the transaction's own
+DB-API connection (decision 0009)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Dialect, bindparam, insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+
+class Rows:
+    """The answer of a `Prepared` statement: its rows, fetched, and the driver's row count."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise LookupError(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise LookupError(f"expected at most one row, got {len(self._rows)}")
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalars(self) -> list[Any]:
+        return [r[0] for r in self._rows]
+
+
+class _Plan:
+    """One statement compiled for one dialect: its SQL, how to lay out and convert parameters,
+    and how to convert result columns, all taken from SQLAlchemy's own type processors."""
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled: Any = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.writes = bool(compiled.isinsert or compiled.isupdate or compiled.isdelete)
+        names: dict[str, str] = {}  # bind name in the SQL -> key the caller passes
+        self.fixed: dict[str, Any] = {}  # values written into the statement itself
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in compiled.bind_names.items():
+            if bind.expanding:
+                raise TypeError(
+                    f"{name}: an expanding IN cannot be prepared once; compare with = or OR"
+                )
+            if bind.callable is not None:
+                raise TypeError(f"{name}: a bind computed per call cannot be prepared once")
+            if bind.required:
+                names[name] = bind.key
+            else:
+                self.fixed[name] = bind.value
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                processors[name] = processor
+        self.keys = frozenset(names.values())
+        self.names = names
+        order = compiled.positiontup
+        self.order: list[str] | None = list(order) if compiled.positional else None
+        self.processors = processors
+        for name, value in self.fixed.items():  # converted once
+            if name in processors:
+                self.fixed[name] = processors.pop(name)(value)
+        self.lay_out = _layout(self.order, names, processors, self.fixed)
+        columns = compiled._result_columns  # (key, name, objects, type), SQLAlchemy 2.x
+        self.row: Any = namedtuple("Row", [c[0] for c in columns], rename=True) if columns else None
+        self.converters = [
+            (i, p)
+            for i, c in enumerate(columns)
+            if (p := c[3].dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ]
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        if values.keys() != self.keys:
+            missing, extra = self.keys - values.keys(), values.keys() - self.keys
+            raise TypeError(f"statement parameters differ: {missing=} {extra=}")
+        return self.lay_out(values)
+
+    def rows(self, raw: list[Any]) -> list[Any]:
+        if self.converters:
+            out = []
+            for r in raw:
+                values = list(r)
+                for i, convert in self.converters:
+                    values[i] = convert(values[i])
+                out.append(self.row._make(values))
+            return out
+        make = self.row._make
+        return [make(r) for r in raw]
+
+
+def _layout(
+    order: list[str] | None,
+    names: Mapping[str, str],
+    processors: Mapping[str, Callable[[Any], Any]],
+    fixed: Mapping[str, Any],
+) -> Callable[[Mapping[str, Any]], Any]:
+    """A function from the caller's values to the driver's parameters, written out once per
+    statement: a tuple in SQL order (SQLite) or a dict by name (PostgreSQL), each value through
+    its converter, fixed values in place. Written as one expression because a generic loop over
+    the parameters was, per statement, a third of `Prepared.run`'s own time. The source holds
+    only `repr`s of the statement's own bind names and indexes into `constants`."""
+    constants: list[Any] = []
+
+    def const(value: Any) -> str:
+        constants.append(value)
+        return f"c[{len(constants) - 1}]"
+
+    def value_of(name: str) -> str:
+        if name not in names:
+            return const(fixed[name])
+        given = f"v[{names[name]!r}]"
+        return f"{const(processors[name])}({given})" if name in processors else given
+
+    if order is not None:
+        body = "(" + "".join(f"{value_of(n)}, " for n in order) + ")"
+    else:
+        body = "{" + "".join(f"{n!r}: {value_of(n)}, " for n in (*names, *fixed)) + "}"
+    made: Callable[[Mapping[str, Any]], Any] = eval(f"lambda v, c=c: {body}", {"c": constants})  # noqa: S307
+    return made
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run on the transaction's own DB-API
+    connection.
+
+    Through SQLAlchemy's execution path every statement paid for its cache key, an execution
+    context, events and a result object: on the purchase path that was about half the domain's
+    CPU (measured, docs/benchmarks.md). The statement is still written once, as Core; its SQL,
+    parameter order and type conversions (UTC datetimes, enums, JSON) are SQLAlchemy's own, so
+    the two databases still see the same values. It runs inside the session's transaction, and a
+    driver error arrives as SQLAlchemy's exception (IntegrityError, OperationalError …) with its
+    parameters hidden. A write through a `Database.read()` session is refused.
+
+    Not for statements whose IN lists vary per call (compare with = or OR instead).
+    """
+
+    def __init__(self, statement: Any) -> None:
+        """`statement`: one Core statement, or one per dialect name ("sqlite", "postgresql")
+        where their spellings differ."""
+        self._statements: dict[str, Any] = (
+            dict(statement) if isinstance(statement, dict) else dict.fromkeys(_DIALECTS, statement)
+        )
+        # Compiled now against default dialects, so a statement that cannot be prepared fails
+        # at import; compiled again on first use against the live engine's dialect.
+        self.keys = frozenset().union(
+            *(_Plan(self._statements[n], d).keys for n, d in _DIALECTS.items())
+        )
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, dialect: Dialect) -> _Plan:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
+            plan = self._plans[dialect.name] = _Plan(self._statements[dialect.name], dialect)
+        return plan
+
+    def run(self, session: Session, values: Mapping[str, Any] | None = None) -> Rows:
+        driver, dialect, read_only = _driver(session)
+        plan = self._plan(dialect)
+        if plan.writes and read_only:
+            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
+        params = plan.parameters(values or {})
+        try:
+            cursor = driver.execute(plan.sql, params)
+            raw = cursor.fetchall() if plan.row is not None else []
+            count = cursor.rowcount
+        except dialect.loaded_dbapi.Error as exc:
+            raise wrapped(session, dialect, plan.sql, exc) from exc
+        return Rows(plan.rows(raw) if raw else raw, count)
+
+    def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One executemany for all `rows` (nothing returned)."""
+        if not rows:
+            return
+        driver, dialect, read_only = _driver(session)
+        plan = self._plan(dialect)
+        if plan.writes and read_only:
+            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
+        params = [plan.parameters(r) for r in rows]
+        try:
+            cursor = driver.cursor()
+            cursor.executemany(plan.sql, params)
+        except dialect.loaded_dbapi.Error as exc:
+            raise wrapped(session, dialect, plan.sql, exc) from exc
+
+
+def _dialects() -> dict[str, Dialect]:
+    from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+    from sqlalchemy.dialects.sqlite.pysqlite import dialect as pysqlite_dialect
+
+    return {"sqlite": pysqlite_dialect(), "postgresql": psycopg_dialect()}  # type: ignore[no-untyped-call]
+
+
+_DIALECTS = _dialects()
+
+
+def _driver(session: Session) -> tuple[Any, Dialect, bool]:
+    """The session's DB-API connection for its current transaction (begun if need be), its
+    dialect, and whether the session is a read; remembered per transaction."""
+    info = session.info
+    kept = info.get("kami_kept")
+    if kept is not None:
+        driver = kept[0]
+        if kept[1].name == "sqlite" and not driver.in_transaction:
+            # The block committed or rolled back part-way through: begin again, as the
+            # Session itself would.
+            driver.execute("BEGIN" if kept[2] else "BEGIN IMMEDIATE")
+        return kept  # type: ignore[no-any-return]
+    known = info.get("kami_driver")
+    if known is not None and known[0] is session.get_transaction():
+        found: tuple[Any, Dialect, bool] = known[1]
+        return found
+    conn = session.connection()
+    options = conn.get_execution_options()
+    found = (conn.connection.driver_connection, conn.dialect, bool(options.get("kami_read")))
+    info["kami_driver"] = (session.get_transaction(), found)
+    return found
+
+
+def wrapped(session: Session | None, dialect: Dialect, sql: str, exc: Any) -> BaseException:
+    invalidated = False
+    if (
+        session is not None
+        and "kami_kept" not in session.info
+        and dialect.is_disconnect(exc, None, None)
+    ):
+        session.connection().invalidate(exc)  # a kept connection is discarded by its owner
+        invalidated = True
+    wrapped: BaseException = DBAPIError.instance(
+        sql,
+        None,
+        exc,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=invalidated,
+        dialect=dialect,
+    )
+    return wrapped
+
+
+class PreparedInsert:
+    """An INSERT built once, run as a `Prepared` statement with each call's values.
+
+    Every column named must be given a value.
+    """
+
+    def __init__(
+        self,
+        table: Any,
+        columns: Sequence[str],
+        returning: Any = None,
+        *,
+        skip_conflicts_on: Sequence[str] = (),
+    ) -> None:
+        """`skip_conflicts_on`: the unique columns on which a conflicting row is skipped
+        (`ON CONFLICT … DO NOTHING`, which SQLite and PostgreSQL spell alike)."""
+        values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns}
+        statements: dict[str, Any] = {}
+        for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert)):
+            stmt: Any = insert(table).values(values)
+            if skip_conflicts_on:
+                stmt = (
+                    dialect_insert(table)
+                    .values(values)
+                    .on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
+                )
+            statements[name] = stmt.returning(returning) if returning is not None else stmt
+        self._prepared = Prepared(statements)
+        self.columns = frozenset(columns)
+
+    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        if values.keys() != self.columns:
+            missing, extra = self.columns - values.keys(), values.keys() - self.columns
+            raise TypeError(f"insert values differ from its columns: {missing=} {extra=}")
+        return {f"p_{k}": v for k, v in values.items()}
+
+    def run(self, session: Session, **values: Any) -> Rows:
+        return self._prepared.run(session, self.params(values))
+
+    def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One executemany for all `rows` (nothing returned)."""
+        self._prepared.run_many(session, [self.params(r) for r in rows])
