@@ -43,33 +43,35 @@ class WouldWait(BaseException):
         self.after_commit = after_commit
 
 
+LOCK_WAIT = 0.005  # seconds
+
+
 class _State(threading.local):
     refusing = False
     committed = False
+    lock_wait = LOCK_WAIT
 
 
 _state = _State()
 
 
 @contextmanager
-def no_waiting() -> Iterator[None]:
-    """Within the block, this thread refuses to wait (see the module's docstring)."""
+def no_waiting(lock_wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Within the block, this thread refuses to wait (see the module's docstring), or to wait
+    longer than `lock_wait` for a database lock."""
     if _state.refusing:
         raise RuntimeError("no_waiting() is already in force on this thread")
-    _state.refusing, _state.committed = True, False
+    _state.refusing, _state.committed, _state.lock_wait = True, False, lock_wait
     try:
         yield
     finally:
         _state.refusing = _state.committed = False
 
 
-LOCK_WAIT = 0.005  # seconds
-
-
 def lock_wait() -> float | None:
-    """How long this thread may wait for a database lock: LOCK_WAIT under `no_waiting()` before
-    a commit, else as long as it takes (None)."""
-    return LOCK_WAIT if _state.refusing and not _state.committed else None
+    """How long this thread may wait for a database lock: what `no_waiting()` said (LOCK_WAIT
+    unless told otherwise) before a commit, else as long as it takes (None)."""
+    return _state.lock_wait if _state.refusing and not _state.committed else None
 
 
 def committed() -> None:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from kami.fulfilment import Shop
+from kami.kernel import waiting
 from kami.payments.gateways.transport import opener
 from kami.web import running
 from tests.conftest import BACKEND, add_keys, make_sku, run_async, sandbox_body, sign
@@ -163,3 +164,15 @@ def test_a_purchase_goes_through_while_another_process_holds_the_writer(
         headers={"Authorization": f"Bearer {order['access_token']}"},
     )
     assert [i["card"] for i in revealed.json()["items"]] == ["K-1"]
+
+
+def test_payments_wait_longer_for_a_lock_before_they_are_refused() -> None:
+    """A payment refused to a worker thread waits there for the interpreter: it may wait longer
+    on the loop first. Asked inside the call, as the database asks."""
+
+    async def scene() -> tuple[float | None, float | None]:
+        return await running.run(waiting.lock_wait), await running.run_now(waiting.lock_wait)
+
+    assert run_async(scene) == (waiting.LOCK_WAIT, running.PAYMENT_LOCK_WAIT)
+    assert running.PAYMENT_LOCK_WAIT > waiting.LOCK_WAIT
+    assert waiting.lock_wait() is None  # outside, as long as it takes
