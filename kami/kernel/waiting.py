@@ -7,9 +7,10 @@ worker thread avoids that, but costs more than many of the requests themselves (
 purchase benchmark: half of a purchase's server CPU, decision 0010). So the loop runs such a
 call itself under `no_waiting()`, and the places where a thread can wait ask first:
 
-- admission to the database and SQLite's one writer (`kernel.admission`) wait at most `LOCK_WAIT`
-  (`lock_wait()`): long enough for another process's write transaction, which lasts a fraction
-  of a millisecond, too short to matter if something holds the writer for long (an import);
+- admission to the database and SQLite's one writer (`kernel.admission`) wait at most what
+  `no_waiting()` was given (`lock_wait()`; `LOCK_WAIT`, 5 ms, unless told otherwise): long
+  enough for another process's write transaction, which lasts a fraction of a millisecond, too
+  short to matter if something holds the writer for long (an import);
 - a payment channel's network call (`payments` transport) is never waited for.
 
 Past that, they raise `WouldWait`, and the caller runs the call again from the start on a worker
