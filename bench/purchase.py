@@ -31,8 +31,9 @@ exceptions of every step (hello included); `errors_by_kind` says which. `deliver
 `distinct_keys` come from the database after the run (orders delivered; distinct key ids in
 delivery_item), `peak_rss_mb` is the highest VmHWM of the uvicorn worker processes.
 `server_cpu_s` / `client_cpu_s` are the CPU seconds the server processes / this load generator
-used during the purchase phase (on a small machine they share the cores); `hello_*_cpu_s` the
-same for the hello phase. On PostgreSQL, `pg_activity` is the mean number of the server's
+used during the purchase phase (on a small machine they share the cores), `jobs_cpu_s` the
+supervising process's share of `server_cpu_s` (it runs the jobs with several request
+processes); `hello_*_cpu_s` the same for the hello phase. On PostgreSQL, `pg_activity` is the mean number of the server's
 connections per state and wait event, sampled from pg_stat_activity during the purchase phase.
 
 `--nodelay-fix` starts the server through a wrapper that sets TCP_NODELAY on uvicorn's

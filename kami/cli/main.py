@@ -94,10 +94,12 @@ def serve(
         # connections of worker processes: each request after the first on a kept-alive
         # connection waited ~43 ms for the peer's delayed ACK (measured by the purchase bench).
         sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-    run_jobs = s.inprocess_worker
+    if not s.inprocess_worker:  # --no-worker: jobs run in `kami worker` processes
+        Multiprocess(config, sockets=[sock]).run()
+        return
     os.environ["KAMI_INPROCESS_WORKER"] = "false"  # the request processes (spawned) run none
     with clear_errors(), container() as c:
-        stops = [runner.start_thread(c)[1] for _ in range(workers)] if run_jobs else []
+        stops = [runner.start_thread(c)[1] for _ in range(workers)]
         try:
             Multiprocess(config, sockets=[sock]).run()
         finally:

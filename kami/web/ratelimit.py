@@ -72,18 +72,16 @@ class RateLimits:
         if self._redis is None:
             self.hit(name, key)  # in memory: nothing to wait for
             return
-        limiter = self._loop_limiter()
+        limiter = self._loop_limiter(*self._redis)
         rule = self._rules[name]
         if await limiter.hit(rule, name, key):
             return
         raise _refused(name, (await limiter.get_window_stats(rule, name, key)).reset_time)
 
-    def _loop_limiter(self) -> LoopRateLimiter:
+    def _loop_limiter(self, url: str, namespace: str) -> LoopRateLimiter:
         loop = asyncio.get_running_loop()
         limiter = self._loop_limiters.get(loop)
         if limiter is None:
-            assert self._redis is not None
-            url, namespace = self._redis
             storage = storage_from_string(
                 f"async+{url}", key_prefix=namespace, implementation="redispy"
             )
