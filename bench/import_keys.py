@@ -163,7 +163,12 @@ def baseline(url: str, n: int) -> CpuClock:
         UniqueConstraint("sku_id", "fingerprint", name="uq_bench_plain_key_fp"),
         Index("ix_bench_plain_key_claim", "sku_id", "status", "expires_at", "id"),
         Index("ix_bench_plain_key_batch", "batch_id"),
-        Index("ix_bench_plain_key_order", "order_id"),
+        Index(
+            "ix_bench_plain_key_order",
+            "order_id",
+            sqlite_where=text("order_id IS NOT NULL"),
+            postgresql_where=text("order_id IS NOT NULL"),
+        ),
     )
     engine = create_engine(normalise_url(url))
     sqlite = engine.dialect.name == "sqlite"

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
@@ -24,6 +33,8 @@ class DataKey(Base):
 
 class Batch(Base):
     __tablename__ = "vault_batch"
+    # What a key's one foreign key refers to (see Key).
+    __table_args__ = (UniqueConstraint("id", "sku_id", "data_key_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
@@ -49,12 +60,27 @@ class Key(Base):
         UniqueConstraint("sku_id", "fingerprint"),
         # The claim walks this index: available keys of a SKU, earliest expiry first.
         Index("ix_vault_key_claim", "sku_id", "status", "expires_at", "id"),
+        # A key belongs to its batch's SKU and is sealed with its batch's data key, and the
+        # batch's own foreign keys hold the SKU and the data key: one check per row where three
+        # separate ones (SKU, batch, data key) cost a million-key import on PostgreSQL a third
+        # of its server time, and let a key disagree with its batch.
+        ForeignKeyConstraint(
+            ["batch_id", "sku_id", "data_key_id"],
+            ["vault_batch.id", "vault_batch.sku_id", "vault_batch.data_key_id"],
+        ),
+        # Only sold or reserved keys have an order; an import adds nothing to this index.
+        Index(
+            "ix_vault_key_order_id",
+            "order_id",
+            sqlite_where=text("order_id IS NOT NULL"),
+            postgresql_where=text("order_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"))
-    batch_id: Mapped[int] = mapped_column(ForeignKey("vault_batch.id"), index=True)
-    data_key_id: Mapped[int] = mapped_column(ForeignKey("vault_data_key.id"))
+    sku_id: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[int] = mapped_column(Integer, index=True)
+    data_key_id: Mapped[int] = mapped_column(Integer)
     fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     masked: Mapped[str] = mapped_column(String(600))
@@ -62,6 +88,6 @@ class Key(Base):
     # Keys without an expiry carry NO_EXPIRY so that "earliest expiry first" sorts the same on
     # SQLite (NULLs first) and PostgreSQL (NULLs last) and the claim stays one index range.
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    order_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    order_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sold_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -8,6 +8,7 @@ line must not stop an import, and the report lists every one by number.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +41,7 @@ class BadLine:
 
 Row = GoodLine | BadLine
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a C0 control character or DEL
 _HEADERS = {"card", "key", "code", "cdkey", "卡号", "卡密", "card_no", "serial"}
 
 
@@ -48,7 +50,7 @@ def _check(value: str, what: str) -> str | None:
         return f"empty {what}"
     if len(value) > MAX_LEN:
         return f"{what} longer than {MAX_LEN} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _CONTROL.search(value):
         return f"{what} contains a control character"
     return None
 
