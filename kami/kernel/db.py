@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session
@@ -24,7 +24,7 @@ from kami.kernel import waiting
 from kami.kernel.admission import Admission, writer_queue
 from kami.kernel.clock import as_utc
 from kami.kernel.errors import InvalidInput
-from kami.kernel.prepared import wrapped
+from kami.kernel.prepared import lock_refusal, wrapped
 from kami.kernel.waiting import WouldWait
 
 NAMING = {
@@ -91,13 +91,21 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # -20 % on the claim path). Sessions here always end their transaction before the
         # connection goes back (Database.write/read), and a connection broken by a server
         # restart fails one request, after which the pool is invalidated and reconnects.
-        return create_engine(
+        engine = create_engine(
             url,
             pool_size=pool_size,
             max_overflow=pool_size * 2,
             pool_recycle=1800,
             pool_reset_on_return=None,
         )
+
+        @event.listens_for(engine, "handle_error")
+        def _on_error(context: Any) -> BaseException | None:
+            # A lock wait cut short for a call that must not wait, met by a statement that ran
+            # through SQLAlchemy (`Prepared` statements: `prepared.wrapped`).
+            return lock_refusal(context.original_exception)
+
+        return engine
     raise InvalidInput(
         f"unsupported database {parsed.get_backend_name()!r}; use sqlite:/// or postgresql://",
         where="KAMI_DATABASE_URL",
@@ -148,12 +156,15 @@ class _Kept:
     slot touches a `_Kept`, so it needs no lock.
     """
 
-    __slots__ = ("_conn", "_engine", "_write")
+    __slots__ = ("_conn", "_engine", "_lock_timeout", "_write")
 
     def __init__(self, engine: Engine, write: bool) -> None:
         self._engine = engine
         self._write = write
         self._conn: Any = None
+        # PostgreSQL: the connection's lock_timeout in milliseconds as last set, None if not
+        # known (a rollback undoes a SET made in its transaction). See _limit_lock_waits.
+        self._lock_timeout: int | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -170,8 +181,11 @@ class _Kept:
                 raise wrapped(None, dialect, "BEGIN", exc) from exc
         # PostgreSQL: a write connection begins by itself on its first statement; a read
         # connection runs in autocommit (see Database).
+        elif self._write:
+            self._limit_lock_waits(driver, dialect)
         session = _KeptSession(bind=conn, expire_on_commit=False)
         session.info["kami_kept"] = (driver, dialect, not self._write)
+        session.info["kami_keeper"] = self
         failure: BaseException | None = None
         try:
             yield session
@@ -190,8 +204,35 @@ class _Kept:
             if discard:
                 self._discard(cast(BaseException, failure))
 
+    def _limit_lock_waits(self, driver: Any, dialect: Dialect) -> None:
+        """PostgreSQL: a call that must not wait (`waiting.no_waiting()`) waits for a row lock at
+        most `waiting.row_lock_wait()`, then its statement fails and `prepared.wrapped` (or the
+        engine's error hook) turns the failure into WouldWait; any other call waits as long as
+        it takes.
+
+        Without a limit, a checkout or a payment notification run on the event loop that met
+        an order row locked by a slow transaction elsewhere stopped the whole process's loop, and
+        every request of that process with it, until the lock was let go. The setting is the
+        connection's own (SET, not SET LOCAL) and is sent only when it changes: the hot calls all
+        run on the loop with the same limit, so they pay no round trip for it."""
+        wait = waiting.row_lock_wait()
+        wanted = 0 if wait is None else max(1, round(wait * 1000))
+        if self._lock_timeout == wanted:
+            return
+        try:
+            driver.execute(f"SET lock_timeout = {wanted}")  # begins the transaction
+        except dialect.loaded_dbapi.Error as exc:
+            self._discard(exc)
+            raise wrapped(None, dialect, "SET lock_timeout", exc) from exc
+        self._lock_timeout = wanted
+
+    def rolled_back(self) -> None:
+        """The transaction rolled back, and any SET made in it with it."""
+        self._lock_timeout = None
+
     def _discard(self, cause: BaseException) -> None:
         conn, self._conn = self._conn, None
+        self._lock_timeout = None
         if conn is None:
             return
         with suppress(Exception):  # the connection may be broken already: it goes all the same
@@ -205,6 +246,7 @@ class _Kept:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._lock_timeout = None
         if conn is not None:
             with suppress(Exception):
                 conn.close()
@@ -224,6 +266,7 @@ class _KeptSession(Session):
         if self.in_transaction():
             super().rollback()
         self.info["kami_kept"][0].rollback()
+        self.info["kami_keeper"].rolled_back()
 
     def close(self) -> None:
         # A Session that holds no objects and no transaction has nothing to let go of; closing
@@ -287,6 +330,11 @@ class Database:
                 # Nested in another transaction of this thread (PostgreSQL): a pooled one.
                 with Session(self._write_engine, expire_on_commit=False) as session:
                     try:
+                        wait = waiting.row_lock_wait()
+                        if wait is not None:  # as _Kept._limit_lock_waits, for this one only
+                            session.execute(
+                                text(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+                            )
                         yield session
                         session.commit()
                         waiting.committed()

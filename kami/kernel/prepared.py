@@ -13,6 +13,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from kami.kernel import waiting
+from kami.kernel.waiting import WouldWait
+
 
 class Rows:
     """The answer of a `Prepared` statement: its rows, fetched, and the driver's row count."""
@@ -245,7 +248,21 @@ def _driver(session: Session) -> tuple[Any, Dialect, bool]:
     return found
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout ran out, or NOWAIT found a lock
+
+
+def lock_refusal(exc: BaseException) -> WouldWait | None:
+    """WouldWait for a PostgreSQL lock wait that the connection's lock_timeout cut short while
+    the thread refuses to wait (see `db._Kept._limit_lock_waits`); None for anything else."""
+    if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE and waiting.row_lock_wait() is not None:
+        return WouldWait("a row lock held by another transaction")
+    return None
+
+
 def wrapped(session: Session | None, dialect: Dialect, sql: str, exc: Any) -> BaseException:
+    refusal = lock_refusal(exc)
+    if refusal is not None:
+        return refusal
     invalidated = False
     if (
         session is not None

@@ -11,6 +11,7 @@ call itself under `no_waiting()`, and the places where a thread can wait ask fir
   `no_waiting()` was given (`lock_wait()`; `LOCK_WAIT`, 5 ms, unless told otherwise): long
   enough for another process's write transaction, which lasts a fraction of a millisecond, too
   short to matter if something holds the writer for long (an import);
+- PostgreSQL's row locks wait at most `ROW_LOCK_WAIT` (`row_lock_wait()`, see there);
 - a payment channel's network call (`payments` transport) is never waited for.
 
 Past that, they raise `WouldWait`, and the caller runs the call again from the start on a worker
@@ -73,6 +74,21 @@ def lock_wait() -> float | None:
     """How long this thread may wait for a database lock: what `no_waiting()` said (LOCK_WAIT
     unless told otherwise) before a commit, else as long as it takes (None)."""
     return _state.lock_wait if _state.refusing and not _state.committed else None
+
+
+ROW_LOCK_WAIT = 0.025  # seconds
+
+
+def row_lock_wait() -> float | None:
+    """How long this thread may wait for a PostgreSQL row lock: ROW_LOCK_WAIT while it refuses
+    to wait and has not committed, else as long as it takes (None).
+
+    One limit for every call that refuses, not each call's `lock_wait()`: the limit is a setting
+    of the connection, changed with a round trip, and checkouts (5 ms) and notifications (25 ms)
+    alternate on the same connections. Rows are locked for the length of a short transaction
+    (a flash sale's quota, an order being paid), so the larger limit is rarely reached; it is
+    there for the lock held by something slow."""
+    return ROW_LOCK_WAIT if _state.refusing and not _state.committed else None
 
 
 def committed() -> None:
