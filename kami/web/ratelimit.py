@@ -6,11 +6,18 @@ that every server process shares them. A refused request gets a 429 problem with
 `hit` is for code on a worker thread. `hit_on_loop` is for the event loop: in memory it is the
 same call (no I/O), with Redis it asks through an asyncio client, so the loop never waits on
 the network; both count in the same window, under the same keys.
+
+If Redis does not answer (down, unreachable, slower than `REDIS_TIMEOUT`), the shop keeps
+selling: the limits are counted in this process instead, as without Redis, until Redis is asked
+again `REDIS_RETRY` seconds later, and the outage and the recovery are logged once each. A rate
+limit is a guard against floods, not the authority on stock or caps (the database is), and a
+checkout refused because a counter store was away would make a Redis outage a shop outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
@@ -18,6 +25,7 @@ import weakref
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage as LoopStorage
 from limits.aio.strategies import MovingWindowRateLimiter as LoopRateLimiter
+from limits.errors import StorageError
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -35,12 +43,24 @@ class RateLimited(KamiError):
         self.retry_after = retry_after
 
 
+log = logging.getLogger("kami.ratelimit")
+
+REDIS_TIMEOUT = 0.5  # seconds to connect to Redis, and for each answer
+REDIS_RETRY = 5.0  # seconds of counting in process after Redis failed, before asking it again
+# Passed to the Redis client: its failures arrive as limits' StorageError, and none waits long.
+_REDIS_OPTIONS = {
+    "wrap_exceptions": True,
+    "socket_timeout": REDIS_TIMEOUT,
+    "socket_connect_timeout": REDIS_TIMEOUT,
+}
+
+
 class RateLimits:
     def __init__(
         self, redis_url: str | None, rules: dict[str, str], namespace: str = "kami"
     ) -> None:
         storage = (
-            storage_from_string(redis_url, key_prefix=namespace)
+            storage_from_string(redis_url, key_prefix=namespace, **_REDIS_OPTIONS)
             if redis_url
             else InProcessStorage()
         )
@@ -48,6 +68,9 @@ class RateLimits:
             raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
         self._limiter = MovingWindowRateLimiter(storage)
         self._redis = (redis_url, namespace) if redis_url else None
+        # Where the limits are counted while Redis does not answer; None without Redis.
+        self._local = MovingWindowRateLimiter(InProcessStorage()) if redis_url else None
+        self._redis_away_until = 0.0  # time.monotonic() until which Redis is not asked
         # An asyncio client belongs to the loop it was made on: one per loop (a process has one).
         self._loop_limiters: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, LoopRateLimiter
@@ -64,26 +87,78 @@ class RateLimits:
 
     def hit(self, name: str, key: str) -> None:
         rule = self._rules[name]
-        if self._limiter.hit(rule, name, key):
+        if self._local is not None and not self._redis_answers():
+            self._hit_locally(rule, name, key)
             return
-        raise _refused(name, self._limiter.get_window_stats(rule, name, key).reset_time)
+        try:
+            if self._limiter.hit(rule, name, key):
+                self._redis_back()
+                return
+            reset = self._limiter.get_window_stats(rule, name, key).reset_time
+        except StorageError as exc:
+            self._redis_failed(exc)
+            self._hit_locally(rule, name, key)
+            return
+        raise _refused(name, reset)
 
     async def hit_on_loop(self, name: str, key: str) -> None:
         if self._redis is None:
             self.hit(name, key)  # in memory: nothing to wait for
             return
-        limiter = self._loop_limiter(*self._redis)
         rule = self._rules[name]
-        if await limiter.hit(rule, name, key):
+        if not self._redis_answers():
+            self._hit_locally(rule, name, key)
             return
-        raise _refused(name, (await limiter.get_window_stats(rule, name, key)).reset_time)
+        try:
+            limiter = self._loop_limiter(*self._redis)
+            if await limiter.hit(rule, name, key):
+                self._redis_back()
+                return
+            reset = (await limiter.get_window_stats(rule, name, key)).reset_time
+        except StorageError as exc:
+            self._redis_failed(exc)
+            self._hit_locally(rule, name, key)
+            return
+        raise _refused(name, reset)
+
+    @property
+    def counting_locally(self) -> bool:
+        """Whether Redis is configured but the limits are counted in this process for now."""
+        return self._local is not None and not self._redis_answers()
+
+    def _redis_answers(self) -> bool:
+        return time.monotonic() >= self._redis_away_until
+
+    def _hit_locally(self, rule: RateLimitItem, name: str, key: str) -> None:
+        local = self._local
+        assert local is not None
+        if local.hit(rule, name, key):
+            return
+        raise _refused(name, local.get_window_stats(rule, name, key).reset_time)
+
+    def _redis_failed(self, exc: StorageError) -> None:
+        if self._redis_away_until == 0.0:  # logged once an outage, not once a request
+            # The exception's class only: a message may carry the URL, and with it a password.
+            cause = type(exc.storage_error).__name__
+            log.warning(
+                "rate limits: Redis did not answer (%s); counting in this process, asking "
+                "Redis again every %.0f s",
+                cause,
+                REDIS_RETRY,
+            )
+        self._redis_away_until = time.monotonic() + REDIS_RETRY
+
+    def _redis_back(self) -> None:
+        if self._redis_away_until != 0.0:
+            self._redis_away_until = 0.0
+            log.warning("rate limits: Redis answers again; counting there")
 
     def _loop_limiter(self, url: str, namespace: str) -> LoopRateLimiter:
         loop = asyncio.get_running_loop()
         limiter = self._loop_limiters.get(loop)
         if limiter is None:
             storage = storage_from_string(
-                f"async+{url}", key_prefix=namespace, implementation="redispy"
+                f"async+{url}", key_prefix=namespace, implementation="redispy", **_REDIS_OPTIONS
             )
             if not isinstance(storage, LoopStorage):
                 raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
