@@ -113,6 +113,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # about 40 MB of WAL with 4 KiB pages
+# How long SQLite waits for a writer that is not Kami's (the sqlite3 shell, a backup tool), whose
+# lock the writer queue does not see; a call that must not wait waits its `lock_wait()` instead.
+BUSY_TIMEOUT_MS = 30_000
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -124,7 +127,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Checkpoints are the worker's (Database.checkpoint, every cycle), outside the writer.
         # SQLite's own, every 1,000 pages, run inside whichever commit crosses the mark, with
         # its fsync, while every other writer waits: on the purchase bench a 5,000-purchase
@@ -156,7 +159,7 @@ class _Kept:
     slot touches a `_Kept`, so it needs no lock.
     """
 
-    __slots__ = ("_conn", "_engine", "_lock_timeout", "_write")
+    __slots__ = ("_busy_timeout", "_conn", "_engine", "_lock_timeout", "_write")
 
     def __init__(self, engine: Engine, write: bool) -> None:
         self._engine = engine
@@ -165,6 +168,7 @@ class _Kept:
         # PostgreSQL: the connection's lock_timeout in milliseconds as last set, None if not
         # known (a rollback undoes a SET made in its transaction). See _limit_lock_waits.
         self._lock_timeout: int | None = None
+        self._busy_timeout: int | None = None  # SQLite: the same for its busy handler
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -174,11 +178,17 @@ class _Kept:
         driver: Any = conn.connection.driver_connection
         dialect = conn.dialect
         if dialect.name == "sqlite":
+            begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
             try:
-                driver.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+                if self._write:
+                    self._limit_busy_wait(driver)
+                driver.execute(begin)
             except dialect.loaded_dbapi.Error as exc:
+                refusal = lock_refusal(exc)
+                if refusal is not None:  # another writer's lock, not a fault of the connection
+                    raise refusal from exc
                 self._discard(exc)
-                raise wrapped(None, dialect, "BEGIN", exc) from exc
+                raise wrapped(None, dialect, begin, exc) from exc
         # PostgreSQL: a write connection begins by itself on its first statement; a read
         # connection runs in autocommit (see Database).
         elif self._write:
@@ -226,13 +236,27 @@ class _Kept:
             raise wrapped(None, dialect, "SET lock_timeout", exc) from exc
         self._lock_timeout = wanted
 
+    def _limit_busy_wait(self, driver: Any) -> None:
+        """SQLite: Kami's own writers queue in `WriterQueue` before they BEGIN, but a writer that
+        is not Kami's holds SQLite's lock unseen, and BEGIN IMMEDIATE then waits in SQLite's busy
+        handler. A call that must not wait waits there at most its `lock_wait()`, and the
+        "database is locked" that follows is WouldWait (`prepared.lock_refusal`); any other call
+        waits up to BUSY_TIMEOUT_MS. Without it, the event loop, and every request of the
+        process, waited up to 30 s behind the sqlite3 shell. A PRAGMA here is a function call,
+        not a round trip, and it is made only when the value changes."""
+        wait = waiting.lock_wait()
+        wanted = BUSY_TIMEOUT_MS if wait is None else max(1, round(wait * 1000))
+        if self._busy_timeout != wanted:
+            driver.execute(f"PRAGMA busy_timeout = {wanted}")
+            self._busy_timeout = wanted
+
     def rolled_back(self) -> None:
         """The transaction rolled back, and any SET made in it with it."""
         self._lock_timeout = None
 
     def _discard(self, cause: BaseException) -> None:
         conn, self._conn = self._conn, None
-        self._lock_timeout = None
+        self._lock_timeout = self._busy_timeout = None
         if conn is None:
             return
         with suppress(Exception):  # the connection may be broken already: it goes all the same
@@ -246,7 +270,7 @@ class _Kept:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        self._lock_timeout = None
+        self._lock_timeout = self._busy_timeout = None
         if conn is not None:
             with suppress(Exception):
                 conn.close()

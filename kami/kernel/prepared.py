@@ -249,13 +249,19 @@ def _driver(session: Session) -> tuple[Any, Dialect, bool]:
 
 
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout ran out, or NOWAIT found a lock
+SQLITE_BUSY = 5  # SQLite: its busy handler gave up on another connection's lock
 
 
 def lock_refusal(exc: BaseException) -> WouldWait | None:
-    """WouldWait for a PostgreSQL lock wait that the connection's lock_timeout cut short while
-    the thread refuses to wait (see `db._Kept._limit_lock_waits`); None for anything else."""
-    if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE and waiting.row_lock_wait() is not None:
+    """WouldWait for a lock wait cut short while the thread refuses to wait: PostgreSQL's
+    lock_timeout (see `db._Kept._limit_lock_waits`) or SQLite's busy handler (`_limit_busy_wait`);
+    None for anything else."""
+    pg_lock = getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
+    if pg_lock and waiting.row_lock_wait() is not None:
         return WouldWait("a row lock held by another transaction")
+    busy = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_BUSY
+    if busy and waiting.lock_wait() is not None:
+        return WouldWait("SQLite's lock, held by a writer that is not Kami's")
     return None
 
 

@@ -11,6 +11,8 @@ call itself under `no_waiting()`, and the places where a thread can wait ask fir
   `no_waiting()` was given (`lock_wait()`; `LOCK_WAIT`, 5 ms, unless told otherwise): long
   enough for another process's write transaction, which lasts a fraction of a millisecond, too
   short to matter if something holds the writer for long (an import);
+- SQLite's own lock, held by a writer that is not Kami's (the sqlite3 shell), is waited for
+  `lock_wait()` too, in SQLite's busy handler (`db._Kept._limit_busy_wait`);
 - PostgreSQL's row locks wait at most `ROW_LOCK_WAIT` (`row_lock_wait()`, see there);
 - a payment channel's network call (`payments` transport) is never waited for.
 
