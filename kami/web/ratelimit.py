@@ -22,6 +22,7 @@ import math
 import time
 import weakref
 
+import redis
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage as LoopStorage
 from limits.aio.strategies import MovingWindowRateLimiter as LoopRateLimiter
@@ -71,6 +72,8 @@ class RateLimits:
         # Where the limits are counted while Redis does not answer; None without Redis.
         self._local = MovingWindowRateLimiter(InProcessStorage()) if redis_url else None
         self._redis_away_until = 0.0  # time.monotonic() until which Redis is not asked
+        if redis_url:
+            self._first_contact(storage)
         # An asyncio client belongs to the loop it was made on: one per loop (a process has one).
         self._loop_limiters: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, LoopRateLimiter
@@ -120,6 +123,25 @@ class RateLimits:
             self._hit_locally(rule, name, key)
             return
         raise _refused(name, reset)
+
+    def _first_contact(self, storage: Storage) -> None:
+        """Ask Redis once at start: a Redis that answers "no" (a wrong password, a database
+        that does not exist) is a mistake in the settings and stops the start with a clear
+        error; one that does not answer at all may come back, and is counted around meanwhile."""
+        client = getattr(storage, "storage", None)  # limits' Redis storage keeps its client here
+        if client is None:
+            return
+        try:
+            client.ping()
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            # The class only: the server's message may repeat what was sent.
+            raise InvalidInput(
+                f"Redis refused the connection ({type(exc).__name__}): check the password and "
+                "the database number in the URL",
+                where="KAMI_REDIS_URL",
+            ) from None
+        except redis.RedisError as exc:
+            self._redis_failed(StorageError(exc))
 
     @property
     def counting_locally(self) -> bool:

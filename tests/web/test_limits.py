@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from kami import accounts, bootstrap, fulfilment
 from kami.config import Settings
+from kami.kernel.errors import InvalidInput
 from kami.web import ratelimit
 from kami.web.app import create_app
 from kami.web.ratelimit import RateLimited, RateLimits
@@ -318,3 +319,28 @@ def test_counting_goes_back_to_redis_when_it_answers_again(
     said = [r.getMessage() for r in caplog.records if r.name == "kami.ratelimit"]
     assert len(said) == 2, said  # once when it went, once when it came back
     assert "Redis did not answer" in said[0] and "answers again" in said[1], said
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("redis://:wrong-s3cret@127.0.0.1:6379/0", "AuthenticationError"),  # it has no password
+        ("redis://127.0.0.1:6379/99", "ResponseError"),  # it has 16 databases
+    ],
+    ids=["password", "database"],
+)
+def test_a_redis_that_refuses_kami_stops_the_start(url: str, what: str) -> None:
+    """A mistake in the settings is said at start, not found out request by request."""
+    with pytest.raises(InvalidInput) as refused:
+        RateLimits(url, {"orders": "2/minute"})
+    assert refused.value.where == "KAMI_REDIS_URL" and what in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_redis_that_is_away_at_start_is_counted_around(door: RedisDoor) -> None:
+    door.shut()
+    limits = RateLimits(door.url, {"orders": "1/minute"})
+    assert limits.counting_locally
+    limits.hit("orders", "198.51.100.11")
+    with pytest.raises(RateLimited):
+        limits.hit("orders", "198.51.100.11")
