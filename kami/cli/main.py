@@ -14,6 +14,8 @@ from rich.table import Table
 from kami import bootstrap
 from kami.cli import admincmd, bench, keys, suppliers, suppliersim, vaultcmd
 from kami.cli.context import clear_errors, console, container, err, settings
+from kami.web.app import rate_limits
+from kami.web.ratelimit import check_redis
 from kami.worker import runner
 
 app = typer.Typer(
@@ -70,8 +72,11 @@ def serve(
     if no_worker:
         os.environ["KAMI_INPROCESS_WORKER"] = "false"
     s = settings()
-    with clear_errors(), container():  # fail early and clearly on a bad key or database URL
-        pass
+    # Fail early and clearly on a bad key, database URL or rate-limit setting, or a Redis that
+    # refuses Kami, here, rather than in each server process (which uvicorn would restart).
+    with clear_errors(), container():
+        check_redis(s.redis_url)
+        rate_limits(s)
     console.print(f"Kami serving on http://{s.host}:{s.port}")
     config = uvicorn.Config(
         "kami.web.app:create_app_from_env",

@@ -67,6 +67,18 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def rate_limits(s: Settings) -> RateLimits:
+    return RateLimits(
+        s.redis_url,
+        {
+            "orders": s.rate_limit_orders,
+            "reveals": s.rate_limit_reveals,
+            "licenses": s.rate_limit_licenses,
+        },
+        namespace=s.redis_namespace,
+    )
+
+
 def create_app(container: bootstrap.Container, *, worker: bool | None = None) -> FastAPI:
     run_worker = container.settings.inprocess_worker if worker is None else worker
 
@@ -91,15 +103,7 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
     )
     app.state.container = container
     s = container.settings
-    app.state.rate_limits = RateLimits(
-        s.redis_url,
-        {
-            "orders": s.rate_limit_orders,
-            "reveals": s.rate_limit_reveals,
-            "licenses": s.rate_limit_licenses,
-        },
-        namespace=s.redis_namespace,
-    )
+    app.state.rate_limits = rate_limits(s)
     problems.install(app)
 
     # Added first, so it runs inside SecurityHeaders: its answers get the headers too.

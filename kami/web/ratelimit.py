@@ -125,21 +125,14 @@ class RateLimits:
         raise _refused(name, reset)
 
     def _first_contact(self, storage: Storage) -> None:
-        """Ask Redis once at start: a Redis that answers "no" (a wrong password, a database
-        that does not exist) is a mistake in the settings and stops the start with a clear
-        error; one that does not answer at all may come back, and is counted around meanwhile."""
+        """Ask Redis once at start, so that a Redis away at start is counted around from the
+        first request on. A Redis that refuses Kami is handled the same way here (a server
+        process must not crash over it); `kami serve` refuses to start instead (`check_redis`)."""
         client = getattr(storage, "storage", None)  # limits' Redis storage keeps its client here
         if client is None:
             return
         try:
             client.ping()
-        except (redis.AuthenticationError, redis.ResponseError) as exc:
-            # The class only: the server's message may repeat what was sent.
-            raise InvalidInput(
-                f"Redis refused the connection ({type(exc).__name__}): check the password and "
-                "the database number in the URL",
-                where="KAMI_REDIS_URL",
-            ) from None
         except redis.RedisError as exc:
             self._redis_failed(StorageError(exc))
 
@@ -186,6 +179,30 @@ class RateLimits:
                 raise InvalidInput("KAMI_REDIS_URL must be a redis:// URL", where="KAMI_REDIS_URL")
             limiter = self._loop_limiters[loop] = LoopRateLimiter(storage)
         return limiter
+
+
+def check_redis(redis_url: str | None) -> None:
+    """Before the server starts: a Redis that answers "no" (a wrong password, a database that
+    does not exist) is a mistake in the settings, said at once with the setting's name; one that
+    does not answer may come back, and the server counts around it meanwhile."""
+    if not redis_url:
+        return
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+    )
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        # The class only: the server's message may repeat what was sent.
+        raise InvalidInput(
+            f"Redis refused the connection ({type(exc).__name__}): check the password and the "
+            "database number in the URL",
+            where="KAMI_REDIS_URL",
+        ) from None
+    except (redis.RedisError, ValueError):  # away (counted around), or a URL limits rejects later
+        pass
+    finally:
+        client.close()
 
 
 def _refused(name: str, reset: float) -> RateLimited:

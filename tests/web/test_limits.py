@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,7 +23,7 @@ from kami.config import Settings
 from kami.kernel.errors import InvalidInput
 from kami.web import ratelimit
 from kami.web.app import create_app
-from kami.web.ratelimit import RateLimited, RateLimits
+from kami.web.ratelimit import RateLimited, RateLimits, check_redis
 from tests.conftest import add_keys, make_sku, run_async
 
 ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway": "sandbox"}
@@ -321,20 +325,48 @@ def test_counting_goes_back_to_redis_when_it_answers_again(
     assert "Redis did not answer" in said[0] and "answers again" in said[1], said
 
 
-@pytest.mark.parametrize(
-    ("url", "what"),
-    [
-        ("redis://:wrong-s3cret@127.0.0.1:6379/0", "AuthenticationError"),  # it has no password
-        ("redis://127.0.0.1:6379/99", "ResponseError"),  # it has 16 databases
-    ],
-    ids=["password", "database"],
-)
+REFUSING = [
+    ("redis://:wrong-s3cret@127.0.0.1:6379/0", "AuthenticationError"),  # it has no password
+    ("redis://127.0.0.1:6379/99", "ResponseError"),  # it has 16 databases
+]
+
+
+@pytest.mark.parametrize(("url", "what"), REFUSING, ids=["password", "database"])
 def test_a_redis_that_refuses_kami_stops_the_start(url: str, what: str) -> None:
-    """A mistake in the settings is said at start, not found out request by request."""
+    """A mistake in the settings is said before the server starts, not found out request by
+    request; a server process built anyway counts around it rather than crash."""
     with pytest.raises(InvalidInput) as refused:
-        RateLimits(url, {"orders": "2/minute"})
+        check_redis(url)
     assert refused.value.where == "KAMI_REDIS_URL" and what in str(refused.value)
     assert "s3cret" not in str(refused.value)
+    limits = RateLimits(url, {"orders": "1/minute"})
+    assert limits.counting_locally
+    limits.hit("orders", "198.51.100.12")
+    with pytest.raises(RateLimited):
+        limits.hit("orders", "198.51.100.12")
+
+
+@pytest.mark.parametrize("url", [u for u, _ in REFUSING], ids=["password", "database"])
+def test_kami_serve_says_so_and_stops(url: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "KAMI_DATABASE_URL": f"sqlite:///{tmp_path / 'kami.db'}",
+        "KAMI_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+        "KAMI_REDIS_URL": url,
+    }
+    kami = [sys.executable, "-m", "kami.cli.main"]
+    subprocess.run([*kami, "db", "upgrade"], env=env, cwd=tmp_path, check=True, timeout=120)
+    done = subprocess.run(
+        [*kami, "serve", "--port", "0", "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "KAMI_REDIS_URL" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
 
 
 def test_a_redis_that_is_away_at_start_is_counted_around(door: RedisDoor) -> None:
