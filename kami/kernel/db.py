@@ -159,12 +159,15 @@ class _Kept:
     slot touches a `_Kept`, so it needs no lock.
     """
 
-    __slots__ = ("_busy_timeout", "_conn", "_engine", "_lock_timeout", "_write")
+    __slots__ = ("_busy_timeout", "_conn", "_cursor", "_engine", "_lock_timeout", "_write")
 
     def __init__(self, engine: Engine, write: bool) -> None:
         self._engine = engine
         self._write = write
         self._conn: Any = None
+        # One DB-API cursor for all the `Prepared` statements on the connection: psycopg built
+        # a cursor, with its own adapters, for every statement (measured, decision 0014).
+        self._cursor: Any = None
         # PostgreSQL: the connection's lock_timeout in milliseconds as last set, None if not
         # known (a rollback undoes a SET made in its transaction). See _limit_lock_waits.
         self._lock_timeout: int | None = None
@@ -175,6 +178,7 @@ class _Kept:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._engine.connect()
+            self._cursor = conn.connection.driver_connection.cursor()
         driver: Any = conn.connection.driver_connection
         dialect = conn.dialect
         if dialect.name == "sqlite":
@@ -194,7 +198,7 @@ class _Kept:
         elif self._write:
             self._limit_lock_waits(driver, dialect)
         session = _KeptSession(bind=conn, expire_on_commit=False)
-        session.info["kami_kept"] = (driver, dialect, not self._write)
+        session.info["kami_kept"] = (driver, dialect, not self._write, self._cursor)
         session.info["kami_keeper"] = self
         failure: BaseException | None = None
         try:
@@ -256,7 +260,7 @@ class _Kept:
 
     def _discard(self, cause: BaseException) -> None:
         conn, self._conn = self._conn, None
-        self._lock_timeout = self._busy_timeout = None
+        self._lock_timeout = self._busy_timeout = self._cursor = None
         if conn is None:
             return
         with suppress(Exception):  # the connection may be broken already: it goes all the same
@@ -270,7 +274,7 @@ class _Kept:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        self._lock_timeout = self._busy_timeout = None
+        self._lock_timeout = self._busy_timeout = self._cursor = None
         if conn is not None:
             with suppress(Exception):
                 conn.close()

@@ -3,6 +3,7 @@ DB-API connection (decision 0009)."""
 
 from __future__ import annotations
 
+import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -88,6 +89,13 @@ class _Plan:
         self.names = names
         order = compiled.positiontup
         self.order: list[str] | None = list(order) if compiled.positional else None
+        if self.order is None and dialect.name == "postgresql":
+            # psycopg reads `%(name)s` by building a dict lookup per call and re-ordering it;
+            # `%s` with a tuple cost 9 µs less CPU per statement (measured, decision 0014).
+            self.sql, order_in_sql = _positional(self.sql)
+            # Bind names that SQL cannot spell (a space, a dot) appear escaped in the SQL.
+            unescape = {v: k for k, v in getattr(compiled, "escaped_bind_names", {}).items()}
+            self.order = [unescape.get(n, n) for n in order_in_sql]
         self.processors = processors
         for name, value in self.fixed.items():  # converted once
             if name in processors:
@@ -118,6 +126,24 @@ class _Plan:
             return out
         make = self.row._make
         return [make(r) for r in raw]
+
+
+_PYFORMAT = re.compile(r"%%|%\(([^)]+)\)s")
+
+
+def _positional(sql: str) -> tuple[str, list[str]]:
+    """SQL in psycopg's named style (`%(name)s`, a literal percent as `%%`) rewritten with `%s`
+    placeholders, and the bind names in the order they appear (a name used twice appears
+    twice)."""
+    order: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return "%%"
+        order.append(match.group(1))
+        return "%s"
+
+    return _PYFORMAT.sub(placeholder, sql), order
 
 
 def _layout(
@@ -186,13 +212,15 @@ class Prepared:
         return plan
 
     def run(self, session: Session, values: Mapping[str, Any] | None = None) -> Rows:
-        driver, dialect, read_only = _driver(session)
+        driver, dialect, read_only, cursor = _driver(session)
         plan = self._plan(dialect)
         if plan.writes and read_only:
             raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
         params = plan.parameters(values or {})
         try:
-            cursor = driver.execute(plan.sql, params)
+            if cursor is None:
+                cursor = driver.cursor()
+            cursor.execute(plan.sql, params)
             raw = cursor.fetchall() if plan.row is not None else []
             count = cursor.rowcount
         except dialect.loaded_dbapi.Error as exc:
@@ -203,13 +231,14 @@ class Prepared:
         """One executemany for all `rows` (nothing returned)."""
         if not rows:
             return
-        driver, dialect, read_only = _driver(session)
+        driver, dialect, read_only, cursor = _driver(session)
         plan = self._plan(dialect)
         if plan.writes and read_only:
             raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
         params = [plan.parameters(r) for r in rows]
         try:
-            cursor = driver.cursor()
+            if cursor is None:
+                cursor = driver.cursor()
             cursor.executemany(plan.sql, params)
         except dialect.loaded_dbapi.Error as exc:
             raise wrapped(session, dialect, plan.sql, exc) from exc
@@ -225,9 +254,10 @@ def _dialects() -> dict[str, Dialect]:
 _DIALECTS = _dialects()
 
 
-def _driver(session: Session) -> tuple[Any, Dialect, bool]:
+def _driver(session: Session) -> tuple[Any, Dialect, bool, Any]:
     """The session's DB-API connection for its current transaction (begun if need be), its
-    dialect, and whether the session is a read; remembered per transaction."""
+    dialect, whether the session is a read, and a cursor kept with the connection (None: make
+    one); remembered per transaction."""
     info = session.info
     kept = info.get("kami_kept")
     if kept is not None:
@@ -239,11 +269,11 @@ def _driver(session: Session) -> tuple[Any, Dialect, bool]:
         return kept  # type: ignore[no-any-return]
     known = info.get("kami_driver")
     if known is not None and known[0] is session.get_transaction():
-        found: tuple[Any, Dialect, bool] = known[1]
+        found: tuple[Any, Dialect, bool, Any] = known[1]
         return found
     conn = session.connection()
     options = conn.get_execution_options()
-    found = (conn.connection.driver_connection, conn.dialect, bool(options.get("kami_read")))
+    found = (conn.connection.driver_connection, conn.dialect, bool(options.get("kami_read")), None)
     info["kami_driver"] = (session.get_transaction(), found)
     return found
 

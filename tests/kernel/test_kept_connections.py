@@ -45,6 +45,7 @@ def test_sequential_transactions_keep_their_connection(shop: Shop) -> None:
         raise LookupError("sold out")
     with shop.db.write() as s:
         assert _driver(s) is first
+        assert s.info["kami_kept"][3].connection is first  # one cursor for all its statements
     assert _attempts(shop, "a") == 3  # the failed block's bump was rolled back
 
 
@@ -118,6 +119,7 @@ def test_a_connection_that_saw_a_database_error_is_replaced(shop: Shop) -> None:
         )
     with shop.db.write() as s:
         assert s.bind is not first and first.closed  # given back; a new one checked out
+        assert s.info["kami_kept"][3].connection is _driver(s)  # its cursor with it
         _BUMP.run(s, {"ref": "g"})
     assert _attempts(shop, "g") == 1
 

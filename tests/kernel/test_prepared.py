@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.outbox import OutboxJob, enqueue
-from kami.kernel.prepared import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared, PreparedInsert, _positional
 from kami.orders.queries import _BY_NO, _BY_NO_SELECT, find_order
 from kami.payments.models import Inbox
 from tests.conftest import add_keys, make_sku, place, random_keys
@@ -118,3 +118,24 @@ def test_a_driver_error_is_sqlalchemys_and_hides_the_values(shop: Shop) -> None:
     assert "[parameters:" not in str(caught.value)  # but not the values sent
     with shop.db.read() as s:  # the failed transaction left the first row alone
         assert s.execute(text("SELECT count(*) FROM payments_inbox")).scalar_one() == 1
+
+
+def test_named_placeholders_become_positional_in_order() -> None:
+    sql, order = _positional("SELECT '5%%', %(a)s WHERE x = %(b)s OR y = %(a)s AND z LIKE '%%(c)s'")
+    assert sql == "SELECT '5%%', %s WHERE x = %s OR y = %s AND z LIKE '%%(c)s'"
+    assert order == ["a", "b", "a"]  # a name used twice is sent twice; an escaped one is text
+
+
+def test_a_repeated_parameter_and_a_literal_percent_on_the_driver(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="50%-off")
+        enqueue(s, "k", {}, ref="other")
+    both = Prepared(
+        select(_J.c.ref, literal_column("'100%'").label("all"))
+        .where(or_(_J.c.ref == bindparam("ref"), _J.c.kind == bindparam("ref")))
+        .where(_J.c.ref.like(literal_column("'50%'")))
+        .where(_J.c.status != bindparam("not status.x"))  # a name the SQL spells escaped
+    )
+    with shop.db.read() as s:
+        rows = both.run(s, {"ref": "50%-off", "not status.x": "dead"}).all()
+    assert [tuple(r) for r in rows] == [("50%-off", "100%")]
