@@ -178,8 +178,9 @@ class _Kept:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._engine.connect()
-            self._cursor = conn.connection.driver_connection.cursor()
         driver: Any = conn.connection.driver_connection
+        if self._cursor is None:
+            self._cursor = driver.cursor()
         dialect = conn.dialect
         if dialect.name == "sqlite":
             begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
