@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +11,8 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
+from kami.catalog.queries import sku_by_code_select, sku_row_view
+from kami.catalog.schemas import SkuView
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import MAX_MINOR
@@ -90,6 +93,34 @@ _SALE_OF = Prepared(select(_F).where(_F.c.sku_id == bindparam("sku_id")))
 def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
     sale = _SALE_OF.run(session, {"sku_id": sku_id}).first()
     return _view(sale) if sale else None
+
+
+# A checkout reads its SKU and the SKU's flash sale in one statement (one round trip fewer on
+# PostgreSQL): the SKU's columns as `catalog.queries` reads them, the sale's prefixed "sale_".
+_SALE_COLUMNS = tuple(c.label(f"sale_{c.name}") for c in _F.c)
+_SKU_AND_SALE = Prepared(
+    sku_by_code_select()
+    .add_columns(*_SALE_COLUMNS)
+    .outerjoin(_F, _F.c.sku_id == Sku.__table__.c.id)
+)
+
+
+def find_sku_on_sale(session: Session, code: str) -> tuple[SkuView, FlashSaleView | None] | None:
+    """The SKU of this code and its flash sale (None: it has none); None if there is no SKU."""
+    row = _SKU_AND_SALE.run(session, {"code": code}).first()
+    if row is None:
+        return None
+    sale = None
+    if row.sale_id is not None:
+        sale = _view(SimpleNamespace(**{c.name: getattr(row, f"sale_{c.name}") for c in _F.c}))
+    return sku_row_view(row), sale
+
+
+def get_sku_on_sale(session: Session, code: str) -> tuple[SkuView, FlashSaleView | None]:
+    found = find_sku_on_sale(session, code)
+    if found is None:
+        raise NotFound(f"no SKU with code {code!r}", where="sku")
+    return found
 
 
 _TAKE_QUOTA = Prepared(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import Category, Product, Sku
@@ -48,7 +48,7 @@ def product_view(session: Session, prod: Product) -> ProductView:
 
 
 def _sku_view(sku: Any, prod: Any) -> SkuView:
-    """From ORM objects, or from a row and the product's columns (`_sku_row_view`)."""
+    """From ORM objects, or from a row and the product's columns (`sku_row_view`)."""
     return SkuView(
         id=sku.id,
         code=sku.code,
@@ -79,21 +79,28 @@ def sku_view(session: Session, sku: Sku) -> SkuView:
 
 # Built once and run as Core: every checkout looks its SKU up by code.
 _S, _P = Sku.__table__, Product.__table__
-_SKU_BY_CODE = Prepared(
-    select(
-        _S,
-        _P.c.slug.label("product_slug"),
-        _P.c.name.label("product_name"),
-        _P.c.active.label("product_active"),
-        _P.c.validity_days.label("product_validity_days"),
-        _P.c.redemption.label("product_redemption"),
+
+
+def sku_by_code_select() -> Select[Any]:
+    """The SKU of code `:code` with its product's columns, as `sku_row_view` reads them."""
+    return (
+        select(
+            _S,
+            _P.c.slug.label("product_slug"),
+            _P.c.name.label("product_name"),
+            _P.c.active.label("product_active"),
+            _P.c.validity_days.label("product_validity_days"),
+            _P.c.redemption.label("product_redemption"),
+        )
+        .join(_P, _P.c.id == _S.c.product_id)
+        .where(_S.c.code == bindparam("code"))
     )
-    .join(_P, _P.c.id == _S.c.product_id)
-    .where(_S.c.code == bindparam("code"))
-)
 
 
-def _sku_row_view(r: Any) -> SkuView:
+_SKU_BY_CODE = Prepared(sku_by_code_select())
+
+
+def sku_row_view(r: Any) -> SkuView:
     product = SimpleNamespace(
         slug=r.product_slug,
         name=r.product_name,
@@ -113,7 +120,7 @@ def get_sku(session: Session, code: str) -> SkuView:
 
 def find_sku(session: Session, code: str) -> SkuView | None:
     row = _SKU_BY_CODE.run(session, {"code": code}).first()
-    return _sku_row_view(row) if row else None
+    return sku_row_view(row) if row else None
 
 
 def list_skus(session: Session) -> list[SkuView]:

@@ -27,19 +27,17 @@ _BY_NO_LOCKED = Prepared(_BY_NO_SELECT.with_for_update())
 #   in the count, not the WHERE, or SQLite without statistics reads (sku_id, status) instead;
 # - address: the index of pending orders (models.PENDING_ONLY), which SQLite and PostgreSQL use
 #   only when the status is written into the SQL, not bound.
-_OPEN_COUNTS = Prepared(
-    select(
-        *(
-            select(func.count().filter(PENDING_ONLY))
-            .where(_T.c.sku_id == bindparam("sku_id"), column == bindparam(name))
-            .scalar_subquery()
-            for name, column in (("email", _T.c.email), ("device_id", _T.c.device_id))
-        ),
-        select(func.count())
-        .where(_T.c.sku_id == bindparam("sku_id"), _T.c.buyer_ip == bindparam("buyer_ip"))
-        .where(PENDING_ONLY)
-        .scalar_subquery(),
-    )
+_OPEN_COUNTS = (
+    *(
+        select(func.count().filter(PENDING_ONLY))
+        .where(_T.c.sku_id == bindparam("sku_id"), column == bindparam(name))
+        .scalar_subquery()
+        for name, column in (("email", _T.c.email), ("device_id", _T.c.device_id))
+    ),
+    select(func.count())
+    .where(_T.c.sku_id == bindparam("sku_id"), _T.c.buyer_ip == bindparam("buyer_ip"))
+    .where(PENDING_ONLY)
+    .scalar_subquery(),
 )
 _WHO = ("email", "device_id", "buyer_ip")
 
@@ -145,11 +143,21 @@ def lock_buyer(session: Session, sku_id: int, identities: list[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     keys = sorted({_lock_key(f"{sku_id}:{ident}") for ident in identities})
-    for key in keys:
-        _ADVISORY_LOCK.run(session, {"key": key})
+    for at in range(0, len(keys), 2):
+        batch = keys[at : at + 2]
+        _ADVISORY_LOCKS[len(batch)].run(session, {f"k{i}": k for i, k in enumerate(batch)})
 
 
-_ADVISORY_LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger))))
+# All of a buyer's locks in one statement (one round trip); PostgreSQL computes a SELECT's
+# list in order, so they are still taken in the sorted order.
+_ADVISORY_LOCKS = {
+    n: Prepared(
+        select(
+            *(func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
+        )
+    )
+    for n in (1, 2)
+}
 
 
 def _lock_key(text: str) -> int:
@@ -174,14 +182,23 @@ def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool
 
 
 def count_open(
-    session: Session, sku_id: int, *, email: str, device_id: str | None, buyer_ip: str | None
+    session: Session,
+    sku_id: int,
+    *,
+    email: str,
+    device_id: str | None,
+    buyer_ip: str | None,
+    held_since: datetime | None = None,
 ) -> dict[str, int]:
     """Pending orders of this SKU by the buyer's e-mail, device and address (0 for one not
-    given), keyed "email", "device_id", "buyer_ip"."""
-    row = _OPEN_COUNTS.run(
-        session, {"sku_id": sku_id, "email": email, "device_id": device_id, "buyer_ip": buyer_ip}
-    ).one()
-    return {name: int(n) for name, n in zip(_WHO, row, strict=True)}
+    given), keyed "email", "device_id", "buyer_ip"; with `held_since`, also "held": the units
+    `quantity_held` counts, in the same statement."""
+    values = {"sku_id": sku_id, "email": email, "device_id": device_id, "buyer_ip": buyer_ip}
+    if held_since is None:
+        row = _COUNT_OPEN.run(session, values).one()
+        return {name: int(n) for name, n in zip(_WHO, row, strict=True)}
+    row = _COUNT_OPEN_AND_HELD.run(session, {**values, "since": held_since}).one()
+    return {name: int(n) for name, n in zip((*_WHO, "held"), row, strict=True)}
 
 
 def quantity_held(
@@ -211,12 +228,12 @@ def _held_by(column: Any, name: str, *other: Any) -> Any:
     )
 
 
-_HELD = Prepared(
-    select(
-        _held_by(_T.c.email, "email")
-        + _held_by(_T.c.device_id, "device_id", _T.c.email != bindparam("email"))
-    )
+_HELD_EXPR = _held_by(_T.c.email, "email") + _held_by(
+    _T.c.device_id, "device_id", _T.c.email != bindparam("email")
 )
+_HELD = Prepared(select(_HELD_EXPR))
+_COUNT_OPEN = Prepared(select(*_OPEN_COUNTS))
+_COUNT_OPEN_AND_HELD = Prepared(select(*_OPEN_COUNTS, _HELD_EXPR))
 
 
 def quantity_pending(session: Session, sku_id: int) -> int:

@@ -220,19 +220,28 @@ def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None
     """The per-buyer count goes by (sku_id, email) and (sku_id, device_id). Through
     (sku_id, status), SQLite's choice without statistics for `email = ? OR device_id = ?`, it
     read every order of the SKU, and a flash sale slowed with each sale."""
-    from kami.orders.queries import _HELD
+    from kami.orders.queries import _COUNT_OPEN_AND_HELD, _HELD
 
     if shop.db.dialect != "sqlite":
         pytest.skip("PostgreSQL plans by its statistics: on an empty table its choice says nothing")
-    values = {"sku_id": 1, "since": utcnow(), "email": "a@example.com", "device_id": "dev-1"}
-    with shop.db.read() as s:
-        conn = s.connection()
-        plan = _HELD._plan(conn.dialect)
-        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plan.sql, plan.parameters(values))
-        text_plan = "\n".join(r[3] for r in rows)
-    assert "ix_orders_order_sku_email" in text_plan
-    assert "ix_orders_order_sku_device" in text_plan
-    assert "sku_status" not in text_plan
+    values = {
+        "sku_id": 1,
+        "since": utcnow(),
+        "email": "a@example.com",
+        "device_id": "dev-1",
+        "buyer_ip": "10.0.0.1",
+    }
+    for statement in (_HELD, _COUNT_OPEN_AND_HELD):
+        with shop.db.read() as s:
+            conn = s.connection()
+            plan = statement._plan(conn.dialect)
+            params = plan.parameters({k: values[k] for k in statement.keys})
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plan.sql, params)
+            text_plan = "\n".join(r[3] for r in rows)
+        assert "ix_orders_order_sku_email" in text_plan
+        assert "ix_orders_order_sku_device" in text_plan
+        assert "sku_status" not in text_plan
+        assert " SCAN " not in f" {text_plan} ".replace("SCAN CONSTANT ROW", "")
 
 
 def _race(shop: fulfilment.Shop, code: str, buyers: int) -> list[str]:
@@ -269,3 +278,30 @@ def test_flash_quota_under_a_race(shop: fulfilment.Shop) -> None:
     results = _race(shop, "FQ", 32)
     assert results.count("ok") == 7 and results.count("sold-out") == 25
     assert _keys(shop)["reserved"] == 7
+
+
+def test_flash_limit_under_a_race_of_one_buyer(shop: fulfilment.Shop) -> None:
+    """One buyer's concurrent checkouts (by e-mail, then by device) cannot pass the limit: the
+    buyer's lock is taken before their holdings are counted."""
+    sku = make_sku(shop, "FL")
+    add_keys(shop, sku, [f"K-{n}" for n in range(50)])
+    _flash(shop, "FL", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=50, limit=2)
+    threads = 16
+    start = threading.Barrier(threads, timeout=30)
+
+    def buy(n: int, by_device: bool) -> str:
+        email = f"racer{n}@example.com" if by_device else "racer@example.com"
+        data = orders.OrderIn(sku="FL", quantity=1, email=email, gateway="sandbox")
+        start.wait()
+        try:
+            fulfilment.place_order(shop, data, device_id="dev-race" if by_device else None)
+            return "ok"
+        except KamiError as exc:
+            return exc.slug
+
+    for by_device in (False, True):
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(buy, range(threads), [by_device] * threads))
+        assert results.count("ok") == 2, (by_device, results)
+        assert results.count("limit-reached") == threads - 2
+    assert _keys(shop)["reserved"] == 4
