@@ -3,7 +3,6 @@
 from kami.catalog.flash import (
     FlashSaleIn,
     FlashSaleView,
-    find_flash_sale,
     find_sku_on_sale,
     get_sku_on_sale,
     give_back_quota,
@@ -93,7 +92,6 @@ __all__ = [
     "create_sku",
     "delete_category",
     "display_stock",
-    "find_flash_sale",
     "find_sku",
     "find_sku_on_sale",
     "get_sku",

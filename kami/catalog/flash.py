@@ -87,13 +87,6 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
 
 
 _F = cast(Table, FlashSale.__table__)
-_SALE_OF = Prepared(select(_F).where(_F.c.sku_id == bindparam("sku_id")))
-
-
-def find_flash_sale(session: Session, sku_id: int) -> FlashSaleView | None:
-    sale = _SALE_OF.run(session, {"sku_id": sku_id}).first()
-    return _view(sale) if sale else None
-
 
 # A checkout reads its SKU and the SKU's flash sale in one statement (one round trip fewer on
 # PostgreSQL): the SKU's columns as `catalog.queries` reads them, the sale's prefixed "sale_".

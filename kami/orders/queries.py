@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Table, and_, bindparam, func, or_, select
@@ -143,21 +144,15 @@ def lock_buyer(session: Session, sku_id: int, identities: list[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     keys = sorted({_lock_key(f"{sku_id}:{ident}") for ident in identities})
-    for at in range(0, len(keys), 2):
-        batch = keys[at : at + 2]
-        _ADVISORY_LOCKS[len(batch)].run(session, {f"k{i}": k for i, k in enumerate(batch)})
+    _advisory_locks(len(keys)).run(session, {f"k{i}": k for i, k in enumerate(keys)})
 
 
 # All of a buyer's locks in one statement (one round trip); PostgreSQL computes a SELECT's
 # list in order, so they are still taken in the sorted order.
-_ADVISORY_LOCKS = {
-    n: Prepared(
-        select(
-            *(func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
-        )
-    )
-    for n in (1, 2)
-}
+@cache
+def _advisory_locks(n: int) -> Prepared:
+    keys = (bindparam(f"k{i}", type_=BigInteger) for i in range(n))
+    return Prepared(select(*(func.pg_advisory_xact_lock(k) for k in keys)))
 
 
 def _lock_key(text: str) -> int:

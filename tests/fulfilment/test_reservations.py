@@ -185,7 +185,7 @@ def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Sh
     assert fulfilment.expire_orders(shop) == 1
     place(shop, "FLASH", 2, email="c@example.com")
     with shop.db.read() as s:
-        assert catalog.find_flash_sale(s, sku.id).taken == 3  # type: ignore[union-attr]
+        assert catalog.get_sku_on_sale(s, sku.code)[1].taken == 3  # type: ignore[union-attr]
     _flash(shop, "FLASH", start=timedelta(minutes=-10), end=timedelta(minutes=-1), quota=3, limit=2)
     assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "flash-sale-ended"
 
