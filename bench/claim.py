@@ -33,7 +33,8 @@ from scratch import scratch_database
 
 from kami import vault
 from kami.kernel.clock import utcnow
-from kami.kernel.db import Database, make_engine
+from kami.kernel.db import Database
+from kami.kernel.engine import make_engine
 
 
 def fill_pool(db: Database, n: int) -> int:

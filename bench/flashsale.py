@@ -74,7 +74,7 @@ from scratch import scratch_database
 
 from kami import catalog
 from kami.kernel.clock import utcnow
-from kami.kernel.db import normalise_url
+from kami.kernel.engine import normalise_url
 
 
 async def load(

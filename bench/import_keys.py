@@ -54,7 +54,7 @@ from sqlalchemy import (
 
 from kami import bootstrap, catalog, fulfilment, vault
 from kami.config import Settings
-from kami.kernel.db import normalise_url
+from kami.kernel.engine import normalise_url
 from kami.vault.imports import CHUNK
 
 KEY_WIDTH = 19  # XXXX-XXXX-XXXX-XXXX

@@ -49,7 +49,7 @@ from sqlalchemy import create_engine, text
 
 from kami import bootstrap, catalog, fulfilment, vault
 from kami.config import Settings
-from kami.kernel.db import normalise_url
+from kami.kernel.engine import normalise_url
 
 # Fixed, so the harness (which imports the keys) and the server (which decrypts them) agree.
 MASTER_KEY = base64.b64encode(hashlib.sha256(b"kami-bench-master-key").digest()).decode()

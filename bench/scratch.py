@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from kami import bootstrap
 from kami.config import Settings
-from kami.kernel.db import normalise_url
+from kami.kernel.engine import normalise_url
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -12,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from kami import accounts, delivery, fulfilment, licenses, payments, vault
 from kami.config import Settings
 from kami.gateway_config import configured_gateways
-from kami.kernel.db import Database, make_engine, normalise_url
+from kami.kernel.db import Database
+from kami.kernel.engine import make_engine, normalise_url
 from kami.kernel.errors import Unavailable
 from kami.kernel.outbox import Handler
 from kami.supplier_config import configured_suppliers

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from kami import bootstrap
 from kami.fulfilment import Shop
 from kami.kernel.admission import Admission, FairSlots
-from kami.kernel.db import WAL_AUTOCHECKPOINT_PAGES
+from kami.kernel.engine import WAL_AUTOCHECKPOINT_PAGES
 from kami.kernel.errors import InvalidInput
 from kami.worker import runner
 from tests.conftest import BACKEND
@@ -72,7 +72,8 @@ def test_writers_of_one_process_and_of_another_are_serialised(shop: Shop, tmp_pa
         s.execute(text("INSERT INTO t_counter VALUES (0)"))
     other = f"""
 import sys
-from kami.kernel.db import Database, make_engine
+from kami.kernel.db import Database
+from kami.kernel.engine import make_engine
 from sqlalchemy import text
 db = Database(make_engine({str(shop.db.engine.url)!r}))
 for _ in range(200):

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from kami import fulfilment
 from kami.kernel import waiting
-from kami.kernel.db import BUSY_TIMEOUT_MS
+from kami.kernel.engine import BUSY_TIMEOUT_MS
 from tests.conftest import BACKEND, add_keys, make_sku
 
 pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's own lock")

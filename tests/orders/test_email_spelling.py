@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from kami import fulfilment, orders
 from kami.config import Settings
-from kami.kernel.db import normalise_url
+from kami.kernel.engine import normalise_url
 from tests.conftest import add_keys, make_sku, place, random_keys
 
 

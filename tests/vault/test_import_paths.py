@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kami import fulfilment, vault
 from kami.kernel.errors import InvalidInput
-from kami.vault import imports
+from kami.vault import imports, inserting
 from kami.vault.imports import _Prepared, _read_ahead
 from tests.conftest import BACKEND, make_sku
 
@@ -83,7 +83,7 @@ def test_sqlite_import_gives_the_connection_its_cache_back(
         path = write(tmp_path, "k.txt", ["A-1", "A-2"])
         vault.import_keys(s, shop.cipher, sku.id, rows_of(path), vault.BatchInfo(), on_chunk=during)
         (after,) = raw.execute("PRAGMA cache_size").fetchone()
-    assert seen == [-imports.IMPORT_CACHE_KIB] and after == before != seen[0]
+    assert seen == [-inserting.IMPORT_CACHE_KIB] and after == before != seen[0]
 
 
 def test_a_key_must_agree_with_its_batch(shop: fulfilment.Shop, tmp_path: Path) -> None:
