@@ -6,7 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from kami.kernel.db import Base, normalise_url
+from kami.kernel.db import Base
+from kami.kernel.engine import normalise_url
 
 
 def test_the_migrated_database_matches_the_models(database_url: str) -> None:
