@@ -254,8 +254,12 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         writers = self._writers
-        if writers is not None and not writers.acquire(waiting.lock_wait()):
-            raise WouldWait("SQLite's writer is busy")
+        # A call that must not wait asks once: the event loop waits for the writer in
+        # `WriterQueue.take_ahead`, doing other work meanwhile, and tries the call again.
+        if writers is not None and not writers.acquire(
+            None if waiting.lock_wait() is None else 0.0
+        ):
+            raise WouldWait("SQLite's writer is busy", ahead=writers)
         try:
             with self._admission.enter(counted=writers is None) as slot:
                 kept = self._writer if slot is None else self._slot_writers[slot]

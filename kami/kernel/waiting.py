@@ -7,17 +7,17 @@ worker thread avoids that, but costs more than many of the requests themselves (
 purchase benchmark: half of a purchase's server CPU, decision 0010). So the loop runs such a
 call itself under `no_waiting()`, and the places where a thread can wait ask first:
 
-- admission to the database and SQLite's one writer (`kernel.admission`) wait at most what
-  `no_waiting()` was given (`lock_wait()`; `LOCK_WAIT`, 5 ms, unless told otherwise): long
-  enough for another process's write transaction, which lasts a fraction of a millisecond, too
-  short to matter if something holds the writer for long (an import);
+- admission to the database (`kernel.admission`) waits at most what `no_waiting()` was given
+  (`lock_wait()`; `LOCK_WAIT`, 5 ms, unless told otherwise);
+- SQLite's one writer is asked once, without waiting; a call refused for it says how to wait
+  for it without blocking the loop (`WouldWait.ahead`, `WriterQueue.run_held`, decision 0015);
 - SQLite's own lock, held by a writer that is not Kami's (the sqlite3 shell), is waited for
   `lock_wait()` too, in SQLite's busy handler (`db._Kept._limit_busy_wait`);
 - PostgreSQL's row locks wait at most `ROW_LOCK_WAIT` (`row_lock_wait()`, see there);
 - a payment channel's network call (`payments` transport) is never waited for.
 
-Past that, they raise `WouldWait`, and the caller runs the call again from the start on a worker
-thread, where waiting harms nobody.
+Past that, they raise `WouldWait`, and the caller runs the call again from the start: on the loop
+once SQLite's writer is had for it, else on a worker thread, where waiting harms nobody.
 
 Starting again is safe only if the refused call changed nothing. A call may therefore be
 refused only until its first commit: after it, database waits are waited where the call is
@@ -29,8 +29,21 @@ the caller does not run the call a second time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class WaitsOnLoop(Protocol):
+    """What a refused call met, if the call can wait for it without blocking the event loop.
+
+    `run_held(call, within, first=)` runs `call` on the loop once it is held, and returns what
+    `call` returns (or raises what it raises); if it was not had within `within` seconds, it
+    raises WouldWait without having run `call`. `first`: ahead of the calls waiting without it."""
+
+    async def run_held(self, call: Callable[[], T], within: float, *, first: bool = False) -> T: ...
 
 
 class WouldWait(BaseException):
@@ -41,10 +54,13 @@ class WouldWait(BaseException):
     so that only the caller that asked for it handles it. Transactions roll back on it.
     """
 
-    def __init__(self, what: str, *, after_commit: bool = False) -> None:
+    def __init__(
+        self, what: str, *, after_commit: bool = False, ahead: WaitsOnLoop | None = None
+    ) -> None:
         super().__init__(what)
         self.what = what
         self.after_commit = after_commit
+        self.ahead = ahead  # how to wait for it on the loop, if there is a way
 
 
 LOCK_WAIT = 0.005  # seconds

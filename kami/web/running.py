@@ -1,4 +1,4 @@
-"""Where a request's blocking work runs, and in what order (decision 0010).
+"""Where a request's blocking work runs, and in what order (decisions 0010, 0015).
 
 Where: on the event loop itself when nothing would make it wait, on a worker thread otherwise.
 The hot requests (checkout, payment notification, reveal) spend well under a millisecond in the
@@ -6,14 +6,18 @@ database. Handing that work to the thread pool and back cost more than the work:
 between threads, and each thread then waiting its turn for the interpreter (measured on the
 purchase benchmark, SQLite: 6.3 ms of server CPU per purchase through the thread pool, 3.4 ms on
 the loop). So the loop runs the call itself under `kernel.waiting.no_waiting()`. If the call
-meets a lock held for more than a few milliseconds, or would reach for the network, it is
-refused before it has changed anything and runs again, from the start, on a worker thread.
+finds SQLite's writer busy, it is refused before it has changed anything and waits, while the
+loop answers other requests, until the writer is had for it; then the loop runs it again from
+the start (`WriterQueue.run_held`). If it meets another lock held for more than a few
+milliseconds, waits for the writer longer than WRITER_WAIT, or would reach for the network, it
+runs again from the start on a worker thread.
 
 In what order: a payment notification first. A paid buyer waits for their key and the channel
 for its answer, and a channel that times out sends again; a new checkout can wait a moment. So
 `run` takes turns, one call per pass of the event loop, and between two turns the loop reads
 what has arrived: a notification (`run_now`) does not take a turn and runs as soon as it is
-read, ahead of every checkout and reveal already waiting.
+read, ahead of every checkout and reveal already waiting, and it goes ahead of them in the
+queue for SQLite's writer too.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     commit must be undone by the rollback (no counters bumped, no mail sent).
     """
     await _turns().take()
-    return await _run(waiting.LOCK_WAIT, fn, *args, **kwargs)
+    return await _run(waiting.LOCK_WAIT, False, fn, *args, **kwargs)
 
 
 async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -50,24 +54,44 @@ async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     It also waits longer for a database lock before it is refused (PAYMENT_LOCK_WAIT): a
     payment sent to a worker thread waits there for the interpreter, and those were the slowest
     hundredth of notifications (measured: 1.2 % of them refused at 5 ms, SQLite)."""
-    return await _run(PAYMENT_LOCK_WAIT, fn, *args, **kwargs)
+    return await _run(PAYMENT_LOCK_WAIT, True, fn, *args, **kwargs)
 
 
 PAYMENT_LOCK_WAIT = 0.025
 
 
-async def _run(lock_wait: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    try:
+# How long a call refused on the loop for SQLite's writer waits there for it (`WriterQueue.
+# run_held`) before it runs on a worker thread instead.
+WRITER_WAIT = 1.0
+
+
+async def _run(
+    lock_wait: float, first: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    def call() -> T:
         with waiting.no_waiting(lock_wait):
             return fn(*args, **kwargs)
+
+    try:
+        return call()
     except waiting.WouldWait as refused:
-        if refused.after_commit:
-            raise RuntimeError(
-                f"{getattr(fn, '__qualname__', fn)} reached for {refused.what} after it "
-                "committed, so it cannot run again: reach for the network before the commit, "
-                "or in a call of its own"
-            ) from None
+        _not_after_commit(fn, refused)
+        ahead = refused.ahead
+    if ahead is not None:
+        try:
+            return await ahead.run_held(call, WRITER_WAIT, first=first)
+        except waiting.WouldWait as refused:
+            _not_after_commit(fn, refused)
     return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def _not_after_commit(fn: Callable[..., object], refused: waiting.WouldWait) -> None:
+    if refused.after_commit:
+        raise RuntimeError(
+            f"{getattr(fn, '__qualname__', fn)} reached for {refused.what} after it "
+            "committed, so it cannot run again: reach for the network before the commit, "
+            "or in a call of its own"
+        ) from None
 
 
 class _Turns:

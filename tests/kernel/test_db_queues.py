@@ -3,6 +3,7 @@ file rather than SQLite's polling, and the per-process admission of transactions
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from kami.kernel.admission import Admission, FairSlots
 from kami.kernel.engine import WAL_AUTOCHECKPOINT_PAGES
 from kami.kernel.errors import InvalidInput
 from kami.worker import runner
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, run_async
 
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer queue")
 
@@ -208,3 +209,31 @@ def test_postgresql_has_no_checkpoint_to_do(shop: Shop) -> None:
     if BACKEND == "sqlite":
         pytest.skip("PostgreSQL only")
     assert shop.db.checkpoint() is None
+
+
+@sqlite_only
+def test_the_writer_taken_for_a_loop_that_closed_is_let_go(shop: Shop) -> None:
+    """A call waited for the writer on an event loop that has since closed: the writer the
+    process's waiting thread took for it goes back, and other writers go on."""
+    writers = shop.db._writers
+    assert writers is not None
+    assert writers.acquire(None)  # held here until the loop below has closed
+    ran: list[str] = []
+
+    async def wait_then_leave() -> None:
+        waiting = asyncio.create_task(writers.run_held(lambda: ran.append("ran"), 30))
+        await asyncio.sleep(0.05)  # queued; the loop closes with it still waiting
+        waiting.cancel()
+
+    run_async(wait_then_leave)  # a loop of its own, closed when it returns
+    writers.release()
+    took = threading.Event()
+
+    def write() -> None:
+        with shop.db.write():
+            took.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(10)
+    assert took.is_set() and ran == []

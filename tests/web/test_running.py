@@ -149,7 +149,7 @@ def test_a_purchase_goes_through_while_another_process_holds_the_writer(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        created = client.post("/api/v1/orders", json=ORDER)  # waits on a worker thread
+        created = client.post("/api/v1/orders", json=ORDER)  # waits for it on the loop
         assert created.status_code == 201
     finally:
         holder.wait(10)
@@ -164,6 +164,147 @@ def test_a_purchase_goes_through_while_another_process_holds_the_writer(
         headers={"Authorization": f"Bearer {order['access_token']}"},
     )
     assert [i["card"] for i in revealed.json()["items"]] == ["K-1"]
+
+
+@pytest.fixture
+def writer_held(shop: Shop) -> Iterator[threading.Event]:
+    """SQLite's writer held by another thread of this process until the event is set."""
+    if BACKEND != "sqlite":
+        pytest.skip("SQLite's writer")
+    writers = shop.db._writers
+    assert writers is not None
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shop.db.write():
+            held.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    yield leave
+    leave.set()
+    holder.join(10)
+
+
+def _insert(shop: Shop, n: int, ran: list[tuple[int, int]]) -> int:
+    with shop.db.write() as s:
+        s.execute(text("INSERT INTO t_scratch VALUES (:n)"), {"n": n})
+    ran.append((n, threading.get_ident()))
+    return n
+
+
+def test_calls_that_find_the_writer_busy_wait_for_it_without_blocking_the_loop(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    """Refused at once, they wait off the loop's back: the loop goes on answering (here, a
+    ticker) until the writer is free, then runs them itself, in arrival order."""
+    ran: list[tuple[int, int]] = []
+
+    async def scene() -> tuple[int, list[int], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick = asyncio.create_task(ticker())
+        calls = [asyncio.create_task(running.run(_insert, shop, n, ran)) for n in range(5)]
+        await asyncio.sleep(0.2)
+        ticks_while_held, done_while_held = ticks, sum(c.done() for c in calls)
+        writer_held.set()
+        results = await asyncio.gather(*calls)
+        tick.cancel()
+        assert done_while_held == 0
+        return threading.get_ident(), results, ticks_while_held
+
+    loop_thread, results, ticks = run_async(scene)
+    assert results == [0, 1, 2, 3, 4]
+    assert ran == [(n, loop_thread) for n in range(5)]  # on the loop, first come first served
+    assert ticks >= 10  # the loop was not blocked while they waited
+    assert _rows(shop) == 5
+
+
+def test_a_call_that_waits_too_long_for_the_writer_runs_on_a_worker_thread_once(
+    shop: Shop, scratch_table: str, writer_held: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(running, "WRITER_WAIT", 0.05)
+    ran: list[tuple[int, int]] = []
+
+    async def scene() -> int:
+        return threading.get_ident()
+
+    loop_thread = run_async(scene)
+    threading.Timer(0.3, writer_held.set).start()
+    result = run_async(lambda: running.run(_insert, shop, 7, ran))
+    assert result == 7
+    assert len(ran) == 1 and ran[0][1] != loop_thread  # given up on the loop, run on a thread
+    assert _rows(shop) == 1
+
+
+def test_a_failure_of_a_call_that_waited_for_the_writer_reaches_its_caller_alone(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+
+    def fails() -> None:
+        with shop.db.write() as s:
+            s.execute(text("INSERT INTO t_scratch VALUES (99)"))
+            raise LookupError("no such thing")
+
+    async def scene() -> list[object]:
+        calls = [
+            asyncio.create_task(running.run(_insert, shop, 1, ran)),
+            asyncio.create_task(running.run(fails)),
+            asyncio.create_task(running.run(_insert, shop, 2, ran)),
+        ]
+        await asyncio.sleep(0.05)
+        writer_held.set()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    first, failed, third = run_async(scene)
+    assert (first, third) == (1, 2)
+    assert isinstance(failed, LookupError)
+    with shop.db.read() as s:
+        assert sorted(s.execute(text("SELECT n FROM t_scratch")).scalars()) == [1, 2]
+
+
+def test_a_call_whose_caller_left_while_it_waited_for_the_writer_is_not_run(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+
+    async def scene() -> None:
+        gone = asyncio.create_task(running.run(_insert, shop, 1, ran))
+        stays = asyncio.create_task(running.run(_insert, shop, 2, ran))
+        await asyncio.sleep(0.05)  # both wait for the writer
+        gone.cancel()  # its client hung up
+        writer_held.set()
+        await asyncio.gather(gone, stays, return_exceptions=True)
+
+    run_async(scene)
+    assert [n for n, _ in ran] == [2]
+    assert _rows(shop) == 1
+
+
+def test_a_payment_waiting_for_the_writer_goes_before_the_checkouts_waiting(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+
+    async def scene() -> None:
+        checkouts = [asyncio.create_task(running.run(_insert, shop, n, ran)) for n in range(3)]
+        await asyncio.sleep(0.05)  # they wait for the writer
+        payment = asyncio.create_task(running.run_now(_insert, shop, 9, ran))
+        await asyncio.sleep(0.05)
+        writer_held.set()
+        await asyncio.gather(*checkouts, payment)
+
+    run_async(scene)
+    assert [n for n, _ in ran] == [9, 0, 1, 2]
 
 
 def test_payments_wait_longer_for_a_lock_before_they_are_refused() -> None:
