@@ -207,18 +207,13 @@ def sell_reserved(
     reservation is released and the caller takes fresh keys (or the order waits for stock).
     `sku_id` narrows it to one SKU's keys: a bundle holds a reservation per card-key component.
     """
-    mine = (
-        (Key.order_id == order_id)
-        if sku_id is None
-        else ((Key.order_id == order_id) & (Key.sku_id == sku_id))
-    )
     sold: Any
     if sku_id is None:  # an order's own reservation: the payment path, built once
         sold = _SELL.run(session, {"b_order": order_id, "b_now": now, "b_sold_at": now})
     else:
         sold = session.execute(
             update(Key)
-            .where(mine, Key.status == KeyStatus.RESERVED, Key.expires_at > now)
+            .where(_mine(order_id, sku_id), Key.status == KeyStatus.RESERVED, Key.expires_at > now)
             .values(status=KeyStatus.SOLD, sold_at=now)
             .returning(Key.id)
             .execution_options(synchronize_session=False)
@@ -229,12 +224,20 @@ def sell_reserved(
             _put_back(session, order_id, rows)
         session.execute(  # and the rest of it (expired keys) goes back on sale too
             update(Key)
-            .where(mine, Key.status == KeyStatus.RESERVED)
+            .where(_mine(order_id, sku_id), Key.status == KeyStatus.RESERVED)
             .values(status=KeyStatus.AVAILABLE, order_id=None)
             .execution_options(synchronize_session=False)
         )
         return []
     return sorted(rows)
+
+
+def _mine(order_id: int, sku_id: int | None) -> Any:
+    """The order's keys (of one SKU, if given), as a condition. Built only where needed: on the
+    payment path building it cost a quarter of the delivery's time in process."""
+    if sku_id is None:
+        return Key.order_id == order_id
+    return (Key.order_id == order_id) & (Key.sku_id == sku_id)
 
 
 def release_reserved(session: Session, order_ids: Sequence[int]) -> int:
