@@ -16,11 +16,12 @@ from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 from kami.kernel import waiting
-from kami.kernel.admission import Admission, writer_queue
+from kami.kernel.admission import Admission
 from kami.kernel.clock import as_utc
 from kami.kernel.engine import BUSY_TIMEOUT_MS
 from kami.kernel.prepared import lock_refusal, wrapped
 from kami.kernel.waiting import WouldWait
+from kami.kernel.writer import writer_queue
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -18,6 +19,8 @@ from kami.fulfilment import Shop
 from kami.kernel.admission import Admission, FairSlots
 from kami.kernel.engine import WAL_AUTOCHECKPOINT_PAGES
 from kami.kernel.errors import InvalidInput
+from kami.kernel.waiting import WouldWait
+from kami.kernel.writer import WriterQueue
 from kami.worker import runner
 from tests.conftest import BACKEND, run_async
 
@@ -237,3 +240,90 @@ def test_the_writer_taken_for_a_loop_that_closed_is_let_go(shop: Shop) -> None:
     writer.start()
     writer.join(10)
     assert took.is_set() and ran == []
+
+
+def _in_a_loop_thread(main: Any, seconds: float = 10) -> Any:
+    """Run `main()` in a loop of its own thread; fail (rather than hang) if it does not end."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(main())), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the loop never finished: the writer was left held"
+    return outcome[0]
+
+
+def test_a_loop_that_waits_for_the_writer_itself_is_not_handed_it_forever(
+    tmp_path: Path,
+) -> None:
+    """The writer offered to a loop that is itself blocked waiting for it (code on the loop
+    that writes outside `no_waiting()`) is taken back, so both go through."""
+    writers = WriterQueue(str(tmp_path / "db-writer.lock"))
+    assert writers.acquire(None)  # another thread's write, a moment long
+    threading.Timer(0.1, writers.release).start()
+
+    async def main() -> list[str]:
+        done: list[str] = []
+        waiting = asyncio.create_task(writers.run_held(lambda: done.append("checkout"), 5))
+        await asyncio.sleep(0.01)  # queued, and the process's thread waits for the writer
+        assert writers.acquire(None)  # the loop itself, blocked until the writer is free
+        done.append("sign-in")
+        writers.release()
+        await waiting
+        return done
+
+    assert _in_a_loop_thread(main) == ["sign-in", "checkout"]
+    assert writers.acquire(1.0)  # and nobody holds it now
+    writers.release()
+
+
+def test_calls_that_gave_up_leave_the_queue(tmp_path: Path) -> None:
+    writers = WriterQueue(str(tmp_path / "db-writer.lock"))
+    offers = []
+    batch = writers._run_batch
+
+    def counted(*args: Any) -> None:
+        offers.append(1)
+        batch(*args)
+
+    writers._run_batch = counted  # type: ignore[method-assign]
+
+    async def main() -> str:
+        assert writers.acquire(None)  # held for longer than the calls wait (an import)
+
+        async def gives_up() -> None:
+            with pytest.raises(WouldWait):
+                await writers.run_held(lambda: None, 0.05)
+
+        await asyncio.gather(*(gives_up() for _ in range(100)))
+        assert len(writers._on_loops) == 0
+        live = asyncio.create_task(writers.run_held(lambda: "live", 5))
+        writers.release()
+        return await live
+
+    assert _in_a_loop_thread(main) == "live"
+    assert len(offers) == 1  # one hand-over for the one call still waiting
+
+
+def test_a_batch_runs_at_most_its_share_and_each_call_once(tmp_path: Path) -> None:
+    writers = WriterQueue(str(tmp_path / "db-writer.lock"))
+    ran: list[int] = []
+
+    def bad() -> None:
+        ran.append(-1)
+        raise StopIteration  # cannot travel through a future as it is
+
+    async def main() -> list[object]:
+        assert writers.acquire(None)
+        calls = [
+            asyncio.create_task(writers.run_held(lambda n=n: ran.append(n) or n, 5))
+            for n in range(WriterQueue.LOOP_BATCH + 3)
+        ]
+        calls.insert(2, asyncio.create_task(writers.run_held(bad, 5)))
+        await asyncio.sleep(0.05)
+        writers.release()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = _in_a_loop_thread(main)
+    assert isinstance(outcomes[2], RuntimeError)
+    assert [o for n, o in enumerate(outcomes) if n != 2] == list(range(WriterQueue.LOOP_BATCH + 3))
+    assert sorted(ran) == [-1, *range(WriterQueue.LOOP_BATCH + 3)]  # each once

@@ -15,7 +15,8 @@ from sqlalchemy import text
 
 from kami.fulfilment import Shop
 from kami.kernel import waiting
-from kami.kernel.admission import Admission, FairSlots, WriterQueue
+from kami.kernel.admission import Admission, FairSlots
+from kami.kernel.writer import WriterQueue
 from kami.payments.gateways.transport import opener
 from tests.conftest import BACKEND
 
