@@ -256,7 +256,7 @@ class Database:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         writers = self._writers
         # A call that must not wait asks once: the event loop waits for the writer in
-        # `WriterQueue.take_ahead`, doing other work meanwhile, and tries the call again.
+        # `WriterQueue.run_held`, doing other work meanwhile, and runs the call again.
         if writers is not None and not writers.acquire(
             None if waiting.lock_wait() is None else 0.0
         ):
