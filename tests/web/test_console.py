@@ -3,10 +3,14 @@ roles enforced by the server, hostile texts shown as text, TOTP, sessions and si
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from babel.messages.extract import extract_from_dir
 from fastapi.testclient import TestClient
@@ -17,7 +21,7 @@ from kami.accounts.models import AdminTotp
 from kami.accounts.totp import b32decode, code_at, step_of
 from kami.web import i18n
 from tests.browser.seed import EVIL, EVIL_INPUT, EVIL_KEY, Seeded, seed
-from tests.conftest import raw_notification, sandbox_body
+from tests.conftest import BACKEND, raw_notification, run_async, sandbox_body
 from tests.web.test_storefront import PLACEHOLDER, _catalog, _untranslated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -429,3 +433,41 @@ def test_the_dashboard_counts_sales_and_undelivered_orders(
 
 
 GAME_ALERT = 'href="/admin/keys#sku-GAME-50"'
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer")
+def test_signing_in_waits_for_the_writer_without_holding_up_the_event_loop(
+    client: TestClient, shop: fulfilment.Shop
+) -> None:
+    """A console form's write waits for SQLite's writer on a worker thread: while another
+    writer (an import, say) holds it, the process goes on answering other requests."""
+    make_admin(shop, "waiting-owner", accounts.Role.OWNER)
+    held = threading.Event()
+
+    def hold() -> None:
+        with shop.db.write():
+            held.set()
+            time.sleep(2)
+
+    async def scene() -> tuple[int, bool, int]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as ac:
+            page = await ac.get("/admin/login")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert token
+            form = {"csrf_token": token.group(1), "username": "waiting-owner", "password": PASSWORD}
+            holder.start()
+            assert held.wait(5)
+            login = asyncio.create_task(ac.post("/admin/login", data=form))
+            await asyncio.sleep(0.1)  # the sign-in is waiting for the writer
+            health = await ac.get("/healthz")
+            answered_while_held = holder.is_alive()
+            return health.status_code, answered_while_held, (await login).status_code
+
+    holder = threading.Thread(target=hold)
+    try:
+        health, while_held, login = run_async(scene)
+    finally:
+        holder.join(10)
+    assert health == 200 and while_held
+    assert login == 303  # signed in once the writer was free

@@ -21,6 +21,7 @@ from kami.web.console.frame import (
     render,
     require,
     signed_in,
+    written,
 )
 from kami.web.deps import shop
 
@@ -82,8 +83,7 @@ async def create_category(request: Request) -> Response:
         parent=form.get("parent") or None,
         position=as_int(form.get("position"), "position") or 0,
     )
-    with shop(request).db.write() as s:
-        catalog.create_category(s, data)
+    await written(shop(request), catalog.create_category, data)
     return redirect(f"{PREFIX}/catalog")
 
 
@@ -99,8 +99,7 @@ async def update_category(slug: str, request: Request) -> Response:
         parent=parent or None,
         move_to_root=not parent,
     )
-    with shop(request).db.write() as s:
-        catalog.update_category(s, slug, data)
+    await written(shop(request), catalog.update_category, slug, data)
     return redirect(f"{PREFIX}/catalog")
 
 
@@ -133,8 +132,7 @@ async def update_product(slug: str, request: Request) -> Response:
         position=as_int(form.get("position"), "position"),
         active=form.get("active") == "on",
     )
-    with shop(request).db.write() as s:
-        catalog.update_product(s, slug, data)
+    await written(shop(request), catalog.update_product, slug, data)
     return redirect(f"{PREFIX}/catalog/products/{slug}")
 
 
@@ -170,8 +168,7 @@ async def update_sku(code: str, request: Request) -> Response:
         position=as_int(form.get("position"), "position"),
         active=form.get("active") == "on",
     )
-    with shop(request).db.write() as s:
-        catalog.update_sku(s, code, data)
+    await written(shop(request), catalog.update_sku, code, data)
     return redirect(f"{PREFIX}/catalog/skus/{code}")
 
 

@@ -17,6 +17,7 @@ from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from kami import accounts, fulfilment
@@ -27,6 +28,7 @@ from kami.web.inputs import CheckedRoute, check_text
 from kami.web.storefront import rendering
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 SESSION_COOKIE = "kami_console"
 PREFIX = "/admin"
 OWNER = frozenset({accounts.Role.OWNER})
@@ -184,3 +186,16 @@ def as_int(value: str | None, where: str) -> int | None:
         return int(value.strip())
     except ValueError:
         raise InvalidInput(f"{where}: {value[:40]!r} is not a whole number", where=where) from None
+
+
+async def written(s: fulfilment.Shop, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(session, *args)` in a write transaction, on a worker thread. A console form is a
+    coroutine (it awaits its form), and its write, run on the event loop, waited there for
+    SQLite's writer with every request of the process behind it (an import holds the writer
+    for seconds; decision 0015)."""
+
+    def run() -> T:
+        with s.db.write() as session:
+            return fn(session, *args)
+
+    return await run_in_threadpool(run)

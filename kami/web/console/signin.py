@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
 
 from kami import accounts
 from kami.kernel.errors import KamiError, Unauthorized
@@ -15,6 +16,7 @@ from kami.web.console.frame import (
     redirect,
     render,
     signed_in,
+    written,
 )
 from kami.web.deps import rate_limit, shop
 from kami.web.storefront import rendering
@@ -26,6 +28,13 @@ def totp_key(request: Request) -> bytes:
     s = shop(request)
     with s.db.read() as session:
         return s.cipher.named_secret(session, accounts.TOTP_SECRET)
+
+
+def _sign_in(session: Session, username: str, password: str, key: bytes, code: str) -> str:
+    admin = accounts.check_password(session, username, password)
+    if accounts.totp_enabled(session, admin.id):
+        accounts.check_totp(session, admin.id, key, code)
+    return accounts.open_session(session, admin.id)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -41,11 +50,9 @@ async def login(request: Request) -> Response:
     s = shop(request)
     key = totp_key(request)
     try:
-        with s.db.write() as session:
-            admin = accounts.check_password(session, username, form.get("password", ""))
-            if accounts.totp_enabled(session, admin.id):
-                accounts.check_totp(session, admin.id, key, form.get("code", ""))
-            sid = accounts.open_session(session, admin.id)
+        sid = await written(
+            s, _sign_in, username, form.get("password", ""), key, form.get("code", "")
+        )
     except Unauthorized as exc:
         t = rendering.translator(request)
         message = (
@@ -74,8 +81,7 @@ async def logout(request: Request) -> Response:
     await form_of(request)
     sid = request.cookies.get(SESSION_COOKIE, "")
     if sid:
-        with shop(request).db.write() as session:
-            accounts.close_session(session, sid)
+        await written(shop(request), accounts.close_session, sid)
     response = redirect(f"{PREFIX}/login")
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response
@@ -113,8 +119,7 @@ async def two_factor_begin(request: Request) -> Response:
     admin = signed_in(request)
     await form_of(request)
     key = totp_key(request)
-    with shop(request).db.write() as session:
-        accounts.begin_totp(session, admin.id, key)
+    await written(shop(request), accounts.begin_totp, admin.id, key)
     return redirect(f"{PREFIX}/2fa")
 
 
@@ -124,8 +129,7 @@ async def two_factor_confirm(request: Request) -> Response:
     form = await form_of(request)
     key = totp_key(request)
     try:
-        with shop(request).db.write() as session:
-            accounts.confirm_totp(session, admin.id, key, form.get("code", ""))
+        await written(shop(request), accounts.confirm_totp, admin.id, key, form.get("code", ""))
     except KamiError:
         t = rendering.translator(request)
         return _two_factor(

@@ -10,7 +10,15 @@ from kami import vault
 from kami.gateway_config import check_channels
 from kami.kernel import outbox
 from kami.kernel.errors import InvalidInput, NotFound
-from kami.web.console.frame import PREFIX, ConsoleRoute, form_of, redirect, render, signed_in
+from kami.web.console.frame import (
+    PREFIX,
+    ConsoleRoute,
+    form_of,
+    redirect,
+    render,
+    signed_in,
+    written,
+)
 from kami.web.deps import container, shop
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
@@ -42,9 +50,8 @@ async def retry_job(job_id: int, request: Request) -> Response:
     await form_of(request)
     if not 1 <= job_id <= MAX_ID:
         raise NotFound(f"no parked job {job_id}", where="job_id")
-    with shop(request).db.write() as s:
-        if not outbox.retry_job(s, job_id):
-            raise NotFound(f"no parked job {job_id}", where="job_id")
+    if not await written(shop(request), outbox.retry_job, job_id):
+        raise NotFound(f"no parked job {job_id}", where="job_id")
     return redirect(f"{PREFIX}/jobs")
 
 
