@@ -202,9 +202,9 @@ class WriterQueue:
 
         Having the writer, it offers it to the loop for HAND_OVER seconds. A loop that does not
         take it in that time may itself be waiting for the writer (code on the loop that writes
-        outside `no_waiting()`, such as the console's sign-in, waits for it in place): the offer
-        is withdrawn and the writer let go, and it is asked for again once the loop has run a
-        callback, so that a busy loop does not keep the writer from other processes."""
+        outside `no_waiting()` waits for it in place): the offer is withdrawn and the writer let
+        go, and it is asked for again once the loop has run a callback, so that a busy loop does
+        not keep the writer from other processes."""
         while True:
             with self._loop_calls:
                 if not self._loop_calls.wait_for(lambda: self._on_loops, self.IDLE_EXIT):
@@ -215,13 +215,13 @@ class WriterQueue:
             with self._loop_calls:
                 wanted = any(c.loop is loop for c in self._on_loops)
             offer = _Offer()
-            try:
-                if wanted:  # none left: all gave up while the writer was waited for
+            if wanted:
+                try:
                     loop.call_soon_threadsafe(self._run_batch, loop, offer)
-            except RuntimeError:  # that loop is closed: its calls are gone with it
-                wanted = False
-                self._drop_loop(loop)
-            if not wanted:
+                except RuntimeError:  # that loop is closed: its calls are gone with it
+                    self._drop_loop(loop)
+                    wanted = False
+            if not wanted:  # they all gave up while the writer was waited for, or their loop closed
                 self.release()
                 continue
             if offer.taken.wait(self.HAND_OVER):
