@@ -51,9 +51,11 @@ async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     step of a request that has had its turn (asking the channel for a new order's payment
     instruction), which would otherwise queue a second time behind every waiting request.
 
-    It also waits longer for a database lock before it is refused (PAYMENT_LOCK_WAIT): a
-    payment sent to a worker thread waits there for the interpreter, and those were the slowest
-    hundredth of notifications (measured: 1.2 % of them refused at 5 ms, SQLite)."""
+    It also waits longer for a database slot or SQLite's lock held by a writer that is not
+    Kami's before it is refused (PAYMENT_LOCK_WAIT): a payment sent to a worker thread waits
+    there for the interpreter, and those were the slowest hundredth of notifications (measured:
+    1.2 % of them refused at 5 ms, SQLite). For SQLite's own writer it goes ahead of the other
+    calls waiting in the writer's queue instead (decision 0015)."""
     return await _run(PAYMENT_LOCK_WAIT, True, fn, *args, **kwargs)
 
 
