@@ -1,4 +1,4 @@
-"""`kami bench NAME …`: run a harness from bench/ (claim, purchase, flashsale, import_keys)."""
+"""`kami bench NAME …`: run a harness from bench/ (claim, purchase, flashsale, import, steps)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _bench_dir() -> Path | None:
 
 def bench(
     ctx: typer.Context,
-    name: str = typer.Argument(help="harness name: claim, purchase, flashsale or import"),
+    name: str = typer.Argument(help="harness name: claim, purchase, flashsale, import or steps"),
 ) -> None:
     """Run a benchmark harness; its options follow the name (see `kami bench NAME --help`).
 
