@@ -11,11 +11,12 @@ one per buyer) and GONE (one key, sold before the timing starts). The app the se
 raised, no job threads) is called straight through ASGI on one event loop, one request at a
 time: no HTTP parsing, no sockets, no load generator, no other request to wait behind.
 
-Each round times `--requests` requests of each step, in this order:
+Each round runs `--requests` of each of these, in this order, timing every request on its own:
 
 - `hello`: GET /healthz, the loaded benchmarks' no-work baseline;
 - `create`, `notify`, `reveal`: a purchase of PLAIN (order, signed sandbox notification that
-  sells and delivers the key, reveal of the key with the order's token);
+  sells and delivers the key, reveal of the key with the order's token), one buyer after the
+  other, so that few orders are unpaid at a time, as in the loaded runs;
 - `flash_create`, `flash_notify`: a flash-sale winner of FLASH (order, payment);
 - `sold_out`: an order of GONE, answered "sold out".
 
@@ -51,7 +52,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,60 +148,59 @@ def order_body(sku: str, email: str) -> bytes:
 
 
 async def rounds(client: Client, n: int, count: int) -> dict[str, list[tuple[float, float]]]:
-    """`count` rounds of `n` requests of each step; per step, (cpu, wall) seconds per request."""
+    """`count` rounds of `n` of each step; per step and round, (cpu, wall) seconds per request.
+
+    A purchase's three requests follow each other as a buyer's do (so a handful of orders is
+    unpaid at a time, as in the loaded runs, not thousands), each timed on its own."""
     tag = secrets.token_hex(3)
     taken: dict[str, list[tuple[float, float]]] = {step: [] for step in STEPS}
     serial = 0
+    sums: dict[str, list[float]] = {}
 
-    async def timed(step: str, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    async def timed(step: str, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         cpu, wall = time.process_time(), time.perf_counter()
-        out = [await call() for call in calls]
+        answer = await call
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        taken[step].append((cpu / len(calls), wall / len(calls)))
-        return out
+        spent = sums.setdefault(step, [0.0, 0.0])
+        spent[0] += cpu
+        spent[1] += wall
+        return answer
 
-    def creating(sku: str, status: int) -> list[Callable[[], Awaitable[Any]]]:
+    def create(sku: str, status: int) -> Awaitable[dict[str, Any]]:
         nonlocal serial
-        calls: list[Callable[[], Awaitable[Any]]] = []
-        for _ in range(n):
-            serial += 1
-            headers = {"content-type": "application/json", "x-device-id": f"dev{tag}{serial:08d}"}
-            body = order_body(sku, f"s{serial}.{tag}@bench.example")
-            calls.append(partial(client.expect, status, "POST", "/api/v1/orders", body, **headers))
-        return calls
+        serial += 1
+        headers = {"content-type": "application/json", "x-device-id": f"dev{tag}{serial:08d}"}
+        body = order_body(sku, f"s{serial}.{tag}@bench.example")
+        return client.expect(status, "POST", "/api/v1/orders", body, **headers)
 
-    def paying(orders: list[dict[str, Any]]) -> list[Callable[[], Awaitable[Any]]]:
-        calls: list[Callable[[], Awaitable[Any]]] = []
-        for order in orders:
-            body, headers = notification(
-                order["order_no"], order["amount_minor"], order["currency"]
-            )
-            path = "/api/v1/payments/sandbox/notify"
-            calls.append(partial(client.expect, 200, "POST", path, body, **headers))
-        return calls
-
-    def revealing(orders: list[dict[str, Any]]) -> list[Callable[[], Awaitable[Any]]]:
-        return [
-            partial(
-                client.expect,
-                200,
-                "POST",
-                f"/api/v1/orders/{order['order_no']}/reveal",
-                authorization=f"Bearer {order['access_token']}",
-            )
-            for order in orders
-        ]
+    def pay(order: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+        body, headers = notification(order["order_no"], order["amount_minor"], order["currency"])
+        return client.expect(200, "POST", "/api/v1/payments/sandbox/notify", body, **headers)
 
     for _ in range(count):
-        await timed("hello", [lambda: client.expect(200, "GET", "/healthz")] * n)
-        placed = await timed("create", creating("PLAIN", 201))
-        await timed("notify", paying(placed))
-        revealed = await timed("reveal", revealing(placed))
-        if any(len(r.get("items") or []) != 1 for r in revealed):
-            raise SystemExit("a reveal did not show exactly one key")
-        won = await timed("flash_create", creating("FLASH", 201))
-        await timed("flash_notify", paying(won))
-        await timed("sold_out", creating("GONE", 409))
+        sums.clear()
+        for _ in range(n):
+            await timed("hello", client.expect(200, "GET", "/healthz"))
+        for _ in range(n):
+            order = await timed("create", create("PLAIN", 201))
+            await timed("notify", pay(order))
+            revealed = await timed(
+                "reveal",
+                client.expect(
+                    200,
+                    "POST",
+                    f"/api/v1/orders/{order['order_no']}/reveal",
+                    authorization=f"Bearer {order['access_token']}",
+                ),
+            )
+            if len(revealed.get("items") or []) != 1:
+                raise SystemExit("a reveal did not show exactly one key")
+        for _ in range(n):
+            await timed("flash_notify", pay(await timed("flash_create", create("FLASH", 201))))
+        for _ in range(n):
+            await timed("sold_out", create("GONE", 409))
+        for step in STEPS:
+            taken[step].append((sums[step][0] / n, sums[step][1] / n))
     return taken
 
 
