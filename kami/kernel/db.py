@@ -19,6 +19,7 @@ from kami.kernel import waiting
 from kami.kernel.admission import Admission
 from kami.kernel.clock import as_utc
 from kami.kernel.engine import BUSY_TIMEOUT_MS
+from kami.kernel.pgcursor import LeanCursor
 from kami.kernel.prepared import lock_refusal, wrapped
 from kami.kernel.waiting import WouldWait
 from kami.kernel.writer import writer_queue
@@ -87,9 +88,10 @@ class _Kept:
         if conn is None:
             conn = self._conn = self._engine.connect()
         driver: Any = conn.connection.driver_connection
-        if self._cursor is None:
-            self._cursor = driver.cursor()
         dialect = conn.dialect
+        if self._cursor is None:
+            # PostgreSQL: through libpq, not psycopg's cursor (decision 0016).
+            self._cursor = LeanCursor(driver) if dialect.name == "postgresql" else driver.cursor()
         if dialect.name == "sqlite":
             begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
             try:

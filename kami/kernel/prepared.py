@@ -239,7 +239,10 @@ class Prepared:
         try:
             if cursor is None:
                 cursor = driver.cursor()
-            cursor.executemany(plan.sql, params)
+            if len(params) == 1:  # psycopg's executemany costs a pipeline: 50 µs more for one
+                cursor.execute(plan.sql, params[0])
+            else:
+                cursor.executemany(plan.sql, params)
         except dialect.loaded_dbapi.Error as exc:
             raise wrapped(session, dialect, plan.sql, exc) from exc
 

@@ -1,0 +1,136 @@
+"""PostgreSQL: `Prepared` statements sent through libpq (`kernel.pgcursor`, decision 0016) give
+what psycopg's cursor gives, stay prepared across rollbacks, and recover from being
+deallocated by someone else."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    LargeBinary,
+    String,
+    bindparam,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from kami.fulfilment import Shop
+from kami.kernel.clock import utcnow
+from kami.kernel.db import UtcDateTime
+from kami.kernel.outbox import OutboxJob, enqueue
+from kami.kernel.pgcursor import LeanCursor, numbered
+from kami.kernel.prepared import Prepared
+from tests.conftest import BACKEND
+
+pytestmark = pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL's own cursor")
+
+_J = OutboxJob.__table__
+_ATTEMPTS = Prepared(select(_J.c.attempts).where(_J.c.ref == bindparam("ref")))
+_ECHO = Prepared(
+    select(
+        bindparam("i", type_=BigInteger),
+        bindparam("s", type_=String),
+        bindparam("none", type_=String),
+        bindparam("b", type_=LargeBinary),
+        bindparam("t", type_=Boolean),
+        bindparam("at", type_=UtcDateTime),
+        bindparam("j", type_=JSON),
+    )
+)
+_INSERT_WITH_ID = Prepared(
+    insert(_J).values(
+        id=bindparam("id"),
+        kind="k",
+        ref=bindparam("ref"),
+        payload={},
+        status="pending",
+        attempts=0,
+        run_after=bindparam("now"),
+        created_at=bindparam("now"),
+    )
+)
+
+
+def _cursor(session: Session) -> Any:
+    return session.info["kami_kept"][3]
+
+
+def _driver(session: Session) -> Any:
+    return session.info["kami_kept"][0]
+
+
+def test_placeholders_are_numbered_and_percent_signs_kept() -> None:
+    assert numbered("SELECT %s, '100%%' || %s WHERE a = %s") == (
+        b"SELECT $1, '100%' || $2 WHERE a = $3"
+    )
+
+
+def test_values_travel_as_through_psycopgs_cursor(shop: Shop) -> None:
+    values = {
+        "i": 2**40,
+        "s": "näive 卡密 '%s'",
+        "none": None,
+        "b": b"\x00\xff binary",
+        "t": True,
+        "at": datetime(2026, 12, 6, 4, 25, 41, 123456, tzinfo=UTC),
+        "j": {"a": [1, "二"], "b": None},
+    }
+    with shop.db.read() as s:
+        assert isinstance(_cursor(s), LeanCursor)
+        lean = tuple(_ECHO.run(s, values).one())
+        through_psycopg = tuple(s.execute(_ECHO._statements["postgresql"], values).one())
+    assert lean == through_psycopg == tuple(values.values())
+
+
+def test_a_rollback_leaves_the_statements_prepared(shop: Shop) -> None:
+    """psycopg deallocates every prepared statement on ROLLBACK once it has prepared one of its
+    own (after five runs of one statement); ours would go with them."""
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="r")
+        first = _driver(s)
+    with pytest.raises(LookupError), shop.db.write() as s:
+        assert _driver(s) is first
+        for _ in range(6):  # an ORM statement, often enough for psycopg to prepare it
+            s.execute(select(OutboxJob.id).where(OutboxJob.ref == "r")).scalar_one()
+        assert _ATTEMPTS.run(s, {"ref": "r"}).scalar_one() == 0
+        raise LookupError("a business error: rolled back, the connection kept")
+    with shop.db.write() as s:
+        assert _driver(s) is first
+        assert _ATTEMPTS.run(s, {"ref": "r"}).scalar_one() == 0
+
+
+def test_statements_deallocated_by_someone_else_are_prepared_again(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="d")
+    with shop.db.read() as s:  # autocommit: nothing spoilt, so run again at once
+        assert _ATTEMPTS.run(s, {"ref": "d"}).scalar_one() == 0
+        s.execute(text("DEALLOCATE ALL"))
+        assert _ATTEMPTS.run(s, {"ref": "d"}).scalar_one() == 0
+    with shop.db.write() as s:
+        assert _ATTEMPTS.run(s, {"ref": "d"}).scalar_one() == 0
+    with pytest.raises(ProgrammingError, match="does not exist"), shop.db.write() as s:
+        s.execute(text("DEALLOCATE ALL"))
+        _ATTEMPTS.run(s, {"ref": "d"})  # the transaction cannot go on: it fails
+    with shop.db.write() as s:
+        assert _ATTEMPTS.run(s, {"ref": "d"}).scalar_one() == 0
+
+
+def test_a_constraint_broken_through_it_is_sqlalchemys_integrity_error(shop: Shop) -> None:
+    now = utcnow()
+    with shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_001, "ref": "u", "now": now})
+    with pytest.raises(IntegrityError, match="duplicate key"), shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_001, "ref": "u2", "now": now})
+    with shop.db.write() as s:  # a fresh connection, statements prepared on it anew
+        _INSERT_WITH_ID.run(s, {"id": 10_002, "ref": "u3", "now": now})
+    with shop.db.read() as s:
+        refs = s.execute(select(OutboxJob.ref).where(OutboxJob.id >= 10_001)).scalars().all()
+    assert sorted(refs) == ["u", "u3"]
