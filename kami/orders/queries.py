@@ -24,10 +24,12 @@ _BY_NO = Prepared(_BY_NO_SELECT)
 _BY_NO_LOCKED = Prepared(_BY_NO_SELECT.with_for_update())
 # A buyer's pending orders of a SKU, counted by e-mail, device and address in one statement
 # (one round trip instead of three), as three scalar subqueries so that each has its own index:
-# - e-mail and device: that buyer's orders of the SKU, (sku_id, column); the status is tested
-#   in the count, not the WHERE, or SQLite without statistics reads (sku_id, status) instead;
+# - e-mail and device: that buyer's orders of the SKU, (column, sku_id); the status is tested
+#   in the count, not the WHERE, or SQLite without statistics reads (status, sku_id) instead;
 # - address: the index of pending orders (models.PENDING_ONLY), which SQLite and PostgreSQL use
-#   only when the status is written into the SQL, not bound.
+#   only when the status is written into the SQL, not bound. It holds the status as a third
+#   column so that it matches all three terms: SQLite, without statistics, otherwise took
+#   (status, sku_id, paid_at), every pending order of the SKU (migration 0015).
 _OPEN_COUNTS = (
     *(
         select(func.count().filter(PENDING_ONLY))
@@ -205,7 +207,7 @@ def quantity_held(
     return int(_HELD.run(session, params).scalar_one())
 
 
-# As `_OPEN_COUNTS`: one scalar subquery per index, (sku_id, email) and (sku_id, device_id),
+# As `_OPEN_COUNTS`: one scalar subquery per index, (email, sku_id) and (device_id, sku_id),
 # with the time and the status tested in the sum's FILTER. Written as one WHERE with
 # `email = ? OR device_id = ?`, SQLite without statistics read every holding order of the SKU
 # through (sku_id, status) instead, so a flash-sale checkout slowed with every order placed

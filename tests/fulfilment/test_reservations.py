@@ -217,13 +217,14 @@ def test_flash_limit_counts_a_buyer_by_mail_and_by_device_once(shop: fulfilment.
 
 
 def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None:
-    """The per-buyer count goes by (sku_id, email) and (sku_id, device_id). Through
-    (sku_id, status), SQLite's choice without statistics for `email = ? OR device_id = ?`, it
-    read every order of the SKU, and a flash sale slowed with each sale."""
+    """The per-buyer counts go by (email, sku_id) and (device_id, sku_id), on both databases.
+
+    Through (sku_id, status), SQLite's choice without statistics for `email = ? OR device_id =
+    ?`, it read every order of the SKU, and a flash sale slowed with each sale. PostgreSQL, with
+    statistics older than the rows (here: none yet, as on a new shop), took any index that began
+    with sku_id for the same reason (migration 0015)."""
     from kami.orders.queries import _COUNT_OPEN_AND_HELD, _HELD
 
-    if shop.db.dialect != "sqlite":
-        pytest.skip("PostgreSQL plans by its statistics: on an empty table its choice says nothing")
     values = {
         "sku_id": 1,
         "since": utcnow(),
@@ -236,12 +237,20 @@ def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None
             conn = s.connection()
             plan = statement._plan(conn.dialect)
             params = plan.parameters({k: values[k] for k in statement.keys})
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plan.sql, params)
-            text_plan = "\n".join(r[3] for r in rows)
-        assert "ix_orders_order_sku_email" in text_plan
-        assert "ix_orders_order_sku_device" in text_plan
+            if shop.db.dialect == "sqlite":
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plan.sql, params)
+                text_plan = "\n".join(r[3] for r in rows)
+                assert " SCAN " not in f" {text_plan} ".replace("SCAN CONSTANT ROW", "")
+            else:
+                rows = conn.exec_driver_sql("EXPLAIN " + plan.sql, params)
+                text_plan = "\n".join(r[0] for r in rows)
+                assert "Seq Scan" not in text_plan
+        assert "ix_orders_order_email_sku" in text_plan
+        assert "ix_orders_order_device_sku" in text_plan
+        if statement is _COUNT_OPEN_AND_HELD:
+            assert "ix_orders_order_sku_ip_pending" in text_plan
         assert "sku_status" not in text_plan
-        assert " SCAN " not in f" {text_plan} ".replace("SCAN CONSTANT ROW", "")
+        assert "status_sku" not in text_plan
 
 
 def _race(shop: fulfilment.Shop, code: str, buyers: int) -> list[str]:
