@@ -51,12 +51,15 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # -20 % on the claim path). Sessions here always end their transaction before the
         # connection goes back (Database.write/read), and a connection broken by a server
         # restart fails one request, after which the pool is invalidated and reconnects.
+        # psycopg prepares nothing itself: it would answer every ROLLBACK with DEALLOCATE ALL,
+        # taking Kami's own prepared statements with it (decision 0016).
         engine = create_engine(
             url,
             pool_size=pool_size,
             max_overflow=pool_size * 2,
             pool_recycle=1800,
             pool_reset_on_return=None,
+            connect_args={"prepare_threshold": None},
         )
 
         @event.listens_for(engine, "handle_error")

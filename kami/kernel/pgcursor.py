@@ -19,6 +19,7 @@ own, for the parameter types it is run with (psycopg keys its own cache the same
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
 _PLACEHOLDER = re.compile(r"%%|%s")
+# Names are never reused: after a partial DEALLOCATE some old ones may still exist on the server.
+_NAMES = itertools.count()
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 # Per connection: the statements prepared on it, by SQL and parameter types, and their names.
 _PREPARED: WeakKeyDictionary[Any, dict[tuple[bytes, tuple[int, ...]], bytes]] = WeakKeyDictionary()
@@ -55,9 +58,10 @@ class LeanCursor:
 
     def __init__(self, conn: Any) -> None:
         # psycopg answers every ROLLBACK with DEALLOCATE ALL once it has prepared statements of
-        # its own on the connection, which would take ours with them; ORM statements on this
-        # connection are sent unprepared instead (a statement's server-side plan survives a
-        # rollback in PostgreSQL).
+        # its own on the connection, which would take ours with them; the engine opens every
+        # connection with psycopg's preparing off (`engine.make_engine`), so a pooled one that a
+        # nested session used has none either. Set here too for a connection made elsewhere.
+        # A statement's server-side plan survives a rollback in PostgreSQL.
         conn.prepare_threshold = None
         self._conn = conn
         self._tx = Transformer(conn)
@@ -85,10 +89,11 @@ class LeanCursor:
         self._result = None
         name = self._names.get(key)
         if name is None:
-            name = f"kami_{len(self._names)}".encode()
+            name = f"kami_{next(_NAMES)}".encode()
             self._check(pgconn.prepare(name, text, param_types=types))
             self._names[key] = name
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
+        # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
         if idle and not self._conn.autocommit:
             self._check(pgconn.exec_(b"BEGIN"))
             idle = False
@@ -126,5 +131,11 @@ class LeanCursor:
 
     def _check(self, result: pq.abc.PGresult) -> pq.abc.PGresult:
         if result.status not in _OK:
+            pgconn = self._conn.pgconn
+            if pgconn.status == pq.ConnStatus.BAD and not result.error_field(
+                pq.DiagnosticField.SQLSTATE
+            ):  # the connection is gone: OperationalError, as psycopg's cursor says
+                message = pgconn.get_error_message(self._encoding) or "the connection was lost"
+                raise errors.OperationalError(message)
             raise errors.error_from_result(result, encoding=self._encoding)
         return result

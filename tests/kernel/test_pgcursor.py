@@ -19,14 +19,15 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
-from kami.kernel.db import UtcDateTime
+from kami.kernel.db import Database, UtcDateTime
+from kami.kernel.engine import make_engine
 from kami.kernel.outbox import OutboxJob, enqueue
-from kami.kernel.pgcursor import LeanCursor, numbered
+from kami.kernel.pgcursor import _PREPARED, LeanCursor, numbered
 from kami.kernel.prepared import Prepared
 from tests.conftest import BACKEND
 
@@ -45,6 +46,7 @@ _ECHO = Prepared(
         bindparam("j", type_=JSON),
     )
 )
+_ECHO_INT = Prepared(select(bindparam("i", type_=BigInteger)))
 _INSERT_WITH_ID = Prepared(
     insert(_J).values(
         id=bindparam("id"),
@@ -134,3 +136,58 @@ def test_a_constraint_broken_through_it_is_sqlalchemys_integrity_error(shop: Sho
     with shop.db.read() as s:
         refs = s.execute(select(OutboxJob.ref).where(OutboxJob.id >= 10_001)).scalars().all()
     assert sorted(refs) == ["u", "u3"]
+
+
+def test_every_connection_is_opened_with_psycopgs_preparing_off(shop: Shop) -> None:
+    """A pooled connection that a nested session used would otherwise hold psycopg's own
+    prepared statements, and its next ROLLBACK would deallocate ours."""
+    with shop.db.engine.connect() as conn:
+        assert conn.connection.driver_connection.prepare_threshold is None
+
+
+def test_a_connection_a_nested_session_used_keeps_our_statements_when_kept(shop: Shop) -> None:
+    db = Database(
+        make_engine(shop.db.engine.url.render_as_string(hide_password=False)), concurrency=1
+    )
+    try:
+        with db.write() as outer:
+            enqueue(outer, "k", {}, ref="n")
+        with db.write(), db.write() as nested:  # nested: a pooled connection of its own
+            pooled = nested.connection().connection.driver_connection
+            for _ in range(6):  # often enough for psycopg to prepare it, were it allowed to
+                nested.execute(select(OutboxJob.id).where(OutboxJob.ref == "n")).all()
+        with pytest.raises(DBAPIError), db.write() as s:  # the kept one is discarded
+            s.execute(text("SELECT 1/0"))
+        with pytest.raises(LookupError), db.write() as s:
+            assert _driver(s) is pooled  # the slot took the nested session's connection
+            assert _ATTEMPTS.run(s, {"ref": "n"}).scalar_one() == 0
+            raise LookupError("a business error: rolled back")
+        with db.write() as s:
+            assert _ATTEMPTS.run(s, {"ref": "n"}).scalar_one() == 0
+    finally:
+        db.dispose()
+
+
+def test_one_statement_deallocated_leaves_the_others_and_no_name_is_reused(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="p")
+    with shop.db.read() as s:
+        assert _ATTEMPTS.run(s, {"ref": "p"}).scalar_one() == 0
+        _ECHO_INT.run(s, {"i": 1})
+        names = list(_PREPARED[_driver(s)].values())
+        s.execute(text(f"DEALLOCATE {names[-1].decode()}"))
+        assert _ECHO_INT.run(s, {"i": 2}).scalar_one() == 2  # prepared again, run again
+        assert _ATTEMPTS.run(s, {"ref": "p"}).scalar_one() == 0
+        assert _ECHO_INT.run(s, {"i": 3}).scalar_one() == 3
+
+
+def test_a_connection_the_server_dropped_is_an_operational_error(shop: Shop) -> None:
+    with shop.db.read() as s:
+        pid = s.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with shop.db.engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        other.commit()
+    with pytest.raises(OperationalError), shop.db.read() as s:
+        _ATTEMPTS.run(s, {"ref": "none"})
+    with shop.db.read() as s:  # replaced
+        assert _ATTEMPTS.run(s, {"ref": "none"}).first() is None
