@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -65,6 +64,7 @@ from loadgen import (
     make_sku,
     ms,
     notification,
+    open_flash_sale,
     open_lanes,
     percentile,
     problem,
@@ -72,8 +72,6 @@ from loadgen import (
 )
 from scratch import scratch_database
 
-from kami import catalog
-from kami.kernel.clock import utcnow
 from kami.kernel.engine import normalise_url
 
 
@@ -212,20 +210,7 @@ def run(
     try:
         dialect = container.db.dialect
         sku = make_sku(container.shop, "FLASH", keys)
-        now = utcnow()
-        with container.db.write() as s:
-            catalog.set_flash_sale(
-                s,
-                sku.code,
-                catalog.FlashSaleIn(
-                    starts_at=now - timedelta(minutes=1),
-                    ends_at=now + timedelta(hours=6),
-                    price_minor=1,
-                    per_buyer_limit=1,
-                    quota=quota,
-                    reservation_minutes=15,
-                ),
-            )
+        open_flash_sale(container.db, sku.code, quota)
     finally:
         container.close()
     with run_server(

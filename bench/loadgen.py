@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +50,8 @@ from sqlalchemy import create_engine, text
 
 from kami import bootstrap, catalog, fulfilment, vault
 from kami.config import Settings
+from kami.kernel.clock import utcnow
+from kami.kernel.db import Database
 from kami.kernel.engine import normalise_url
 
 # Fixed, so the harness (which imports the keys) and the server (which decrypts them) agree.
@@ -98,6 +101,24 @@ def make_sku(
     if report.imported != keys:
         raise SystemExit(f"imported {report.imported} keys, expected {keys}")
     return sku
+
+
+def open_flash_sale(db: Database, code: str, quota: int) -> None:
+    """A flash sale on SKU `code`, open now for six hours: sale price 1, one per buyer."""
+    now = utcnow()
+    with db.write() as s:
+        catalog.set_flash_sale(
+            s,
+            code,
+            catalog.FlashSaleIn(
+                starts_at=now - timedelta(minutes=1),
+                ends_at=now + timedelta(hours=6),
+                price_minor=1,
+                per_buyer_limit=1,
+                quota=quota,
+                reservation_minutes=15,
+            ),
+        )
 
 
 def sign(body: bytes) -> str:

@@ -51,17 +51,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import UNTHROTTLED, exit_on_signals, make_sku, notification, settings_for
+from loadgen import (
+    UNTHROTTLED,
+    exit_on_signals,
+    make_sku,
+    notification,
+    open_flash_sale,
+    settings_for,
+)
 from scratch import scratch_database
 
-from kami import bootstrap, catalog
-from kami.kernel.clock import utcnow
+from kami import bootstrap
 from kami.web.app import create_app
 
 STEPS = ("hello", "create", "notify", "reveal", "flash_create", "flash_notify", "sold_out")
@@ -218,20 +223,7 @@ def run(url: str, work: Path, n: int, count: int) -> dict[str, object]:
         make_sku(shop, "PLAIN", n * count)
         flash = make_sku(shop, "FLASH", n * count)
         make_sku(shop, "GONE", 1)
-        now = utcnow()
-        with container.db.write() as s:
-            catalog.set_flash_sale(
-                s,
-                flash.code,
-                catalog.FlashSaleIn(
-                    starts_at=now - timedelta(minutes=1),
-                    ends_at=now + timedelta(hours=6),
-                    price_minor=1,
-                    per_buyer_limit=1,
-                    quota=n * count,
-                    reservation_minutes=15,
-                ),
-            )
+        open_flash_sale(container.db, flash.code, n * count)
         app = create_app(container, worker=False)
 
         async def measure() -> dict[str, list[tuple[float, float]]]:
