@@ -87,11 +87,7 @@ class LeanCursor:
         key = (text, types)
         pgconn = self._conn.pgconn
         self._result = None
-        name = self._names.get(key)
-        if name is None:
-            name = f"kami_{next(_NAMES)}".encode()
-            self._check(pgconn.prepare(name, text, param_types=types))
-            self._names[key] = name
+        name = self._names.get(key) or self._prepare(key)
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
         # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
         if idle and not self._conn.autocommit:
@@ -101,12 +97,12 @@ class LeanCursor:
             result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
         except errors.InvalidSqlStatementName:
             # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
-            # are prepared again. Outside a transaction nothing was spoilt, so it is run again.
+            # are prepared again. Outside a transaction nothing was spoilt, so it runs again, once.
             self._names.clear()
             if not idle:
                 raise
-            self.execute(sql, params)
-            return
+            name = self._prepare(key)
+            result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
         self._result = result
         if result.status == pq.ExecStatus.TUPLES_OK:
             self.rowcount = result.ntuples
@@ -128,6 +124,12 @@ class LeanCursor:
         with self._conn.cursor() as cursor:
             cursor.executemany(sql, params_seq)
             self.rowcount = cursor.rowcount
+
+    def _prepare(self, key: tuple[bytes, tuple[int, ...]]) -> bytes:
+        name = f"kami_{next(_NAMES)}".encode()
+        self._check(self._conn.pgconn.prepare(name, key[0], param_types=key[1]))
+        self._names[key] = name
+        return name
 
     def _check(self, result: pq.abc.PGresult) -> pq.abc.PGresult:
         if result.status not in _OK:
