@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
+import uvicorn
 from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, text
@@ -146,6 +147,26 @@ def shop(container: bootstrap.Container) -> fulfilment.Shop:
 def client(container: bootstrap.Container) -> Iterator[TestClient]:
     with TestClient(create_app(container, worker=False)) as c:
         yield c
+
+
+@pytest.fixture
+def served(container: bootstrap.Container) -> Iterator[str]:
+    """The app served by uvicorn on a loopback port, on a thread of this process; its base URL.
+    (httpx's ASGI transport hands a response over only once it is complete.)"""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(create_app(container, worker=False), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
 
 
 class Inbox:

@@ -7,7 +7,6 @@ refunded, and no account is charged twice."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import text
 
 from kami import bootstrap, delivery, fulfilment, orders
@@ -28,7 +26,6 @@ from kami.kernel.errors import InvalidInput
 from kami.supplier_config import check_suppliers, configured_suppliers
 from kami.suppliers import Fate, SimConfig, Simulator, SupplierRegistry, dayuanren, fulu, generic
 from kami.suppliers.base import post
-from kami.web.app import create_app
 from kami.worker.runner import run_once
 from tests.fulfilment.test_goods import buy, goods_sku, revealed, status
 
@@ -258,24 +255,6 @@ def test_an_outcome_that_never_clears_waits_for_a_person(
 
 
 # -- callbacks through the real endpoint -------------------------------------------------------
-@pytest.fixture
-def served(container: bootstrap.Container) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(container, worker=False), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-
-
 def test_a_callback_settles_the_order_like_a_poll(
     container: bootstrap.Container, sim: Simulator, served: str
 ) -> None:

@@ -13,9 +13,10 @@ from kami.kernel.money import EXPONENTS, parse_major
 from kami.web.console.frame import (
     OWNER,
     PREFIX,
+    Admin,
     ConsoleRoute,
+    Form,
     as_int,
-    form_of,
     model,
     redirect,
     render,
@@ -73,9 +74,7 @@ def catalog_page(request: Request) -> Response:
 
 
 @router.post("/catalog/categories")
-async def create_category(request: Request) -> Response:
-    signed_in(request)
-    form = await form_of(request)
+def create_category(request: Request, _admin: Admin, form: Form) -> Response:
     data = model(
         catalog.CategoryIn,
         slug=form.get("slug", ""),
@@ -83,14 +82,12 @@ async def create_category(request: Request) -> Response:
         parent=form.get("parent") or None,
         position=as_int(form.get("position"), "position") or 0,
     )
-    await written(shop(request), catalog.create_category, data)
+    written(shop(request), catalog.create_category, data)
     return redirect(f"{PREFIX}/catalog")
 
 
 @router.post("/catalog/categories/{slug}")
-async def update_category(slug: str, request: Request) -> Response:
-    signed_in(request)
-    form = await form_of(request)
+def update_category(slug: str, request: Request, _admin: Admin, form: Form) -> Response:
     parent = form.get("parent", "")
     data = model(
         catalog.CategoryPatch,
@@ -99,7 +96,7 @@ async def update_category(slug: str, request: Request) -> Response:
         parent=parent or None,
         move_to_root=not parent,
     )
-    await written(shop(request), catalog.update_category, slug, data)
+    written(shop(request), catalog.update_category, slug, data)
     return redirect(f"{PREFIX}/catalog")
 
 
@@ -119,9 +116,7 @@ def catalog_not_found(what: str, name: str) -> Exception:
 
 
 @router.post("/catalog/products/{slug}")
-async def update_product(slug: str, request: Request) -> Response:
-    signed_in(request)
-    form = await form_of(request)
+def update_product(slug: str, request: Request, _admin: Admin, form: Form) -> Response:
     data = model(
         catalog.ProductPatch,
         name=form.get("name") or None,
@@ -132,7 +127,7 @@ async def update_product(slug: str, request: Request) -> Response:
         position=as_int(form.get("position"), "position"),
         active=form.get("active") == "on",
     )
-    await written(shop(request), catalog.update_product, slug, data)
+    written(shop(request), catalog.update_product, slug, data)
     return redirect(f"{PREFIX}/catalog/products/{slug}")
 
 
@@ -153,9 +148,7 @@ def sku_page(code: str, request: Request) -> Response:
 
 
 @router.post("/catalog/skus/{code}")
-async def update_sku(code: str, request: Request) -> Response:
-    signed_in(request)
-    form = await form_of(request)
+def update_sku(code: str, request: Request, _admin: Admin, form: Form) -> Response:
     with shop(request).db.read() as s:
         current = catalog.get_sku(s, code)
     price = form.get("price", "").strip()
@@ -168,15 +161,13 @@ async def update_sku(code: str, request: Request) -> Response:
         position=as_int(form.get("position"), "position"),
         active=form.get("active") == "on",
     )
-    await written(shop(request), catalog.update_sku, code, data)
+    written(shop(request), catalog.update_sku, code, data)
     return redirect(f"{PREFIX}/catalog/skus/{code}")
 
 
 @router.post("/catalog/skus/{code}/webhook-secret", response_class=HTMLResponse)
-async def webhook_secret(code: str, request: Request) -> Response:
+def webhook_secret(code: str, request: Request, admin: Admin, _form: Form) -> Response:
     """Shows a webhook SKU's signing secret: the owner only, checked here, not by the button."""
-    admin = signed_in(request)
-    await form_of(request)
     require(admin, OWNER, "read signing secrets")
     with shop(request).db.read() as s:
         sku = catalog.get_sku(s, code)

@@ -4,16 +4,23 @@ Every console route is a `ConsoleRoute`: its form fields are checked like the AP
 NUL), an unsigned request is sent to the sign-in page, and a domain error becomes an HTML page
 with the error's status (a 403 stays a 403). Roles are checked on the server in each handler
 (`require`), never by hiding a button alone.
+
+Every handler is a plain function, so FastAPI runs it on a worker thread: the console's work
+(its reads and writes, an import of a million keys, asking a payment channel about an order or
+for a refund) never runs on the event loop that answers the buyers. What must be awaited comes
+in as dependencies, resolved in the order of the handler's parameters: `Admin` (the session,
+read on a worker thread), then `Form` (the posted fields, read on the loop, CSRF-checked), then
+`Upload`. `tests/web/test_console.py` holds every console route to this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import jinja2
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
@@ -75,6 +82,14 @@ def require(admin: accounts.AdminView, allowed: frozenset[accounts.Role], what: 
         )
 
 
+async def console_admin(request: Request) -> accounts.AdminView:
+    """`signed_in`, read on a worker thread: the dependency form of it."""
+    return await run_in_threadpool(signed_in, request)
+
+
+Admin = Annotated[accounts.AdminView, Depends(console_admin)]
+
+
 async def form_of(request: Request) -> dict[str, str]:
     """The posted form's text fields after the CSRF check (files are read by their handler)."""
     form = await request.form()
@@ -86,8 +101,16 @@ async def form_of(request: Request) -> dict[str, str]:
     return values
 
 
-def upload_of(form_value: object) -> UploadFile | None:
-    return form_value if isinstance(form_value, UploadFile) else None
+Form = Annotated[dict[str, str], Depends(form_of)]
+
+
+async def posted_file(request: Request) -> UploadFile | None:
+    """The posted form's `file` (the form is parsed once; `Form` reads the same one)."""
+    value = (await request.form()).get("file")
+    return value if isinstance(value, UploadFile) else None
+
+
+Upload = Annotated[UploadFile | None, Depends(posted_file)]
 
 
 def render(
@@ -145,14 +168,14 @@ class ConsoleRoute(CheckedRoute):
             except Unauthorized as exc:
                 if exc.where == "session":
                     return redirect(f"{PREFIX}/login")
-                return _error_page(request, exc)
+                return error_page(request, exc)
             except KamiError as exc:
-                return _error_page(request, exc)
+                return await run_in_threadpool(error_page, request, exc)  # it may read
 
         return guarded
 
 
-def _error_page(request: Request, exc: KamiError) -> HTMLResponse:
+def error_page(request: Request, exc: KamiError) -> HTMLResponse:
     try:
         admin: accounts.AdminView | None = signed_in(request)
     except KamiError:
@@ -188,14 +211,8 @@ def as_int(value: str | None, where: str) -> int | None:
         raise InvalidInput(f"{where}: {value[:40]!r} is not a whole number", where=where) from None
 
 
-async def written(s: fulfilment.Shop, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(session, *args)` in a write transaction, on a worker thread. A console form is a
-    coroutine (it awaits its form), and its write, run on the event loop, waited there for
-    SQLite's writer with every request of the process behind it (an import holds the writer
-    for seconds; decision 0015)."""
-
-    def run() -> T:
-        with s.db.write() as session:
-            return fn(session, *args)
-
-    return await run_in_threadpool(run)
+def written(s: fulfilment.Shop, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(session, *args)` in a write transaction (handlers run on a worker thread, where
+    waiting for SQLite's writer holds up no one else; decision 0015)."""
+    with s.db.write() as session:
+        return fn(session, *args)

@@ -3,28 +3,40 @@ by its fingerprint (the pool is never decrypted to search it)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from kami import catalog, fulfilment, orders, vault
-from kami.kernel.errors import InvalidInput
+from kami import accounts, catalog, fulfilment, orders, vault
+from kami.kernel.errors import InvalidInput, KamiError
 from kami.web.admin.api import MAX_UPLOAD, parse_batch_info, upload_name, upload_suffix
 from kami.web.console.frame import (
     PREFIX,
+    Admin,
     ConsoleRoute,
-    form_of,
+    Form,
+    Upload,
+    error_page,
     render,
     signed_in,
-    upload_of,
 )
 from kami.web.deps import shop
+from kami.web.storefront import rendering
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+log = logging.getLogger("kami.console")
+
+PROGRESS = "application/x-ndjson"  # what the console's script asks an import for
+TICK = 0.25  # seconds between two progress lines
 
 
 def _stock(request: Request) -> dict[str, Any]:
@@ -53,10 +65,11 @@ def keys_page(request: Request) -> Response:
 
 
 @router.post("/keys/import", response_class=HTMLResponse)
-async def import_keys(request: Request) -> Response:
-    admin = signed_in(request)
-    form = await form_of(request)
-    upload = upload_of((await request.form()).get("file"))
+def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> Response:
+    """Import an uploaded key file. The console's script asks for `application/x-ndjson` and
+    gets the import's progress as it runs, one JSON line every `TICK` seconds, then the page
+    with the report as the last line; a plain form post gets the page when the import is done.
+    """
     if upload is None:
         raise InvalidInput("choose a file of keys to upload", where="file")
     code = form.get("sku", "")
@@ -71,15 +84,109 @@ async def import_keys(request: Request) -> Response:
         form.get("cost_currency") or "CNY",
         form.get("expires_at") or None,
     )
-    with tempfile.TemporaryDirectory(prefix="kami-import-") as tmp:
+    tmp = tempfile.TemporaryDirectory(prefix="kami-import-")
+    try:
         # The client's file name labels the batch; it never makes a path.
-        path = Path(tmp) / f"upload{upload_suffix(name)}"
+        path = Path(tmp.name) / f"upload{upload_suffix(name)}"
         with path.open("wb") as out:
             shutil.copyfileobj(upload.file, out, length=1024 * 1024)
         if path.stat().st_size > MAX_UPLOAD:
             raise InvalidInput("the file is larger than 512 MiB", where="file")
-        rows, _progress = vault.open_rows(path, None, form.get("separator") or None)
-        report = fulfilment.import_and_serve(s, sku.id, rows, info)
+        rows, progress = vault.open_rows(path, None, form.get("separator") or None)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    run = _Import(s, sku.id, rows, info, progress, tmp)
+    if PROGRESS not in request.headers.get("accept", ""):
+        return _report_page(request, admin, sku, run.work())
+    response = StreamingResponse(_progress_lines(request, admin, sku, run), media_type=PROGRESS)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must pass each line on
+    rendering.set_cookies(request, response, s)
+    return response
+
+
+class _Import:
+    """One import, run once (`work`, on a worker thread), readable while it runs."""
+
+    def __init__(
+        self,
+        shop: fulfilment.Shop,
+        sku_id: int,
+        rows: Iterable[vault.GoodLine | vault.BadLine],
+        info: vault.BatchInfo,
+        progress: vault.Progress,
+        tmp: tempfile.TemporaryDirectory[str],
+    ) -> None:
+        self._args = (shop, sku_id, rows, info)
+        self._tmp = tmp
+        self.progress = progress
+        self.report: vault.ImportReport | None = None  # as it grows, chunk by chunk
+
+    def work(self) -> vault.ImportReport:
+        def grown(report: vault.ImportReport) -> None:
+            self.report = report
+
+        try:
+            return fulfilment.import_and_serve(*self._args, on_chunk=grown)
+        finally:
+            self._tmp.cleanup()
+
+    def line(self) -> bytes:
+        """Where the import is: bytes (or rows of a workbook) read of how many (0: unknown),
+        and the keys imported so far; they are committed together when it ends."""
+        report = self.report
+        return _json_line(
+            {
+                "done": self.progress.done,
+                "total": self.progress.total,
+                "imported": report.imported if report else 0,
+                "lines": report.lines_read if report else 0,
+            }
+        )
+
+
+async def _progress_lines(
+    request: Request, admin: accounts.AdminView, sku: catalog.SkuView, run: _Import
+) -> AsyncIterator[bytes]:
+    work = asyncio.ensure_future(run_in_threadpool(run.work))
+    try:
+        while not work.done():
+            yield run.line()
+            await asyncio.wait({work}, timeout=TICK)
+        try:
+            page = await run_in_threadpool(_report_page, request, admin, sku, work.result())
+        except KamiError as exc:
+            page = await run_in_threadpool(error_page, request, exc)
+        except Exception:
+            log.exception("a console import failed")
+            failed = _ImportFailed("the import failed and nothing was imported; see the server log")
+            page = await run_in_threadpool(error_page, request, failed)
+        yield run.line()
+        yield _json_line({"status": page.status_code, "page": bytes(page.body).decode()})
+    finally:
+        if not work.done():  # the browser went away: the import goes on, and ends, by itself
+            work.add_done_callback(_log_failure)
+
+
+class _ImportFailed(KamiError):
+    status = 500
+    slug = "import-failed"
+    title = "Import failed"
+
+
+def _log_failure(work: asyncio.Future[vault.ImportReport]) -> None:
+    if not work.cancelled() and work.exception() is not None:
+        log.error("a console import failed after its page was closed", exc_info=work.exception())
+
+
+def _json_line(value: dict[str, object]) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode() + b"\n"
+
+
+def _report_page(
+    request: Request, admin: accounts.AdminView, sku: catalog.SkuView, report: vault.ImportReport
+) -> Response:
     return render(
         request,
         "keys.html",
@@ -92,10 +199,8 @@ async def import_keys(request: Request) -> Response:
 
 
 @router.post("/keys/find", response_class=HTMLResponse)
-async def find_key(request: Request) -> Response:
+def find_key(request: Request, admin: Admin, form: Form) -> Response:
     """A POST, so the pasted key stays out of URLs, history and access logs."""
-    admin = signed_in(request)
-    form = await form_of(request)
     card = form.get("key", "").strip()
     if not card:
         raise InvalidInput("paste the key to look for", where="key")

@@ -13,9 +13,10 @@ from kami.kernel.money import parse_major
 from kami.web.console.frame import (
     MONEY,
     PREFIX,
+    Admin,
     ConsoleRoute,
+    Form,
     as_int,
-    form_of,
     redirect,
     render,
     require,
@@ -88,25 +89,19 @@ def order_page(order_no: str, request: Request) -> Response:
 
 
 @router.post("/orders/{order_no}/sync")
-async def sync_order(order_no: str, request: Request) -> Response:
-    signed_in(request)
-    await form_of(request)
+def sync_order(order_no: str, request: Request, _admin: Admin, _form: Form) -> Response:
     fulfilment.sync_order(shop(request), order_no)
     return redirect(f"{PREFIX}/orders/{order_no}?done=sync")
 
 
 @router.post("/orders/{order_no}/redeliver")
-async def redeliver(order_no: str, request: Request) -> Response:
-    signed_in(request)
-    await form_of(request)
+def redeliver(order_no: str, request: Request, _admin: Admin, _form: Form) -> Response:
     fulfilment.redeliver(shop(request), order_no)
     return redirect(f"{PREFIX}/orders/{order_no}?done=redeliver")
 
 
 @router.post("/orders/{order_no}/refund")
-async def refund(order_no: str, request: Request) -> Response:
-    admin = signed_in(request)
-    form = await form_of(request)
+def refund(order_no: str, request: Request, admin: Admin, form: Form) -> Response:
     require(admin, MONEY, "move money")  # enforced here whatever the page showed
     amount_text = form.get("amount", "").strip()
     amount = None
@@ -130,9 +125,9 @@ async def refund(order_no: str, request: Request) -> Response:
 
 
 @router.post("/orders/{order_no}/lines/{line_id}/deliver")
-async def deliver_by_hand(order_no: str, line_id: int, request: Request) -> Response:
-    admin = signed_in(request)
-    form = await form_of(request)
+def deliver_by_hand(
+    order_no: str, line_id: int, request: Request, admin: Admin, form: Form
+) -> Response:
     if not 1 <= line_id <= MAX_ID:
         raise InvalidInput("no such line", where="line_id")
     goods = [vault.Secret(x.strip()) for x in form.get("goods", "").splitlines() if x.strip()]

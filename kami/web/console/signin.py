@@ -11,8 +11,9 @@ from kami.kernel.errors import KamiError, Unauthorized
 from kami.web.console.frame import (
     PREFIX,
     SESSION_COOKIE,
+    Admin,
     ConsoleRoute,
-    form_of,
+    Form,
     redirect,
     render,
     signed_in,
@@ -43,16 +44,13 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request) -> Response:
-    form = await form_of(request)
+def login(request: Request, form: Form) -> Response:
     rate_limit(request, "reveals")  # guesses per address are limited like reveals
     username = form.get("username", "")[:64]
     s = shop(request)
     key = totp_key(request)
     try:
-        sid = await written(
-            s, _sign_in, username, form.get("password", ""), key, form.get("code", "")
-        )
+        sid = written(s, _sign_in, username, form.get("password", ""), key, form.get("code", ""))
     except Unauthorized as exc:
         t = rendering.translator(request)
         message = (
@@ -77,11 +75,10 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    await form_of(request)
+def logout(request: Request, _form: Form) -> Response:
     sid = request.cookies.get(SESSION_COOKIE, "")
     if sid:
-        await written(shop(request), accounts.close_session, sid)
+        written(shop(request), accounts.close_session, sid)
     response = redirect(f"{PREFIX}/login")
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response
@@ -115,21 +112,17 @@ def _two_factor(
 
 
 @router.post("/2fa/begin")
-async def two_factor_begin(request: Request) -> Response:
-    admin = signed_in(request)
-    await form_of(request)
+def two_factor_begin(request: Request, admin: Admin, _form: Form) -> Response:
     key = totp_key(request)
-    await written(shop(request), accounts.begin_totp, admin.id, key)
+    written(shop(request), accounts.begin_totp, admin.id, key)
     return redirect(f"{PREFIX}/2fa")
 
 
 @router.post("/2fa/confirm")
-async def two_factor_confirm(request: Request) -> Response:
-    admin = signed_in(request)
-    form = await form_of(request)
+def two_factor_confirm(request: Request, admin: Admin, form: Form) -> Response:
     key = totp_key(request)
     try:
-        await written(shop(request), accounts.confirm_totp, admin.id, key, form.get("code", ""))
+        written(shop(request), accounts.confirm_totp, admin.id, key, form.get("code", ""))
     except KamiError:
         t = rendering.translator(request)
         return _two_factor(

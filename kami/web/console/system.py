@@ -12,8 +12,9 @@ from kami.kernel import outbox
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.web.console.frame import (
     PREFIX,
+    Admin,
     ConsoleRoute,
-    form_of,
+    Form,
     redirect,
     render,
     signed_in,
@@ -45,12 +46,10 @@ def jobs_page(request: Request) -> Response:
 
 
 @router.post("/jobs/{job_id}/retry")
-async def retry_job(job_id: int, request: Request) -> Response:
-    signed_in(request)
-    await form_of(request)
+def retry_job(job_id: int, request: Request, _admin: Admin, _form: Form) -> Response:
     if not 1 <= job_id <= MAX_ID:
         raise NotFound(f"no parked job {job_id}", where="job_id")
-    if not await written(shop(request), outbox.retry_job, job_id):
+    if not written(shop(request), outbox.retry_job, job_id):
         raise NotFound(f"no parked job {job_id}", where="job_id")
     return redirect(f"{PREFIX}/jobs")
 
