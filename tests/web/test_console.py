@@ -20,37 +20,15 @@ from kami import accounts, catalog, fulfilment, orders, payments
 from kami.accounts.models import AdminTotp
 from kami.accounts.totp import b32decode, code_at, step_of
 from kami.web import i18n
-from tests.browser.seed import EVIL, EVIL_INPUT, EVIL_KEY, Seeded, seed
+from tests.browser.seed import EVIL, EVIL_INPUT, EVIL_KEY, Seeded
 from tests.conftest import BACKEND, raw_notification, run_async, sandbox_body
+from tests.web.conftest import PASSWORD, csrf, make_admin, sign_in
 from tests.web.test_storefront import PLACEHOLDER, _catalog, _untranslated
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "correct horse battery"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def make_admin(shop: fulfilment.Shop, name: str, role: accounts.Role) -> accounts.AdminView:
-    with shop.db.write() as s:
-        return accounts.create_admin(s, name, PASSWORD, role)
-
-
-def csrf(client: TestClient, path: str = "/admin/login") -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
-    assert match, path
-    return match.group(1)
-
-
-def sign_in(client: TestClient, name: str, code: str = "") -> TestClient:
-    token = csrf(client)
-    r = client.post(
-        "/admin/login",
-        data={"csrf_token": token, "username": name, "password": PASSWORD, "code": code},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303, r.text[:500]
-    return client
-
-
 def post(client: TestClient, path: str, data: dict[str, str] | None = None) -> object:
     token = client.cookies.get("kami_csrf")
     assert token
@@ -89,17 +67,6 @@ def manual_sku(shop: fulfilment.Shop) -> str:
             ),
         )
     return "HAND-1"
-
-
-@pytest.fixture
-def seeded(shop: fulfilment.Shop) -> Seeded:
-    return seed(shop)
-
-
-@pytest.fixture
-def owner(client: TestClient, shop: fulfilment.Shop) -> TestClient:
-    make_admin(shop, "boss", accounts.Role.OWNER)
-    return sign_in(client, "boss")
 
 
 # -- catalogs and languages --------------------------------------------------------------------

@@ -22,20 +22,10 @@ from kami.kernel.errors import InvalidInput
 from kami.web import console
 from kami.web.console.frame import ConsoleRoute
 from kami.web.console.keys import PROGRESS
-from tests.browser.seed import Seeded, seed
+from tests.browser.seed import Seeded
 from tests.conftest import run_async
-from tests.web.test_console import make_admin, paid_order, sign_in
-
-
-@pytest.fixture
-def seeded(shop: fulfilment.Shop) -> Seeded:
-    return seed(shop)
-
-
-@pytest.fixture
-def owner(client: TestClient, shop: fulfilment.Shop) -> TestClient:
-    make_admin(shop, "boss", accounts.Role.OWNER)
-    return sign_in(client, "boss")
+from tests.web.conftest import make_admin, sign_in
+from tests.web.test_console import paid_order
 
 
 def test_every_console_handler_is_a_plain_function() -> None:
