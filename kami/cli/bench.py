@@ -1,4 +1,5 @@
-"""`kami bench NAME …`: run a harness from bench/ (claim, purchase, flashsale, import, steps)."""
+"""`kami bench NAME …`: run a harness from bench/ (claim, purchase, flashsale, import, steps,
+console_import)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def _bench_dir() -> Path | None:
 
 def bench(
     ctx: typer.Context,
-    name: str = typer.Argument(help="harness name: claim, purchase, flashsale, import or steps"),
+    name: str = typer.Argument(
+        help="harness name: claim, purchase, flashsale, import, steps or console_import"
+    ),
 ) -> None:
     """Run a benchmark harness; its options follow the name (see `kami bench NAME --help`).
 
