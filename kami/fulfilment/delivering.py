@@ -120,11 +120,22 @@ def import_and_serve(
     *,
     on_chunk: Callable[[vault.ImportReport], None] | None = None,
 ) -> vault.ImportReport:
-    """Import keys in one transaction, then hand them to orders that have been waiting."""
+    """Import keys in one transaction, then hand them to orders that have been waiting.
+
+    Once the keys are committed the import has happened, whatever follows: a failure to serve
+    the waiting orders (a lock that timed out, say) is logged and left to the worker, which
+    serves them on its next sweep, and the caller still gets the report of what is in stock."""
     with shop.db.write() as s:
         report = vault.import_keys(s, shop.cipher, sku_id, rows, info, on_chunk=on_chunk)
     if report.imported:
-        serve_awaiting_stock(shop, [sku_id])
+        try:
+            serve_awaiting_stock(shop, [sku_id])
+        except Exception:
+            log.exception(
+                "batch %s is in stock, but its waiting orders were not served now; "
+                "the worker's next sweep serves them",
+                report.batch,
+            )
     return report
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from kami import fulfilment, orders
+from kami.fulfilment import delivering
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
@@ -84,3 +87,28 @@ def test_redeliver(shop: fulfilment.Shop) -> None:
     assert fulfilment.redeliver(shop, o.order_no)["action"] == "mail_queued"
     with shop.db.read() as s:
         assert len(outbox.list_jobs(s, ref=o.order_no)) == 2
+
+
+def test_an_import_reports_its_keys_when_serving_the_waiting_orders_fails(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys are committed before the waiting orders are served: a failure then (a lock
+    that timed out) leaves them to the worker's sweep and the import still reports its keys."""
+    sku = make_sku(shop, price=100)
+    add_keys(shop, sku, ["K-0"])
+    o = place(shop, sku.code, 1).order
+    with shop.db.write() as s:  # its key is taken out of stock before it is paid
+        s.execute(text("UPDATE vault_key SET status='void'"))
+    fulfilment.handle_notification(shop, raw_notification(sandbox_body(o.order_no, 100)))
+    assert _status(shop, o.order_no) == "awaiting_stock"
+
+    def locked(*_args: object, **_kwargs: object) -> int:
+        raise OperationalError("serve", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(delivering, "serve_awaiting_stock", locked)
+    assert add_keys(shop, sku, ["K-LATE"]).imported == 1
+    assert "the worker's next sweep serves them" in caplog.text
+    assert _status(shop, o.order_no) == "awaiting_stock"
+    monkeypatch.undo()
+    assert fulfilment.serve_awaiting_stock(shop) == 1  # the sweep
+    assert _status(shop, o.order_no) == "delivered"

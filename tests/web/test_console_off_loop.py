@@ -4,11 +4,14 @@ its progress while it runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
 import pkgutil
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from kami import accounts, fulfilment, vault
 from kami.kernel.errors import InvalidInput
@@ -28,19 +32,23 @@ from tests.web.conftest import make_admin, sign_in
 from tests.web.test_console import paid_order
 
 
-def test_every_console_handler_is_a_plain_function() -> None:
-    """FastAPI runs a plain function on a worker thread and a coroutine on the event loop. What
-    a console handler must await (the session, the form) comes in as dependencies."""
+def _console_routes() -> list[ConsoleRoute]:
     modules = [
         importlib.import_module(f"kami.web.console.{m.name}")
         for m in pkgutil.iter_modules(console.__path__)
     ]
-    routes = [
+    return [
         r
         for module in modules
         for r in getattr(getattr(module, "router", None), "routes", [])
         if isinstance(r, ConsoleRoute)
     ]
+
+
+def test_every_console_handler_is_a_plain_function() -> None:
+    """FastAPI runs a plain function on a worker thread and a coroutine on the event loop. What
+    a console handler must await (the session, the form) comes in as dependencies."""
+    routes = _console_routes()
     assert len(routes) > 20
     assert [r.path for r in routes if inspect.iscoroutinefunction(r.endpoint)] == []
 
@@ -204,3 +212,90 @@ def test_an_import_that_breaks_ends_its_stream_with_a_500_page_and_a_log_line(
     assert last["status"] == 500
     assert "nothing was imported" in last["page"] and "disk full" not in last["page"]
     assert any("console import failed" in r.getMessage() for r in caplog.records)
+
+
+def _console_posts() -> list[str]:
+    """Every console form's path, its parameters filled in, but signing in and out."""
+    filled = {"order_no": "NO-SUCH", "line_id": "1", "slug": "x", "code": "x", "job_id": "1"}
+    paths = []
+    for route in _console_routes():
+        if "POST" in route.methods and route.path not in ("/admin/login", "/admin/logout"):
+            paths.append(re.sub(r"\{(\w+)\}", lambda m: filled[m.group(1)], route.path))
+    return sorted(paths)
+
+
+@pytest.mark.parametrize("path", _console_posts())
+def test_a_post_without_a_live_session_is_sent_to_sign_in_before_its_form_is_read(
+    client: TestClient, path: str
+) -> None:
+    """The session is checked before the form (`Admin` before `Form`): an expired session gets
+    the sign-in page, not a CSRF error, and nobody's upload is read before it is known whose."""
+    client.cookies.set("kami_console", "an-expired-session-id", path="/admin")
+    r = client.post(path, data={"csrf_token": "wrong"}, follow_redirects=False)
+    assert (r.status_code, r.headers.get("location")) == (303, "/admin/login")
+
+
+def test_an_import_whose_answer_cannot_be_sent_still_happens(
+    owner: TestClient, shop: fulfilment.Shop, seeded: Seeded
+) -> None:
+    """A server may find the browser gone when it starts the answer (ASGI 2.4: `send` raises),
+    before the streamed body is ever asked for: the import was started by then."""
+    request = owner.build_request(
+        "POST",
+        "/admin/keys/import",
+        data={"csrf_token": owner.cookies.get("kami_csrf"), "sku": seeded.plain_sku},
+        files={"file": ("keys.txt", b"ZQGONE-0001\nZQGONE-0002\n", "text/plain")},
+        headers={"Accept": PROGRESS},
+    )
+    body = request.read()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/admin/keys/import",
+        "raw_path": b"/admin/keys/import",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(k.lower(), v) for k, v in request.headers.raw],
+    }
+
+    async def scene() -> None:
+        given = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                raise OSError("the browser went away")
+
+        with contextlib.suppress(Exception):
+            await owner.app(scope, receive, send)
+
+    run_async(scene)
+    for _ in range(500):  # the import runs on its own thread: until it has committed
+        if _stocked(shop, seeded.plain_sku, "ZQGONE-"):
+            break
+        time.sleep(0.02)
+    assert _stocked(shop, seeded.plain_sku, "ZQGONE-") == 2
+
+
+def _stocked(shop: fulfilment.Shop, sku: str, prefix: str) -> int:
+    with shop.db.read() as s:
+        found = s.execute(
+            text(
+                "SELECT count(*) FROM vault_key k JOIN catalog_sku c ON c.id = k.sku_id "
+                "WHERE c.code = :sku AND k.masked LIKE :p"
+            ),
+            {"sku": sku, "p": prefix[:2] + "%"},
+        ).scalar_one()
+    return int(found)

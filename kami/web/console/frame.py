@@ -10,7 +10,7 @@ Every handler is a plain function, so FastAPI runs it on a worker thread: the co
 for a refund) never runs on the event loop that answers the buyers. What must be awaited comes
 in as dependencies, resolved in the order of the handler's parameters: `Admin` (the session,
 read on a worker thread), then `Form` (the posted fields, read on the loop, CSRF-checked), then
-`Upload`. `tests/web/test_console.py` holds every console route to this.
+`Upload`. `tests/web/test_console_off_loop.py` holds every console route to both.
 """
 
 from __future__ import annotations

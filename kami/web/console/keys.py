@@ -8,7 +8,9 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,12 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
     run = _Import(s, sku.id, rows, info, progress, tmp)
     if PROGRESS not in request.headers.get("accept", ""):
         return _report_page(request, admin, sku, run.work())
-    response = StreamingResponse(_progress_lines(request, admin, sku, run), media_type=PROGRESS)
+    # Started here, not when the answer's body is first asked for: a browser that has gone by
+    # then still gets its keys imported.
+    work = run.start()
+    response = StreamingResponse(
+        _progress_lines(request, admin, sku, run, work), media_type=PROGRESS
+    )
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must pass each line on
     rendering.set_cookies(request, response, s)
@@ -122,6 +129,21 @@ class _Import:
         self._tmp = tmp
         self.progress = progress
         self.report: vault.ImportReport | None = None  # as it grows, chunk by chunk
+
+    def start(self) -> Future[vault.ImportReport]:
+        """`work` on a thread of its own (an import can take longer than a request should hold
+        one of the server's pool threads); its outcome in the future returned."""
+        outcome: Future[vault.ImportReport] = Future()
+        outcome.set_running_or_notify_cancel()  # running from now on: it cannot be cancelled
+
+        def target() -> None:
+            try:
+                outcome.set_result(self.work())
+            except BaseException as exc:
+                outcome.set_exception(exc)
+
+        threading.Thread(target=target, name="kami-import", daemon=True).start()
+        return outcome
 
     def work(self) -> vault.ImportReport:
         def grown(report: vault.ImportReport) -> None:
@@ -147,9 +169,13 @@ class _Import:
 
 
 async def _progress_lines(
-    request: Request, admin: accounts.AdminView, sku: catalog.SkuView, run: _Import
+    request: Request,
+    admin: accounts.AdminView,
+    sku: catalog.SkuView,
+    run: _Import,
+    started: Future[vault.ImportReport],
 ) -> AsyncIterator[bytes]:
-    work = asyncio.ensure_future(run_in_threadpool(run.work))
+    work = asyncio.wrap_future(started)
     try:
         while not work.done():
             yield run.line()
@@ -165,8 +191,8 @@ async def _progress_lines(
         yield run.line()
         yield _json_line({"status": page.status_code, "page": bytes(page.body).decode()})
     finally:
-        if not work.done():  # the browser went away: the import goes on, and ends, by itself
-            work.add_done_callback(_log_failure)
+        if not started.done():  # the browser went away: the import goes on, and ends, by itself
+            started.add_done_callback(_log_failure)
 
 
 class _ImportFailed(KamiError):
@@ -175,8 +201,8 @@ class _ImportFailed(KamiError):
     title = "Import failed"
 
 
-def _log_failure(work: asyncio.Future[vault.ImportReport]) -> None:
-    if not work.cancelled() and work.exception() is not None:
+def _log_failure(work: Future[vault.ImportReport]) -> None:
+    if work.exception() is not None:
         log.error("a console import failed after its page was closed", exc_info=work.exception())
 
 
