@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,7 +80,28 @@ def rate_limits(s: Settings) -> RateLimits:
     )
 
 
-def create_app(container: bootstrap.Container, *, worker: bool | None = None) -> FastAPI:
+def settle_heap() -> None:
+    """Put what start-up made out of the garbage collector's sight, for this process's life.
+
+    A server process holds some 200,000 objects from start-up (SQLAlchemy's mappers and
+    compiled statements, FastAPI's routes, pydantic's validators, the message catalogs) that
+    live as long as it does. Python's full collection scans them all, about 120 ms on this
+    kind of machine with nothing answered meanwhile, and it comes whenever enough new objects
+    have outlived two younger collections: every second or so while the console imports keys.
+    Measured with `kami bench console_import` (200,000 keys, alternating runs): the longest
+    /healthz answer during the import was 78-112 ms, 11-18 ms with the heap frozen. Frozen
+    objects are never scanned again; the younger collections, which find the requests'
+    garbage, run as before, and nothing else changed in the purchase and flash-sale runs."""
+    gc.collect()
+    gc.freeze()
+
+
+def create_app(
+    container: bootstrap.Container, *, worker: bool | None = None, server: bool = False
+) -> FastAPI:
+    """`server`: this process serves only this app until it ends (`kami serve`): its start-up
+    heap is frozen once it has started (`settle_heap`). Tests, which build many apps in one
+    process, leave it off."""
     run_worker = container.settings.inprocess_worker if worker is None else worker
 
     @asynccontextmanager
@@ -87,6 +109,8 @@ def create_app(container: bootstrap.Container, *, worker: bool | None = None) ->
         stop = None
         if run_worker:
             _thread, stop = runner.start_thread(container)
+        if server:
+            settle_heap()
         try:
             yield
         finally:
@@ -143,4 +167,4 @@ def create_app_from_env() -> FastAPI:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return create_app(bootstrap.build(settings))
+    return create_app(bootstrap.build(settings), server=True)
