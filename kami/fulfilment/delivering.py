@@ -130,11 +130,12 @@ def import_and_serve(
     if report.imported:
         try:
             serve_awaiting_stock(shop, [sku_id])
-        except Exception:
-            log.exception(
-                "batch %s is in stock, but its waiting orders were not served now; "
+        except Exception as exc:  # the type only: no message or trace in the log (invariant 5)
+            log.error(
+                "batch %s is in stock, but its waiting orders were not served now (%s); "
                 "the worker's next sweep serves them",
                 report.batch,
+                type(exc).__name__,
             )
     return report
 

@@ -107,7 +107,8 @@ def test_an_import_reports_its_keys_when_serving_the_waiting_orders_fails(
 
     monkeypatch.setattr(delivering, "serve_awaiting_stock", locked)
     assert add_keys(shop, sku, ["K-LATE"]).imported == 1
-    assert "the worker's next sweep serves them" in caplog.text
+    assert "not served now (OperationalError)" in caplog.text
+    assert "database is locked" not in caplog.text  # the type only (invariant 5)
     assert _status(shop, o.order_no) == "awaiting_stock"
     monkeypatch.undo()
     assert fulfilment.serve_awaiting_stock(shop) == 1  # the sweep
