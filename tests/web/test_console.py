@@ -252,6 +252,27 @@ def test_finance_refunds_once_however_often_the_form_is_sent(
     assert "refunded" in client.get(f"/admin/orders/{order_no}", params={"lang": "en"}).text
 
 
+def test_an_unexpected_failure_is_a_page_and_only_its_type_is_logged(
+    owner: TestClient,
+    shop: fulfilment.Shop,
+    seeded: Seeded,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    order_no = paid_order(shop, seeded.plain_sku)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("KEY-SECRET-0001 was in the message")
+
+    monkeypatch.setattr(fulfilment, "redeliver", broken)
+    r = post(owner, f"/admin/orders/{order_no}/redeliver")
+    assert r.status_code == 500  # type: ignore[attr-defined]
+    assert r.headers["content-type"].startswith("text/html")  # type: ignore[attr-defined]
+    assert "the error was logged" in r.text  # type: ignore[attr-defined]
+    assert "console POST /admin/orders/{order_no}/redeliver failed: RuntimeError" in caplog.text
+    assert "KEY-SECRET" not in caplog.text + r.text  # type: ignore[attr-defined]
+
+
 def test_only_the_owner_reads_signing_secrets(
     client: TestClient, shop: fulfilment.Shop, seeded: Seeded
 ) -> None:

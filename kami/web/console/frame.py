@@ -15,17 +15,20 @@ read on a worker thread), then `Form` (the posted fields, read on the loop, CSRF
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Annotated, Any, TypeVar
 
 import jinja2
 from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from kami import accounts, fulfilment
 from kami.kernel.errors import Forbidden, InvalidInput, KamiError, Unauthorized
@@ -34,6 +37,7 @@ from kami.web.deps import shop as shop_of
 from kami.web.inputs import CheckedRoute, check_text
 from kami.web.storefront import rendering
 
+log = logging.getLogger("kami.console")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 SESSION_COOKIE = "kami_console"
@@ -168,11 +172,29 @@ class ConsoleRoute(CheckedRoute):
             except Unauthorized as exc:
                 if exc.where == "session":
                     return redirect(f"{PREFIX}/login")
-                return error_page(request, exc)
+                return await run_in_threadpool(error_page, request, exc)
             except KamiError as exc:
                 return await run_in_threadpool(error_page, request, exc)  # it may read
+            except (HTTPException, RequestValidationError):
+                raise  # answered as problems, as everywhere (a malformed form, a bad path)
+            except Exception as exc:
+                # A page, not a JSON problem, for a person at a browser. The type only: a
+                # message or a trace could carry a key or a secret (invariant 5).
+                log.error("console %s %s failed: %s", request.method, self.path, type(exc).__name__)
+                return await run_in_threadpool(error_page, request, Broken())
 
         return guarded
+
+
+class Broken(KamiError):
+    """What the console says of a failure it did not expect (the log has its type)."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str = "the server failed; the error was logged") -> None:
+        super().__init__(detail)
 
 
 def error_page(request: Request, exc: KamiError) -> HTMLResponse:

@@ -24,6 +24,7 @@ from kami.web.admin.api import MAX_UPLOAD, parse_batch_info, upload_name, upload
 from kami.web.console.frame import (
     PREFIX,
     Admin,
+    Broken,
     ConsoleRoute,
     Form,
     Upload,
@@ -187,19 +188,13 @@ async def _progress_lines(
         except Exception as exc:
             # The type only: a message or a trace of an import could carry a key (invariant 5).
             log.error("a console import failed: %s", type(exc).__name__)
-            failed = _ImportFailed("the import failed and nothing was imported; see the server log")
+            failed = Broken("the import failed and nothing was imported; see the server log")
             page = await run_in_threadpool(error_page, request, failed)
         yield run.line()
         yield _json_line({"status": page.status_code, "page": bytes(page.body).decode()})
     finally:
         if not started.done():  # the browser went away: the import goes on, and ends, by itself
             started.add_done_callback(_log_failure)
-
-
-class _ImportFailed(KamiError):
-    status = 500
-    slug = "import-failed"
-    title = "Import failed"
 
 
 def _log_failure(work: Future[vault.ImportReport]) -> None:
