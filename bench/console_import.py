@@ -7,17 +7,19 @@ while it runs, against the same answers idle, in one run.
 A scratch database gets a SKU and an owner. The real server is started (`kami serve`,
 `--workers` processes), the owner signs in to the console, and then:
 
-1. **idle**: for `--idle-seconds`, a client asks `GET /healthz` (no work) and another
-   `GET /api/v1/catalog` (a read of the database, what a buyer's page asks), each one request at
-   a time, `--gap` seconds apart;
-2. **during**: the same two clients, while the console imports `--keys` generated keys (one
-   `POST /admin/keys/import`, a plain form post, with its upload) on the same connection pool.
+1. **idle**: for `--idle-seconds`, one client asks `GET /healthz` (no work), another
+   `GET /api/v1/catalog` (a read of the database, what a buyer's page asks) and a third places
+   orders (`POST /api/v1/orders`, a write: each reserves a key), each one request at a time,
+   `--gap` seconds apart;
+2. **during**: the same three clients, while the console imports `--keys` generated keys (one
+   `POST /admin/keys/import`, a plain form post, with its upload).
 
 With one server process, every request lands on the process doing the import. Reported:
 `import_s` (the console's answer, upload included), `imported` (from its report page), and for
 each endpoint and phase the number of answers, p50, p99 and max in ms; `healthz_max_ratio` is
 the longest /healthz answer during the import over the idle p50. On SQLite an import holds the
-database's one writer until it commits (decision 0004), so writes wait for it; reads do not.
+database's one writer until it commits (decision 0004), so the checkouts wait for it; the reads
+do not.
 The last line is one JSON object.
 """
 
@@ -56,21 +58,34 @@ def figures(times: list[float]) -> dict[str, float | int | None]:
 
 
 class Pollers:
-    """Two clients, each asking one path one request at a time, until stopped."""
+    """Three clients, each asking one thing one request at a time, until stopped."""
 
-    def __init__(self, base_url: str, gap: float) -> None:
-        self.base_url, self.gap = base_url, gap
-        self.times: dict[str, list[float]] = {"healthz": [], "catalog": []}
+    def __init__(self, base_url: str, gap: float, sku: str) -> None:
+        self.base_url, self.gap, self.sku = base_url, gap, sku
+        self.times: dict[str, list[float]] = {"healthz": [], "catalog": [], "checkout": []}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors = 0
 
-    def _poll(self, name: str, path: str) -> None:
+    def _ask(self, http: httpx.Client, name: str, n: int) -> bool:
+        if name == "healthz":
+            return http.get("/healthz").status_code == 200
+        if name == "catalog":
+            return http.get("/api/v1/catalog").status_code == 200
+        order = {"sku": self.sku, "quantity": 1, "email": f"b{n}.{id(self)}@bench.example"}
+        answer = http.post(
+            "/api/v1/orders", json={**order, "gateway": "sandbox"}, headers={"x-device-id": f"d{n}"}
+        )
+        return answer.status_code == 201
+
+    def _poll(self, name: str) -> None:
         with httpx.Client(base_url=self.base_url, timeout=600) as http:
+            n = 0
             while not self._stop.is_set():
+                n += 1
                 start = time.perf_counter()
                 try:
-                    ok = http.get(path).status_code == 200
+                    ok = self._ask(http, name, n)
                 except httpx.HTTPError:
                     ok = False
                 if ok:
@@ -80,8 +95,8 @@ class Pollers:
                 self._stop.wait(self.gap)
 
     def __enter__(self) -> Pollers:
-        for name, path in (("healthz", "/healthz"), ("catalog", "/api/v1/catalog")):
-            thread = threading.Thread(target=self._poll, args=(name, path), daemon=True)
+        for name in self.times:
+            thread = threading.Thread(target=self._poll, args=(name,), daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
@@ -98,7 +113,7 @@ def run(
     container = build_container(url, work)
     try:
         dialect = container.db.dialect
-        sku = make_sku(container.shop, "IMPORTED", 10)
+        sku = make_sku(container.shop, "IMPORTED", 2000)  # the checkouts' keys
         with container.shop.db.write() as s:
             accounts.create_admin(s, "bench-owner", PASSWORD, accounts.Role.OWNER)
     finally:
@@ -117,9 +132,9 @@ def run(
         form = {"csrf_token": token.group(1), "username": "bench-owner", "password": PASSWORD}
         if http.post("/admin/login", data=form).status_code not in (200, 303):
             raise SystemExit("the owner could not sign in")
-        with Pollers(server.base_url, gap) as calm:
+        with Pollers(server.base_url, gap, sku.code) as calm:
             time.sleep(idle)
-        with Pollers(server.base_url, gap) as busy:
+        with Pollers(server.base_url, gap, sku.code) as busy:
             start = time.perf_counter()
             answer = http.post(
                 "/admin/keys/import",
@@ -144,6 +159,8 @@ def run(
         "idle_catalog": figures(calm.times["catalog"]),
         "during_healthz": figures(busy.times["healthz"]),
         "during_catalog": figures(busy.times["catalog"]),
+        "idle_checkout": figures(calm.times["checkout"]),
+        "during_checkout": figures(busy.times["checkout"]),
         "healthz_max_ratio": round(busy_max / idle_p50, 1) if busy_max and idle_p50 else None,
         "poll_errors": calm.errors + busy.errors,
         "server_log_problems": dict(problems.most_common(5)),
