@@ -107,7 +107,10 @@ def _well_formed(value: str) -> bool:
 def check_csrf(request: Request, submitted: str | None) -> None:
     cookie = request.cookies.get(CSRF_COOKIE, "")
     given = submitted or request.headers.get(CSRF_HEADER, "")
-    if not (_well_formed(cookie) and given and hmac.compare_digest(cookie, given)):
+    # Bytes: compare_digest refuses a str that is not ASCII (a TypeError, and a 500 for anyone).
+    if not (
+        _well_formed(cookie) and given and hmac.compare_digest(cookie.encode(), given.encode())
+    ):
         raise Forbidden(
             "the form's CSRF token is missing or does not match; reload the page and try again",
             where=CSRF_FIELD,
