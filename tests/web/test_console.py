@@ -273,6 +273,77 @@ def test_an_unexpected_failure_is_a_page_and_only_its_type_is_logged(
     assert "KEY-SECRET" not in caplog.text + r.text  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("path", ["/admin/login", "/lookup"])
+def test_a_csrf_token_that_is_not_ascii_is_refused_like_any_wrong_one(
+    client: TestClient, path: str
+) -> None:
+    client.get("/admin/login")  # the CSRF cookie
+    r = client.post(path, data={"csrf_token": "é", "username": "x", "password": "y"})
+    assert r.status_code == 403, r.text[:300]
+
+
+def test_when_even_the_error_page_fails_a_bare_page_answers_and_the_log_has_types_only(
+    owner: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session cannot be read (the database is down, say): the dependency fails, and the
+    error page, which reads the session too, fails again."""
+
+    def down(*_args: object) -> None:
+        raise RuntimeError("KEY-SECRET-0003 was in the message")
+
+    monkeypatch.setattr(accounts, "session_admin", down)
+    r = owner.get("/admin/")
+    assert r.status_code == 500 and 'id="main"' in r.text
+    assert "console GET /admin/ failed: RuntimeError" in caplog.text
+    assert "console error page for internal failed: RuntimeError" in caplog.text
+    assert "KEY-SECRET" not in caplog.text + r.text
+
+
+def test_a_browser_gone_mid_upload_is_not_a_failure(
+    owner: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = owner.build_request(
+        "POST",
+        "/admin/keys/import",
+        data={"csrf_token": owner.cookies.get("kami_csrf"), "sku": "x"},
+        files={"file": ("keys.txt", b"K-1\n" * 1000, "text/plain")},
+    )
+    body = request.read()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/admin/keys/import",
+        "raw_path": b"/admin/keys/import",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(k.lower(), v) for k, v in request.headers.raw],
+    }
+    statuses: list[int] = []
+
+    async def scene() -> None:
+        parts = [body[: len(body) // 2]]
+
+        async def receive() -> dict[str, object]:
+            if parts:
+                return {"type": "http.request", "body": parts.pop(), "more_body": True}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+        await owner.app(scope, receive, send)
+
+    run_async(scene)
+    assert statuses == [400]
+    assert "failed" not in caplog.text
+
+
 def test_only_the_owner_reads_signing_secrets(
     client: TestClient, shop: fulfilment.Shop, seeded: Seeded
 ) -> None:

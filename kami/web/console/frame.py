@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from kami import accounts, fulfilment
 from kami.kernel.errors import Forbidden, InvalidInput, KamiError, Unauthorized
@@ -172,18 +173,38 @@ class ConsoleRoute(CheckedRoute):
             except Unauthorized as exc:
                 if exc.where == "session":
                     return redirect(f"{PREFIX}/login")
-                return await run_in_threadpool(error_page, request, exc)
+                return await _page_for(request, exc)
             except KamiError as exc:
-                return await run_in_threadpool(error_page, request, exc)  # it may read
+                return await _page_for(request, exc)
             except (HTTPException, RequestValidationError):
                 raise  # answered as problems, as everywhere (a malformed form, a bad path)
+            except ClientDisconnect:
+                return Response(status_code=400)  # the browser went away mid-upload: no one to tell
             except Exception as exc:
                 # A page, not a JSON problem, for a person at a browser. The type only: a
                 # message or a trace could carry a key or a secret (invariant 5).
                 log.error("console %s %s failed: %s", request.method, self.path, type(exc).__name__)
-                return await run_in_threadpool(error_page, request, Broken())
+                return await _page_for(request, Broken())
 
         return guarded
+
+
+BARE_ERROR = (
+    '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>Kami</title></head>'
+    '<body><main id="main"><p class="error">服务器出错，错误已记录。 '
+    "The server failed; the error was logged.</p></main></body></html>"
+)
+
+
+async def _page_for(request: Request, exc: KamiError) -> Response:
+    """The error page of `exc`, drawn on a worker thread (it may read the session). If drawing
+    it fails too (the database is down, say), a page that needs nothing, and the type of that
+    failure in the log: its trace would carry the first failure's message with it."""
+    try:
+        return await run_in_threadpool(error_page, request, exc)
+    except Exception as failed:
+        log.error("console error page for %s failed: %s", exc.slug, type(failed).__name__)
+        return HTMLResponse(BARE_ERROR, exc.status, headers={"Cache-Control": "no-store"})
 
 
 class Broken(KamiError):
