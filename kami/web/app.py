@@ -96,6 +96,31 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class TypeOnly(logging.Filter):
+    """A failure's type in the log, never its message or trace (invariant 5): either could
+    carry a key, a card password or a secret. For uvicorn's own logger, which logs the whole
+    trace of any exception that leaves the app (Starlette's last-resort handler answers 500 and
+    raises it again, after `problems` has logged its type)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage().strip()}: {type(record.exc_info[1]).__name__}"
+            record.args = None
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def keep_traces_out_of_logs() -> TypeOnly:
+    """Put `TypeOnly` on uvicorn's error logger (once per process); returns it."""
+    logger = logging.getLogger("uvicorn.error")
+    for present in logger.filters:
+        if isinstance(present, TypeOnly):
+            return present
+    kept = TypeOnly()
+    logger.addFilter(kept)
+    return kept
+
+
 def create_app(
     container: bootstrap.Container, *, worker: bool | None = None, server: bool = False
 ) -> FastAPI:
@@ -167,4 +192,5 @@ def create_app_from_env() -> FastAPI:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    keep_traces_out_of_logs()
     return create_app(bootstrap.build(settings), server=True)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from kami import catalog
 from kami.config import Settings
 from kami.fulfilment import Shop
 from kami.kernel import waiting
@@ -344,3 +348,28 @@ def test_a_server_process_freezes_its_start_up_heap(
 
 def test_apps_built_for_tests_leave_the_heap_alone(client: TestClient) -> None:
     assert gc.get_freeze_count() == 0
+
+
+def test_a_failure_that_leaves_the_app_is_logged_by_its_type_only(
+    served: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette answers an unhandled failure with a 500 and raises it again to uvicorn, which
+    logs its whole trace: `kami serve` puts a filter on uvicorn's logger that keeps the type
+    only (invariant 5: the message could carry a key)."""
+
+    def failing(*_args: object) -> None:
+        raise RuntimeError("KEY-SECRET-0002 was in the message")
+
+    monkeypatch.setattr(catalog, "public_tree", failing)
+    kept = web_app.keep_traces_out_of_logs()
+    try:
+        assert web_app.keep_traces_out_of_logs() is kept  # once per process
+        assert httpx.get(f"{served}/api/v1/catalog", timeout=10).status_code == 500
+        for _ in range(500):  # uvicorn logs it after the answer has gone
+            if "Exception in ASGI application" in caplog.text:
+                break
+            time.sleep(0.01)
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(kept)
+    assert "Exception in ASGI application: RuntimeError" in caplog.text
+    assert "KEY-SECRET" not in caplog.text and "Traceback" not in caplog.text
