@@ -113,7 +113,7 @@ def run(
     container = build_container(url, work)
     try:
         dialect = container.db.dialect
-        sku = make_sku(container.shop, "IMPORTED", 2000)  # the checkouts' keys
+        sku = make_sku(container.shop, "IMPORTED", 20_000)  # the checkouts' keys
         with container.shop.db.write() as s:
             accounts.create_admin(s, "bench-owner", PASSWORD, accounts.Role.OWNER)
     finally:

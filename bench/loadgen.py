@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import resource
 import secrets
@@ -144,7 +145,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
