@@ -208,3 +208,17 @@ def test_the_worker_waits_once_the_queue_is_drained(
     # Three jobs, fewer than a cycle takes: the next cycle waits for the poll interval instead
     # of starting at once (each cycle costs several transactions even when it finds nothing).
     assert cycles == [3]
+
+
+def test_a_failed_worker_cycle_is_logged_by_its_type_only(
+    container: bootstrap.Container,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def failing(_c: bootstrap.Container, *, sweep: bool = True) -> int:
+        raise RuntimeError("KEY-SECRET-0004 was in the message")
+
+    monkeypatch.setattr(runner, "run_once", failing)
+    runner.run_forever(container, _OneCycle())  # outlives the failure
+    assert "worker cycle failed: RuntimeError" in caplog.text
+    assert "KEY-SECRET" not in caplog.text and "Traceback" not in caplog.text
