@@ -401,6 +401,11 @@ def test_import_reports_bad_lines_and_a_pasted_key_is_found(
     assert 'id="not-found"' in missing
 
 
+def test_on_sqlite_the_keys_page_says_that_writes_wait_for_an_import(owner: TestClient) -> None:
+    page = owner.get("/admin/keys").text
+    assert ('id="import-writer-note"' in page) == (BACKEND == "sqlite")
+
+
 # -- two-factor ------------------------------------------------------------------------------------
 def test_rfc_6238_vectors() -> None:
     secret = b"12345678901234567890"

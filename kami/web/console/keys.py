@@ -58,7 +58,9 @@ def _stock(request: Request) -> dict[str, Any]:
                 "batches": [b for b in batches if b.sku_id == v.id],
             }
         )
-    return {"stock": rows, "skus": skus}
+    # SQLite's one writer is the import's until it commits (decision 0004): the seller is told.
+    writes_wait = shop(request).db.dialect == "sqlite"
+    return {"stock": rows, "skus": skus, "writes_wait_for_imports": writes_wait}
 
 
 @router.get("/keys", response_class=HTMLResponse)
