@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -33,6 +35,24 @@ def sign_in(client: TestClient, name: str, code: str = "") -> TestClient:
     )
     assert r.status_code == 303, r.text[:500]
     return client
+
+
+def asgi_scope(request: httpx.Request, spec_version: str = "2.3") -> dict[str, Any]:
+    """The scope a server would give the app for `request` (its body is `request.read()`)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.url.path,
+        "raw_path": request.url.raw_path,
+        "query_string": request.url.query,
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(k.lower(), v) for k, v in request.headers.raw],
+    }
 
 
 @pytest.fixture

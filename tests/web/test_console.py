@@ -22,7 +22,7 @@ from kami.accounts.totp import b32decode, code_at, step_of
 from kami.web import i18n
 from tests.browser.seed import EVIL, EVIL_INPUT, EVIL_KEY, Seeded
 from tests.conftest import BACKEND, raw_notification, run_async, sandbox_body
-from tests.web.conftest import PASSWORD, csrf, make_admin, sign_in
+from tests.web.conftest import PASSWORD, asgi_scope, csrf, make_admin, sign_in
 from tests.web.test_storefront import PLACEHOLDER, _catalog, _untranslated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,20 +309,7 @@ def test_a_browser_gone_mid_upload_is_not_a_failure(
         files={"file": ("keys.txt", b"K-1\n" * 1000, "text/plain")},
     )
     body = request.read()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/admin/keys/import",
-        "raw_path": b"/admin/keys/import",
-        "query_string": b"",
-        "root_path": "",
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 50000),
-        "headers": [(k.lower(), v) for k, v in request.headers.raw],
-    }
+    scope = asgi_scope(request)
     statuses: list[int] = []
 
     async def scene() -> None:
