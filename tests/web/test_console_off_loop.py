@@ -24,6 +24,7 @@ from sqlalchemy import text
 from kami import accounts, fulfilment, vault
 from kami.kernel.errors import InvalidInput
 from kami.web import console
+from kami.web.console import keys as console_keys
 from kami.web.console.frame import ConsoleRoute
 from kami.web.console.keys import PROGRESS
 from tests.browser.seed import Seeded
@@ -287,3 +288,21 @@ def _stocked(shop: fulfilment.Shop, sku: str, prefix: str) -> int:
             {"sku": sku, "p": prefix[:2] + "%"},
         ).scalar_one()
     return int(found)
+
+
+def test_an_import_whose_report_page_fails_does_not_say_nothing_was_imported(
+    served: str,
+    shop: fulfilment.Shop,
+    seeded: Seeded,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def undrawable(*_args: Any) -> Any:
+        raise RuntimeError("the page could not be drawn")
+
+    monkeypatch.setattr(console_keys, "_report_page", undrawable)
+    with _signed_in(served, shop) as http:
+        *_, last = _stream_import(http, seeded.plain_sku, b"ZQDRAWN-0001\nZQDRAWN-0002\n")
+    assert last["status"] == 500 and "nothing was imported" not in last["page"]
+    assert _stocked(shop, seeded.plain_sku, "ZQDRAWN-") == 2
+    assert "failed: RuntimeError" in caplog.text and "could not be drawn" not in caplog.text

@@ -173,9 +173,9 @@ class ConsoleRoute(CheckedRoute):
             except Unauthorized as exc:
                 if exc.where == "session":
                     return redirect(f"{PREFIX}/login")
-                return await _page_for(request, exc)
+                return await page_for(request, exc)
             except KamiError as exc:
-                return await _page_for(request, exc)
+                return await page_for(request, exc)
             except (HTTPException, RequestValidationError):
                 raise  # answered as problems, as everywhere (a malformed form, a bad path)
             except ClientDisconnect:
@@ -184,7 +184,7 @@ class ConsoleRoute(CheckedRoute):
                 # A page, not a JSON problem, for a person at a browser. The type only: a
                 # message or a trace could carry a key or a secret (invariant 5).
                 log.error("console %s %s failed: %s", request.method, self.path, type(exc).__name__)
-                return await _page_for(request, Broken())
+                return await page_for(request, Broken())
 
         return guarded
 
@@ -196,7 +196,7 @@ BARE_ERROR = (
 )
 
 
-async def _page_for(request: Request, exc: KamiError) -> Response:
+async def page_for(request: Request, exc: KamiError) -> Response:
     """The error page of `exc`, drawn on a worker thread (it may read the session). If drawing
     it fails too (the database is down, say), a page that needs nothing, and the type of that
     failure in the log: its trace would carry the first failure's message with it."""

@@ -28,7 +28,7 @@ from kami.web.console.frame import (
     ConsoleRoute,
     Form,
     Upload,
-    error_page,
+    page_for,
     render,
     signed_in,
 )
@@ -183,15 +183,23 @@ async def _progress_lines(
         while not work.done():
             yield run.line()
             await asyncio.wait({work}, timeout=TICK)
+        failure: KamiError | None = None
         try:
-            page = await run_in_threadpool(_report_page, request, admin, sku, work.result())
+            report = work.result()
         except KamiError as exc:
-            page = await run_in_threadpool(error_page, request, exc)
+            failure = exc
         except Exception as exc:
             # The type only: a message or a trace of an import could carry a key (invariant 5).
             log.error("a console import failed: %s", type(exc).__name__)
-            failed = Broken("the import failed and nothing was imported; see the server log")
-            page = await run_in_threadpool(error_page, request, failed)
+            failure = Broken("the import failed and nothing was imported; see the server log")
+        if failure is not None:
+            page = await page_for(request, failure)
+        else:
+            try:  # the keys are in: a page that cannot be drawn does not say otherwise
+                page = await run_in_threadpool(_report_page, request, admin, sku, report)
+            except Exception as exc:
+                log.error("the report of batch %s failed: %s", report.batch, type(exc).__name__)
+                page = await page_for(request, Broken())
         yield run.line()
         yield _json_line({"status": page.status_code, "page": bytes(page.body).decode()})
     finally:
