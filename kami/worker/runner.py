@@ -57,10 +57,9 @@ def run_forever(container: Container, stop: threading.Event) -> None:
             sweep = since_sweep >= SWEEP_EVERY
             ran = run_once(container, sweep=sweep)
             since_sweep = 0.0 if sweep else since_sweep + poll
-        except (
-            Exception
-        ) as exc:  # the worker must outlive any one failure; the job keeps its record
-            # The type only: a message or a trace could carry a key or a secret (invariant 5).
+        except Exception as exc:
+            # The worker must outlive any one failure; the job keeps its record. The type only:
+            # a message or a trace could carry a key or a secret (invariant 5).
             log.error("worker cycle failed: %s", type(exc).__name__)
             ran = 0
         if ran < JOBS_PER_CYCLE:

@@ -343,6 +343,7 @@ def test_a_server_process_freezes_its_start_up_heap(
     finally:
         gc.unfreeze()  # this process goes on building apps: let them be collected
         app.state.container.close()
+        logging.getLogger("uvicorn.error").removeFilter(web_app.keep_traces_out_of_logs())
     assert frozen > 50_000
 
 
