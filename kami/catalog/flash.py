@@ -109,6 +109,14 @@ def find_sku_on_sale(session: Session, code: str) -> tuple[SkuView, FlashSaleVie
     return sku_row_view(row), sale
 
 
+def flash_sale_codes(session: Session, now: datetime) -> frozenset[str]:
+    """The codes of the SKUs with a flash sale that has not ended."""
+    rows = session.execute(
+        select(Sku.code).join(FlashSale, FlashSale.sku_id == Sku.id).where(FlashSale.ends_at > now)
+    )
+    return frozenset(rows.scalars())
+
+
 def get_sku_on_sale(session: Session, code: str) -> tuple[SkuView, FlashSaleView | None]:
     found = find_sku_on_sale(session, code)
     if found is None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from kami import catalog, orders, payments, vault
 from kami.fulfilment.delivering import release_expired
-from kami.fulfilment.goods.stock import SoldOut, has_goods, reserve, sold_out
+from kami.fulfilment.goods.stock import SoldOut, has_goods, reserve, sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, KamiError, NotFound
@@ -88,7 +88,7 @@ def _check_caps(
 
 
 def _flash_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: orders.OrderIn) -> None:
-    """The flash sale's window, and its quota as last read (`catalog.take_quota` decides)."""
+    """The flash sale's window."""
     now = utcnow()
     if now < sale.starts_at:
         raise Conflict(
@@ -100,8 +100,6 @@ def _flash_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: order
         raise Conflict(
             f"the flash sale of {sku.code} has ended", where="sku", slug="flash-sale-ended"
         )
-    if sale.taken + data.quantity > sale.quota:
-        raise _sold_out(sku)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +148,8 @@ def open_order(
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
     if idempotency_key is None and shop.recently_sold_out(data.sku):
+        if shop.sold_out_just_now(data.sku, data.quantity):
+            raise sold_out_of(data.sku)
         _refuse_early(shop, data)
     # The SKU's own terms are checked from a read, before the write lock is queued for: on
     # SQLite the writer is the whole database's, and every statement it holds it for is one that
@@ -159,6 +159,8 @@ def open_order(
     with shop.db.read() as s:
         sku, sale = catalog.get_sku_on_sale(s, data.sku)
         earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
+    if sale is not None:
+        shop.mark_flash_sale(data.sku)
     # A replay answers with the order first placed, whatever the SKU's terms are now.
     buyer_input = _check_terms(shop, sku, data) if earlier is None else {}
     with shop.db.write() as s:
@@ -170,7 +172,7 @@ def open_order(
                 s, shop, sku, sale, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
             )
         except SoldOut:
-            shop.mark_sold_out(data.sku)
+            shop.mark_sold_out(data.sku, data.quantity)
             raise
     return OpenedOrder(order, True, buyer_ip)
 
@@ -199,7 +201,12 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
 
     After a flash sale is gone, thousands of buyers still arrive; each would otherwise take a
     write transaction (on SQLite, the database's one writer) just to be told no. The check is
-    repeated inside the write transaction, which stays the authority.
+    repeated inside the write transaction, which stays the authority. A "sold out" found here
+    keeps the SKU marked, so that the next buyers read too: when the mark lapsed, every checkout
+    in flight went to the write path at once and queued for the writer (seen in the flash
+    sale as a stall of up to a second whenever another process held it). The mark also lets
+    the next SOLD_OUT_ANSWER seconds' buyers have the same answer from memory, but never past
+    the moment the SKU's first unpaid order runs out of time and gives its goods back.
     """
     now = utcnow()
     with shop.db.read() as s:
@@ -207,21 +214,25 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
         if found is None:
             return  # the write path gives the precise problem
         sku, sale = found
+        if sale is not None:
+            shop.mark_flash_sale(data.sku)
         if (
             not sku.active
             or not sku.min_quantity <= data.quantity <= sku.max_quantity
             or sku.delivery_kind != catalog.DeliveryKind.CARD_KEY
         ):
             return  # the write path gives the precise problem
-        if sale is not None:
-            if not sale.starts_at <= now < sale.ends_at:
-                return  # "not started" / "ended" come from the write path
-            if sale.taken + data.quantity > sale.quota:
-                raise _sold_out(sku)
-        if not vault.has_stock(s, sku.id, data.quantity, now) and not orders.any_expired_due(
-            s, sku.id, now
-        ):
-            raise _sold_out(sku)
+        if sale is not None and not sale.starts_at <= now < sale.ends_at:
+            return  # "not started" / "ended" come from the write path
+        quota_gone = sale is not None and sale.taken + data.quantity > sale.quota
+        if not quota_gone and vault.has_stock(s, sku.id, data.quantity, now):
+            return
+        due = orders.next_expiry(s, sku.id)
+    if due is not None and due <= now:
+        return  # a lapsed reservation: the write path puts it back on sale and sells it
+    until_due = (due - now).total_seconds() if due is not None else None
+    shop.mark_sold_out(data.sku, data.quantity, answer_for=until_due)
+    raise _sold_out(sku)
 
 
 def _check_terms(shop: Shop, sku: catalog.SkuView, data: orders.OrderIn) -> dict[str, str]:
@@ -267,6 +278,10 @@ def _place(
     now = utcnow()
     if sale is not None:
         _flash_window(sku, sale, data)
+        # The quota as last read (`catalog.take_quota` below decides), with the unpaid orders
+        # past their time given back first.
+        if sale.taken + data.quantity > sale.quota and not release_expired(s, sku.id):
+            raise _sold_out(sku)
     unit_price = sale.price_minor if sale else sku.price_minor
     if unit_price * data.quantity > MAX_MINOR:
         raise InvalidInput(
@@ -310,8 +325,6 @@ def _place(
         device_id=device_id,
         channel=channel,
     )
-    if sale is not None and not catalog.take_quota(s, sale.id, data.quantity):
-        raise _sold_out(sku)  # rolls the order back with it
     try:
         reserve(s, shop, sku, order, now, device_id)  # SoldOut rolls the order back too
     except SoldOut:
@@ -319,6 +332,15 @@ def _place(
         if not card_keys or not release_expired(s, sku.id):
             raise
         reserve(s, shop, sku, order, now, device_id)
+    # The quota last: on PostgreSQL its row is locked from this statement to the commit, and
+    # every buyer of the sale queues for it, so it is held for one round trip, not for the
+    # claim's as well (decision 0018).
+    if (
+        sale is not None
+        and not catalog.take_quota(s, sale.id, data.quantity)
+        and (not release_expired(s, sku.id) or not catalog.take_quota(s, sale.id, data.quantity))
+    ):
+        raise _sold_out(sku)  # rolls the order and its reservation back with it
     return order
 
 
@@ -339,4 +361,6 @@ def cancel_order(shop: Shop, order_no: str, token: str | None) -> orders.OrderVi
         vault.release_reserved(s, [released.id])
         if released.flash_sale_id is not None:
             catalog.give_back_quota(s, released.flash_sale_id, released.quantity)
-        return orders.get_order(s, order_no)
+        cancelled = orders.get_order(s, order_no)
+    shop.forget_sold_out()
+    return cancelled

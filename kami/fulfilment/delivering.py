@@ -128,6 +128,7 @@ def import_and_serve(
     with shop.db.write() as s:
         report = vault.import_keys(s, shop.cipher, sku_id, rows, info, on_chunk=on_chunk)
     if report.imported:
+        shop.forget_sold_out()
         try:
             serve_awaiting_stock(shop, [sku_id])
         except Exception as exc:  # the type only: no message or trace in the log (invariant 5)
@@ -158,7 +159,10 @@ def expire_orders(shop: Shop) -> int:
         if not orders.any_expired_due(s, None, utcnow()):
             return 0
     with shop.db.write() as s:
-        return release_expired(s)
+        released = release_expired(s)
+    if released:
+        shop.forget_sold_out()
+    return released
 
 
 def redeliver(shop: Shop, order_no: str) -> dict[str, str]:

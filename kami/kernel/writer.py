@@ -68,7 +68,7 @@ class _LoopCall:
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[Any]  # its outcome
     call: Callable[[], Any]
-    first: bool
+    rank: int
     caller: asyncio.Task[Any] | None
 
     def wanted(self) -> bool:
@@ -153,10 +153,11 @@ class WriterQueue:
         self._threads.release()
         return False
 
-    async def run_held(self, call: Callable[[], T], within: float, *, first: bool = False) -> T:
+    async def run_held(self, call: Callable[[], T], within: float, *, rank: int = 0) -> T:
         """On an event loop: run `call` there once this process has the writer, without
         blocking the loop meanwhile; WouldWait (and `call` not run) if not within `within` s.
-        `first`: ahead of the calls waiting without it (payment notifications).
+        `rank`: ahead of the calls waiting with a lower rank, behind those of its own rank or
+        higher (payment notifications go before checkouts, a flash sale's before both).
 
         A call on the loop that finds the writer busy is refused at once (it asks with no
         wait) and waits here while the loop answers other requests. Waiting on the loop
@@ -174,10 +175,10 @@ class WriterQueue:
                 threading.Thread(
                     target=self._wait_for_loops, name="kami-writer", daemon=True
                 ).start()
-            place = len(self._on_loops)
-            if first:  # behind the other calls that go first, ahead of the rest
-                place = next((n for n, c in enumerate(self._on_loops) if not c.first), place)
-            entry = _LoopCall(loop, done, call, first, asyncio.current_task())
+            place = next(
+                (n for n, c in enumerate(self._on_loops) if c.rank < rank), len(self._on_loops)
+            )
+            entry = _LoopCall(loop, done, call, rank, asyncio.current_task())
             self._on_loops.insert(place, entry)
             self._loop_calls.notify()
         try:

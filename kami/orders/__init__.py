@@ -27,6 +27,7 @@ from kami.orders.queries import (
     get_order,
     list_orders,
     lock_buyer,
+    next_expiry,
     quantity_held,
     quantity_pending,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "lock_buyer",
     "mark_synced",
     "move",
+    "next_expiry",
     "normalise_email",
     "quantity_held",
     "quantity_pending",

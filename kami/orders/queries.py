@@ -170,6 +170,20 @@ _ANY_EXPIRED_DUE = Prepared(_EXPIRED_DUE.limit(1))
 _SKU_EXPIRED_DUE = Prepared(_EXPIRED_DUE.where(_T.c.sku_id == bindparam("sku_id")).limit(1))
 
 
+_NEXT_EXPIRY = Prepared(
+    select(_T.c.expires_at)
+    .where(_T.c.status == OrderStatus.PENDING.value, _T.c.sku_id == bindparam("sku_id"))
+    .order_by(_T.c.expires_at)
+    .limit(1)
+)
+
+
+def next_expiry(session: Session, sku_id: int) -> datetime | None:
+    """When the first of the SKU's pending orders runs out of time (its goods then return)."""
+    row = _NEXT_EXPIRY.run(session, {"sku_id": sku_id}).first()
+    return None if row is None else cast(datetime, row[0])
+
+
 def any_expired_due(session: Session, sku_id: int | None, now: datetime) -> bool:
     """Whether a pending order (of this SKU, or of any) is past its time (its keys are about to
     return)."""

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from kami import catalog, fulfilment, orders
+from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
 from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
@@ -314,3 +315,158 @@ def test_flash_limit_under_a_race_of_one_buyer(shop: fulfilment.Shop) -> None:
         assert results.count("ok") == 2, (by_device, results)
         assert results.count("limit-reached") == threads - 2
     assert _keys(shop)["reserved"] == 4
+
+
+def test_a_lapsed_flash_order_gives_its_quota_to_the_next_buyer_at_once(
+    shop: fulfilment.Shop,
+) -> None:
+    """The quota is taken last (decision 0018); when it is gone, unpaid orders past their time
+    go back on sale in the same transaction, as lapsed card keys already did."""
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
+    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=1, limit=1)
+    a = place(shop, "FLASH", 1, email="a@example.com").order
+    assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
+    assert _keys(shop) == {"reserved": 1, "available": 4}  # b's claim went back with its order
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": a.id},
+        )
+    shop.forget_sold_out()  # as if b's memory of "sold out" were older than this moment
+    place(shop, "FLASH", 1, email="c@example.com")
+    with shop.db.read() as s:
+        assert orders.get_order(s, a.order_no).status == "expired"
+        assert catalog.get_sku_on_sale(s, "FLASH")[1].taken == 1  # type: ignore[union-attr]
+    assert _keys(shop) == {"reserved": 1, "available": 4}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """The shop's memory of sold-out answers and flash sales, on a clock the test moves."""
+    fake = _Clock()
+    monkeypatch.setattr("kami.fulfilment.shop.monotonic", fake)
+    return fake
+
+
+def _raise_quota(shop: fulfilment.Shop, code: str) -> None:
+    """More quota behind this process's back, as another process's admin would."""
+    with shop.db.write() as s:
+        s.execute(
+            text(
+                "UPDATE catalog_flash_sale SET quota = quota + 1 WHERE sku_id = "
+                "(SELECT id FROM catalog_sku WHERE code = :c)"
+            ),
+            {"c": code},
+        )
+
+
+def test_sold_out_is_answered_from_memory_for_a_moment(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
+    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=1, limit=1)
+    place(shop, "FLASH", 1, email="a@example.com")
+    # The write path refuses: the next checkout reads before it queues for the writer.
+    assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
+    assert shop.recently_sold_out("FLASH") and not shop.sold_out_just_now("FLASH", 1)
+    # The read refuses: for SOLD_OUT_ANSWER the answer comes from memory.
+    assert _problem(place, shop, "FLASH", 1, email="c@example.com") == "sold-out"
+    assert shop.sold_out_just_now("FLASH", 1) and shop.sold_out_just_now("FLASH", 2)
+    _raise_quota(shop, "FLASH")
+    assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "sold-out"
+    clock.now += SOLD_OUT_ANSWER
+    place(shop, "FLASH", 1, email="d@example.com")  # asked again, and there was one more
+
+
+def test_sold_out_memory_holds_for_the_quantity_refused_or_more(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    place(shop, sku.code, 1, email="a@example.com")
+    assert _problem(place, shop, sku.code, 2, email="b@example.com") == "sold-out"
+    assert _problem(place, shop, sku.code, 2, email="c@example.com") == "sold-out"  # the read
+    assert shop.sold_out_just_now(sku.code, 2) and shop.sold_out_just_now(sku.code, 3)
+    assert not shop.sold_out_just_now(sku.code, 1)
+    place(shop, sku.code, 1, email="d@example.com")  # one was left
+
+
+def test_sold_out_memory_never_outlasts_the_first_reservation_due_back(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    shop.mark_sold_out("SKU-X", 1, answer_for=0.01)
+    assert shop.sold_out_just_now("SKU-X", 1)
+    clock.now += 0.01
+    assert not shop.sold_out_just_now("SKU-X", 1) and shop.recently_sold_out("SKU-X")
+    shop.mark_sold_out("SKU-X", 1, answer_for=None)  # no unpaid order at all
+    clock.now += SOLD_OUT_ANSWER - 0.001
+    assert shop.sold_out_just_now("SKU-X", 1)
+    clock.now += 0.001
+    assert not shop.sold_out_just_now("SKU-X", 1)
+
+
+def test_goods_back_on_sale_in_this_process_end_the_memory(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1"])
+    a = place(shop, sku.code, 1, email="a@example.com")
+    for email in ("b@example.com", "c@example.com"):  # the write path, then the read
+        assert _problem(place, shop, sku.code, 1, email=email) == "sold-out"
+    assert shop.sold_out_just_now(sku.code, 1)
+    fulfilment.cancel_order(shop, a.order.order_no, a.access_token)
+    b = place(shop, sku.code, 1, email="b@example.com")  # at once
+    for email in ("c@example.com", "d@example.com"):
+        assert _problem(place, shop, sku.code, 1, email=email) == "sold-out"
+    assert shop.sold_out_just_now(sku.code, 1)
+    add_keys(shop, sku, ["K-2"])
+    place(shop, sku.code, 1, email="c@example.com")  # at once
+    assert b.order.status == "pending"
+
+
+def test_the_read_path_keeps_a_sold_out_skus_buyers_off_the_writer(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    """While reads keep saying "sold out", the SKU stays marked: its buyers do not all go to
+    the write path once a second (they queued there for the writer, all at once)."""
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["K-1"])
+    place(shop, sku.code, 1, email="a@example.com")
+    assert _problem(place, shop, sku.code, 1, email="b@example.com") == "sold-out"
+    for n in range(4):
+        clock.now += SOLD_OUT_MEMO * 0.6
+        assert shop.recently_sold_out(sku.code)
+        assert _problem(place, shop, sku.code, 1, email=f"r{n}@example.com") == "sold-out"
+
+
+def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock) -> None:
+    """Which SKUs' checkouts the web layer runs first (decision 0018): those with a flash sale
+    that has not ended, read every FLASH_MEMO seconds, and any a checkout finds one on."""
+    for code in ("LIVE", "SOON", "OVER", "PLAIN", "FOUND"):
+        make_sku(shop, code)
+    _flash(shop, "LIVE", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
+    _flash(shop, "SOON", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=5, limit=1)
+    _flash(shop, "OVER", start=timedelta(minutes=-9), end=timedelta(minutes=-1), quota=5, limit=1)
+    assert shop.flash_sales_stale()
+    shop.read_flash_sales()
+    assert not shop.flash_sales_stale()
+    assert [c for c in ("LIVE", "SOON", "OVER", "PLAIN") if shop.on_flash_sale(c)] == [
+        "LIVE",
+        "SOON",
+    ]
+    _flash(shop, "FOUND", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
+    assert not shop.on_flash_sale("FOUND")
+    assert _problem(place, shop, "FOUND", 1) == "sold-out"  # no keys; the sale was seen
+    assert shop.on_flash_sale("FOUND")
+    clock.now += FLASH_MEMO
+    assert shop.flash_sales_stale()

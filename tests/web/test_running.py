@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import cast
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from kami import catalog
 from kami.config import Settings
 from kami.fulfilment import Shop
 from kami.kernel import waiting
+from kami.kernel.clock import utcnow
 from kami.payments.gateways.transport import opener
 from kami.web import app as web_app
 from kami.web import running
@@ -115,11 +118,89 @@ def test_a_payment_runs_ahead_of_the_calls_waiting_for_their_turn() -> None:
             asyncio.create_task(running.run(ran.append, f"checkout {n}")) for n in range(3)
         ]
         await asyncio.sleep(0)  # the checkouts have asked for their turns
-        payment = asyncio.create_task(running.run_now(ran.append, "payment"))
+        payment = asyncio.create_task(running.run_payment(ran.append, "payment"))
         await asyncio.gather(*checkouts, payment)
 
     run_async(scene)
     assert ran == ["payment", "checkout 0", "checkout 1", "checkout 2"]
+
+
+def test_during_a_flash_sale_its_checkouts_go_first_and_payments_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decision 0018: a flash sale's checkout runs as soon as it is read; for a moment after
+    one, payments take turns, PAYMENTS_PER_PASS of them per pass of the loop, still ahead of
+    the other calls (one per pass); once the moment has passed, payments run at once again."""
+    monkeypatch.setattr(running, "PAYMENTS_PER_PASS", 2)
+    ran: list[str] = []
+
+    async def scene() -> None:
+        await running.run_first(ran.append, "flash 0")
+        others = [asyncio.create_task(running.run(ran.append, f"other {n}")) for n in range(2)]
+        payments = [
+            asyncio.create_task(running.run_payment(ran.append, f"payment {n}")) for n in range(5)
+        ]
+        flash = asyncio.create_task(running.run_first(ran.append, "flash 1"))
+        await asyncio.gather(*others, *payments, flash)
+        monkeypatch.setattr(running, "STORM", 0.0)
+        await running.run_first(ran.append, "flash 2")  # the storm ends as it starts
+        other = asyncio.create_task(running.run(ran.append, "other 2"))
+        await asyncio.sleep(0)
+        await running.run_payment(ran.append, "payment 5")
+        await other
+
+    run_async(scene)
+    assert ran == [
+        "flash 0",
+        "flash 1",  # read last, ran first
+        "payment 0",  # first pass: two payments and one other call
+        "payment 1",
+        "other 0",
+        "payment 2",  # second pass
+        "payment 3",
+        "other 1",
+        "payment 4",  # third pass
+        "flash 2",
+        "payment 5",  # no storm: at once, ahead of the other call waiting
+        "other 2",
+    ]
+
+
+def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
+    client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used: list[str] = []
+
+    def recorder(name: str) -> Callable[..., Awaitable[object]]:
+        original = getattr(running, name)
+
+        def recorded(fn: Callable[..., object], *args: object, **kw: object) -> Awaitable[object]:
+            if getattr(fn, "__name__", "") == "open_order":
+                used.append(name)
+            return cast(Awaitable[object], original(fn, *args, **kw))
+
+        return recorded
+
+    for name in ("run", "run_first"):
+        monkeypatch.setattr(running, name, recorder(name))
+    for code in ("PLAIN", "FLASH"):
+        add_keys(shop, make_sku(shop, code), [f"{code}-{n}" for n in range(3)])
+    now = utcnow()
+    with shop.db.write() as s:
+        catalog.set_flash_sale(
+            s,
+            "FLASH",
+            catalog.FlashSaleIn(
+                starts_at=now - timedelta(minutes=1),
+                ends_at=now + timedelta(minutes=10),
+                price_minor=99,
+                quota=3,
+            ),
+        )
+    for code, n in (("PLAIN", 0), ("FLASH", 1), ("PLAIN", 2)):
+        order = dict(ORDER, sku=code, email=f"b{n}@example.com")
+        assert client.post("/api/v1/orders", json=order).status_code == 201
+    assert used == ["run", "run_first", "run"]
 
 
 def test_turns_skip_a_caller_that_went_away() -> None:
@@ -311,6 +392,27 @@ def test_a_payment_waiting_for_the_writer_goes_before_the_checkouts_waiting(
 
     run_async(scene)
     assert [n for n, _ in ran] == [9, 0, 1, 2]
+
+
+def test_a_flash_checkout_waiting_for_the_writer_goes_before_payments_and_the_rest(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+
+    async def scene() -> None:
+        checkout = asyncio.create_task(running.run(_insert, shop, 1, ran))
+        await asyncio.sleep(0.05)  # it waits for the writer
+        payment = asyncio.create_task(running.run_payment(_insert, shop, 2, ran))
+        await asyncio.sleep(0.05)
+        flash = [asyncio.create_task(running.run_first(_insert, shop, n, ran)) for n in (3, 4)]
+        await asyncio.sleep(0.05)
+        payment_later = asyncio.create_task(running.run_payment(_insert, shop, 5, ran))
+        await asyncio.sleep(0.05)
+        writer_held.set()
+        await asyncio.gather(checkout, payment, *flash, payment_later)
+
+    run_async(scene)
+    assert [n for n, _ in ran] == [3, 4, 2, 5, 1]
 
 
 def test_payments_wait_longer_for_a_lock_before_they_are_refused() -> None:

@@ -26,7 +26,11 @@ class SoldOut(Conflict):
 
 
 def sold_out(sku: catalog.SkuView) -> SoldOut:
-    return SoldOut(f"SKU {sku.code!r} is sold out", where="sku")
+    return sold_out_of(sku.code)
+
+
+def sold_out_of(sku_code: str) -> SoldOut:
+    return SoldOut(f"SKU {sku_code!r} is sold out", where="sku")
 
 
 def has_goods(s: Session, sku: catalog.SkuView, quantity: int, now: datetime) -> bool:

@@ -45,7 +45,11 @@ async def create_order(
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> CreatedOrderOut:
     await rate_limit_on_loop(request, "orders")
-    opened = await running.run(
+    # A flash sale's checkouts go first (decision 0018).
+    if shop.flash_sales_stale():
+        await running.run_now(shop.read_flash_sales)
+    runner = running.run_first if shop.on_flash_sale(body.sku) else running.run
+    opened = await runner(
         fulfilment.open_order,
         shop,
         body,
@@ -137,7 +141,7 @@ async def answer_notification(gateway: str, request: Request) -> Response:
         remote_addr=client_ip(request),
     )
     shop = request.app.state.container.shop
-    outcome = await running.run_now(fulfilment.handle_notification, shop, raw)
+    outcome = await running.run_payment(fulfilment.handle_notification, shop, raw)
     ack = outcome.ack
     return Response(
         ack.body,
