@@ -90,6 +90,8 @@ async def load(
     errors: Counter[str] = Counter()
     create_all: list[float] = []
     create_won: list[float] = []
+    create_refused: list[float] = []
+    pay_all: list[float] = []
     paid = [0]
     last_win = [0.0]
 
@@ -115,6 +117,7 @@ async def load(
         took = time.perf_counter() - start
         create_all.append(took)
         if r.status != 201:
+            create_refused.append(took)
             kind = problem(r)
             if r.status == 409 and kind in ("sold-out", "limit-reached"):
                 answers[kind] += 1
@@ -129,9 +132,11 @@ async def load(
             body, note_headers = notification(
                 created["order_no"], created["amount_minor"], created["currency"]
             )
+            start = time.perf_counter()
             r = await lane.request(
                 "POST", "/api/v1/payments/sandbox/notify", body=body, headers=note_headers
             )
+            pay_all.append(time.perf_counter() - start)
         except (LaneError, ValueError, KeyError) as exc:
             errors[f"pay {type(exc).__name__}"] += 1
             return
@@ -158,6 +163,10 @@ async def load(
         "create_p99_ms": ms(percentile(create_all, 99)),
         "won_create_p50_ms": ms(percentile(create_won, 50)),
         "won_create_p99_ms": ms(percentile(create_won, 99)),
+        "refused_create_p50_ms": ms(percentile(create_refused, 50)),
+        "refused_create_p99_ms": ms(percentile(create_refused, 99)),
+        "pay_p50_ms": ms(percentile(pay_all, 50)),
+        "pay_p99_ms": ms(percentile(pay_all, 99)),
         "sold_out_after_s": round(last_win[0] - begin, 2) if last_win[0] else None,
         "duration_s": round(duration, 2),
         "server_cpu_s": round(cpu_server, 1),
