@@ -51,14 +51,9 @@ def _check_caps(
     """The buyer's caps, under the buyer's lock: the flash sale's per-buyer limit, then the
     unpaid orders per buyer and per address. Counted after the lock is held, or two checkouts
     of one buyer could both count what was there before either (measured on PostgreSQL: 3 of
-    16 racing checkouts got through a limit of 2 when the flash sale was counted first)."""
-    # The lock covers the buyer's own identities only. Locking per address too serialised every
-    # checkout behind one NAT or proxy (measured: 48 of 64 connections waiting on it); the
-    # per-address cap is a coarse guard that a race may overshoot by a few orders.
-    identities = [f"e:{data.email.lower()}"]
-    if device_id:
-        identities.append(f"d:{device_id}")
-    orders.lock_buyer(s, sku.id, identities)
+    16 racing checkouts got through a limit of 2 when the flash sale was counted first). On
+    PostgreSQL the transaction's first statement took the lock (`open_order`); SQLite's one
+    writer needs none."""
     held = orders.count_open(
         s,
         sku.id,
@@ -85,6 +80,16 @@ def _check_caps(
                 "pay or cancel one first",
                 where=where,
             )
+
+
+def _identities(data: orders.OrderIn, device_id: str | None) -> list[str]:
+    """What the buyer's lock covers: the buyer's own identities only. Locking per address too
+    serialised every checkout behind one NAT or proxy (measured: 48 of 64 connections waiting
+    on it); the per-address cap is a coarse guard that a race may overshoot by a few orders."""
+    identities = [f"e:{data.email.lower()}"]
+    if device_id:
+        identities.append(f"d:{device_id}")
+    return identities
 
 
 def _flash_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: orders.OrderIn) -> None:
@@ -151,22 +156,31 @@ def open_order(
         if shop.sold_out_just_now(data.sku, data.quantity):
             raise sold_out_of(data.sku)
         _refuse_early(shop, data)
-    # The SKU's own terms are checked from a read, before the write lock is queued for: on
-    # SQLite the writer is the whole database's, and every statement it holds it for is one that
-    # every other checkout and payment waits behind. A SKU or flash sale edited in between is
-    # the same race as an order placed a moment earlier; stock, quota and caps are checked
-    # under the lock.
-    with shop.db.read() as s:
-        sku, sale = catalog.get_sku_on_sale(s, data.sku)
-        earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
-    if sale is not None:
-        shop.mark_flash_sale(data.sku)
-    # A replay answers with the order first placed, whatever the SKU's terms are now.
-    buyer_input = _check_terms(shop, sku, data) if earlier is None else {}
+    # SQLite: the SKU's own terms are checked from a read, before the write lock is queued for:
+    # the writer is the whole database's, and every statement it holds it for is one that every
+    # other checkout and payment waits behind. PostgreSQL: the write transaction's first
+    # statement reads them and takes the buyer's locks (`_check_caps`) in one round trip
+    # (decision 0019). A SKU or flash sale edited in between is the same race as an order
+    # placed a moment earlier; stock, quota and caps are checked under the lock.
+    locks = (
+        orders.buyer_lock_keys(data.sku, _identities(data, device_id))
+        if shop.db.dialect == "postgresql"
+        else None
+    )
+    if locks is None:
+        with shop.db.read() as s:
+            terms = catalog.get_sku_on_sale(s, data.sku)
+            earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
+        # A replay answers with the order first placed, whatever the SKU's terms are now.
+        buyer_input = _check_terms(shop, terms, data) if earlier is None else {}
     with shop.db.write() as s:
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             return OpenedOrder(replay, False, buyer_ip)
+        if locks is not None:
+            terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
+            buyer_input = _check_terms(shop, terms, data)
+        sku, sale = terms
         try:
             order = _place(
                 s, shop, sku, sale, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
@@ -235,8 +249,13 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
     raise _sold_out(sku)
 
 
-def _check_terms(shop: Shop, sku: catalog.SkuView, data: orders.OrderIn) -> dict[str, str]:
+def _check_terms(
+    shop: Shop, terms: tuple[catalog.SkuView, catalog.FlashSaleView | None], data: orders.OrderIn
+) -> dict[str, str]:
     """The SKU's own terms: on sale, quantity, channel, currency; returns the checked input."""
+    sku, sale = terms
+    if sale is not None:
+        shop.mark_flash_sale(data.sku)
     if not sku.active:
         raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
     if not sku.min_quantity <= data.quantity <= sku.max_quantity:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Table, and_, bindparam, func, or_, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
@@ -137,24 +136,12 @@ def awaiting_stock(
     return [to_view(o) for o in session.execute(stmt).scalars()]
 
 
-def lock_buyer(session: Session, sku_id: int, identities: list[str]) -> None:
-    """Serialise one buyer's concurrent checkouts of a SKU, so caps cannot be raced past.
-
-    PostgreSQL: transaction-scoped advisory locks, taken in a fixed order (no deadlocks).
-    SQLite needs none: `BEGIN IMMEDIATE` already serialises every writer.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    keys = sorted({_lock_key(f"{sku_id}:{ident}") for ident in identities})
-    _advisory_locks(len(keys)).run(session, {f"k{i}": k for i, k in enumerate(keys)})
-
-
-# All of a buyer's locks in one statement (one round trip); PostgreSQL computes a SELECT's
-# list in order, so they are still taken in the sorted order.
-@cache
-def _advisory_locks(n: int) -> Prepared:
-    keys = (bindparam(f"k{i}", type_=BigInteger) for i in range(n))
-    return Prepared(select(*(func.pg_advisory_xact_lock(k) for k in keys)))
+def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
+    """The advisory lock keys that serialise one buyer's concurrent checkouts of a SKU, so caps
+    cannot be raced past: one per identity (e-mail, device), in the fixed order they are to be
+    taken in (no deadlocks). PostgreSQL only: SQLite's `BEGIN IMMEDIATE` already serialises
+    every writer. Taken by the checkout's first statement (`catalog.find_sku_on_sale`)."""
+    return sorted({_lock_key(f"{sku_code}:{ident}") for ident in identities})
 
 
 def _lock_key(text: str) -> int:

@@ -317,6 +317,38 @@ def test_flash_limit_under_a_race_of_one_buyer(shop: fulfilment.Shop) -> None:
     assert _keys(shop)["reserved"] == 4
 
 
+def test_the_checkout_reads_its_sku_and_takes_the_buyers_locks_in_one_statement(
+    shop: fulfilment.Shop,
+) -> None:
+    """PostgreSQL: the write transaction's first statement reads the SKU and its sale and takes
+    the buyer's advisory locks, held to the end of the transaction; an unknown SKU takes none."""
+    if shop.db.dialect != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite's one writer serialises checkouts")
+    make_sku(shop, "LK")
+    _flash(shop, "LK", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
+    keys = orders.buyer_lock_keys("LK", ["e:a@example.com", "d:dev-1"])
+    assert len(keys) == 2 and keys == sorted(keys)
+
+    def held() -> set[int]:
+        with shop.db.engine.connect() as other:
+            rows = other.execute(
+                text(
+                    "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted"
+                )
+            )
+            return {int(r[0]) for r in rows}
+
+    mine = set(keys)
+    with shop.db.write() as s:
+        assert catalog.find_sku_on_sale(s, "NOPE", locks=keys) is None
+        assert not held() & mine
+        sku, sale = catalog.get_sku_on_sale(s, "LK", locks=keys)
+        assert sku.code == "LK" and sale is not None and sale.quota == 5
+        assert held() & mine == mine
+    assert not held() & mine
+
+
 def test_a_lapsed_flash_order_gives_its_quota_to_the_next_buyer_at_once(
     shop: fulfilment.Shop,
 ) -> None:
