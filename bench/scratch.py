@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from kami import bootstrap
 from kami.config import Settings
@@ -31,7 +31,8 @@ def scratch_database(db: str, work: Path) -> Iterator[str]:
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    # make_url, not string surgery: the URL may end in a query (?host=/var/run/postgresql).
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
         bootstrap.migrate(Settings(database_url=url))
         yield url
