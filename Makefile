@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kami tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy kami
+	$(BIN)/mypy kami bench
 
 contracts: $(STAMP)
 	$(BIN)/lint-imports

@@ -178,9 +178,9 @@ async def load(
         "purchase_seconds": round(elapsed, 2),
         "purchases_per_s": round(done[0] / elapsed, 1),
     }
-    for step in STEPS:
-        out[f"{step}_p50_ms"] = ms(percentile(latency[step], 50))
-        out[f"{step}_p99_ms"] = ms(percentile(latency[step], 99))
+    for name in STEPS:
+        out[f"{name}_p50_ms"] = ms(percentile(latency[name], 50))
+        out[f"{name}_p99_ms"] = ms(percentile(latency[name], 99))
     out["notify_to_delivered_p50_ms"] = out["notify_p50_ms"]
     out["notify_to_delivered_p99_ms"] = out["notify_p99_ms"]
     out["hello_rps"] = greeting["rps"]
