@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from kami import accounts, catalog, fulfilment
-from tests.conftest import add_keys, place, raw_notification, sandbox_body
+from kami import accounts, catalog, fulfilment, vault
+from kami.kernel.errors import InvalidInput
+from kami.web.admin.api import IMPORTS
+from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
 
 
 @pytest.fixture
@@ -218,3 +223,51 @@ def test_admin_password_check(shop: fulfilment.Shop) -> None:
         for user, pw in [("finance1", "wrong password!"), ("nobody", "long enough password")]:
             with pytest.raises(Unauthorized):
                 accounts.check_password(s, user, pw)
+
+
+def test_imports_at_once_are_capped_and_their_slots_given_back(
+    client: TestClient,
+    admin: dict[str, str],
+    shop: fulfilment.Shop,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One import more than the process runs at once is refused at once with a clear problem;
+    a slot comes back when its import ends, whether it succeeded or failed."""
+    make_sku(shop, "CAP-1")
+    monkeypatch.setattr(IMPORTS, "limit", 1)
+    real = fulfilment.import_and_serve
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> vault.ImportReport:
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    def upload(content: bytes) -> Any:
+        return client.post(
+            "/api/admin/skus/CAP-1/keys",
+            headers=admin,
+            files={"file": ("keys.txt", content, "text/plain")},
+        )
+
+    monkeypatch.setattr(fulfilment, "import_and_serve", held)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(upload, b"CAP-0001\n")
+        assert entered.wait(30)
+        refused = upload(b"CAP-0002\n")
+        release.set()
+        assert first.result().status_code == 201
+    assert refused.status_code == 429
+    problem = refused.json()
+    assert problem["type"] == "/problems/imports-busy" and problem["where"] == "file"
+    assert "already running 1 key import," in problem["detail"]
+
+    def broken(*_args: Any, **_kwargs: Any) -> vault.ImportReport:
+        raise InvalidInput("nothing to import", where="file")
+
+    monkeypatch.setattr(fulfilment, "import_and_serve", broken)
+    assert upload(b"CAP-0003\n").status_code == 422
+    monkeypatch.setattr(fulfilment, "import_and_serve", real)
+    assert _ok(upload(b"CAP-0004\n"), 201)["imported"] == 1
+    with shop.db.read() as s:
+        assert vault.count_available(s) == {catalog.get_sku(s, "CAP-1").id: 2}

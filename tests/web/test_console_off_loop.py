@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import text
 from kami import accounts, fulfilment, vault
 from kami.kernel.errors import InvalidInput
 from kami.web import console
+from kami.web.admin.api import IMPORTS
 from kami.web.console import keys as console_keys
 from kami.web.console.frame import ConsoleRoute
 from kami.web.console.keys import PROGRESS
@@ -306,3 +308,43 @@ def test_an_import_whose_report_page_fails_does_not_say_nothing_was_imported(
     assert last["status"] == 500 and "nothing was imported" not in last["page"]
     assert _stocked(shop, seeded.plain_sku, "ZQDRAWN-") == 2
     assert "failed: RuntimeError" in caplog.text and "could not be drawn" not in caplog.text
+
+
+def test_console_imports_share_the_cap_on_imports_at_once_and_give_their_slots_back(
+    served: str, shop: fulfilment.Shop, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one import streams, one more (the limit here being one) gets a page that says why
+    at once; a streamed import gives its slot back when it ends, even when it breaks."""
+    monkeypatch.setattr(IMPORTS, "limit", 1)
+    real = fulfilment.import_and_serve
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> vault.ImportReport:
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    def broken(*_args: Any, **_kwargs: Any) -> vault.ImportReport:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fulfilment, "import_and_serve", held)
+    with _signed_in(served, shop) as http, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_stream_import, http, seeded.plain_sku, b"HELD-0001\n")
+        assert entered.wait(30)
+        with httpx.Client(base_url=served, cookies=http.cookies, timeout=30) as other:
+            refused = other.post(
+                "/admin/keys/import",
+                data={"csrf_token": http.cookies.get("kami_csrf"), "sku": seeded.plain_sku},
+                files={"file": ("keys.txt", b"HELD-0002\n", "text/plain")},
+            )
+        release.set()
+        *_, done = first.result()
+        assert done["status"] == 200
+        assert refused.status_code == 429
+        assert "already running 1 key import," in refused.text
+        monkeypatch.setattr(fulfilment, "import_and_serve", broken)
+        *_, last = _stream_import(http, seeded.plain_sku, b"BROKEN-0001\n")
+        assert last["status"] == 500
+        monkeypatch.setattr(fulfilment, "import_and_serve", real)
+        *_, last = _stream_import(http, seeded.plain_sku, b"AFTER-0001\n")
+        assert last["status"] == 200 and 'id="imported">1<' in last["page"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel
 
 from kami import catalog, fulfilment, vault
-from kami.kernel.errors import InvalidInput
+from kami.kernel.errors import InvalidInput, KamiError
 from kami.kernel.money import check_currency, parse_major
 from kami.web.deps import AdminDep, ShopDep
 from kami.web.inputs import CheckedRoute, check_text
@@ -21,6 +22,43 @@ from kami.web.inputs import CheckedRoute, check_text
 router = APIRouter(prefix="/api/admin", tags=["admin"], route_class=CheckedRoute)
 
 MAX_UPLOAD = 512 * 1024 * 1024
+
+
+class ImportsBusy(KamiError):
+    status = 429
+    slug = "imports-busy"
+    title = "Too many key imports at once"
+
+
+class ImportSlots:
+    """At most `limit` key imports at once in one server process, by the admin API and the
+    console together. Each holds its file's keys while they are encrypted, a read-ahead thread,
+    and on SQLite the database's one writer (decision 0004): more at once only wait for each
+    other and add up their memory (an import of a million keys peaked at 188 MB,
+    docs/benchmarks.md). One more is refused at once, before any of its keys is read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self._running >= self.limit:
+                raise ImportsBusy(
+                    f"this server process is already running {self._running} key import"
+                    f"{'' if self._running == 1 else 's'}, its most at once; start this one "
+                    "when one has finished",
+                    where="file",
+                )
+            self._running += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+
+IMPORTS = ImportSlots(2)
 
 
 # -- catalog -----------------------------------------------------------------------------------
@@ -224,6 +262,23 @@ def import_keys(
             check_text(value, where)
     name = upload_name(file.filename)
     info = parse_batch_info(name, supplier, unit_cost, cost_currency, expires_at)
+    IMPORTS.take()
+    try:
+        report = _import_upload(shop, sku.id, file, name, info, format, separator)
+    finally:
+        IMPORTS.give()
+    return report_out(code, report)
+
+
+def _import_upload(
+    shop: fulfilment.Shop,
+    sku_id: int,
+    file: UploadFile,
+    name: str,
+    info: vault.BatchInfo,
+    format: vault.SourceFormat | None,
+    separator: str | None,
+) -> vault.ImportReport:
     with tempfile.TemporaryDirectory(prefix="kami-import-") as tmp:
         # The client's file name labels the batch and hints at the format; it never makes a path.
         path = Path(tmp) / f"upload{upload_suffix(name)}"
@@ -232,8 +287,7 @@ def import_keys(
         if path.stat().st_size > MAX_UPLOAD:
             raise InvalidInput("the file is larger than 512 MiB", where="file")
         rows, _progress = vault.open_rows(path, format, separator or None)
-        report = fulfilment.import_and_serve(shop, sku.id, rows, info)
-    return report_out(code, report)
+        return fulfilment.import_and_serve(shop, sku_id, rows, info)
 
 
 @router.get("/stock", response_model=list[SkuStockOut])

@@ -20,7 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from kami import accounts, catalog, fulfilment, orders, vault
 from kami.kernel.errors import InvalidInput, KamiError
-from kami.web.admin.api import MAX_UPLOAD, parse_batch_info, upload_name, upload_suffix
+from kami.web.admin.api import (
+    IMPORTS,
+    MAX_UPLOAD,
+    parse_batch_info,
+    upload_name,
+    upload_suffix,
+)
 from kami.web.console.frame import (
     PREFIX,
     Admin,
@@ -89,7 +95,12 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
         form.get("cost_currency") or "CNY",
         form.get("expires_at") or None,
     )
-    tmp = tempfile.TemporaryDirectory(prefix="kami-import-")
+    IMPORTS.take()  # given back when the import ends (`_Import.work`), or below
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="kami-import-")
+    except BaseException:
+        IMPORTS.give()
+        raise
     try:
         # The client's file name labels the batch; it never makes a path.
         path = Path(tmp.name) / f"upload{upload_suffix(name)}"
@@ -100,6 +111,7 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
         rows, progress = vault.open_rows(path, None, form.get("separator") or None)
     except BaseException:
         tmp.cleanup()
+        IMPORTS.give()
         raise
     run = _Import(s, sku.id, rows, info, progress, tmp)
     if PROGRESS not in request.headers.get("accept", ""):
@@ -145,7 +157,12 @@ class _Import:
             except BaseException as exc:
                 outcome.set_exception(exc)
 
-        threading.Thread(target=target, name="kami-import", daemon=True).start()
+        try:
+            threading.Thread(target=target, name="kami-import", daemon=True).start()
+        except BaseException:
+            self._tmp.cleanup()
+            IMPORTS.give()
+            raise
         return outcome
 
     def work(self) -> vault.ImportReport:
@@ -156,6 +173,7 @@ class _Import:
             return fulfilment.import_and_serve(*self._args, on_chunk=grown)
         finally:
             self._tmp.cleanup()
+            IMPORTS.give()
 
     def line(self) -> bytes:
         """Where the import is: bytes (or rows of a workbook) read of how many (0: unknown),
