@@ -82,6 +82,13 @@ def _check_caps(
             )
 
 
+def _mark_flash_sale(
+    shop: Shop, data: orders.OrderIn, terms: tuple[catalog.SkuView, catalog.FlashSaleView | None]
+) -> None:
+    if terms[1] is not None:
+        shop.mark_flash_sale(data.sku)  # its next checkouts go first (decision 0018)
+
+
 def _identities(data: orders.OrderIn, device_id: str | None) -> list[str]:
     """What the buyer's lock covers: the buyer's own identities only. Locking per address too
     serialised every checkout behind one NAT or proxy (measured: 48 of 64 connections waiting
@@ -159,26 +166,32 @@ def open_order(
     # SQLite: the SKU's own terms are checked from a read, before the write lock is queued for:
     # the writer is the whole database's, and every statement it holds it for is one that every
     # other checkout and payment waits behind. PostgreSQL: the write transaction's first
-    # statement reads them and takes the buyer's locks (`_check_caps`) in one round trip
-    # (decision 0019). A SKU or flash sale edited in between is the same race as an order
-    # placed a moment earlier; stock, quota and caps are checked under the lock.
+    # statement reads them and takes the buyer's locks (`catalog.find_sku_on_sale`) in one
+    # round trip (decision 0019). On both, an unknown SKU is answered before a replayed
+    # Idempotency-Key, and a replay answers with the order first placed, whatever the SKU's
+    # terms are now. A SKU or flash sale edited in between is the same race as an order placed
+    # a moment earlier; stock, quota and caps are checked under the lock.
     locks = (
         orders.buyer_lock_keys(data.sku, _identities(data, device_id))
         if shop.db.dialect == "postgresql"
         else None
     )
+    buyer_input: dict[str, str] = {}
     if locks is None:
         with shop.db.read() as s:
             terms = catalog.get_sku_on_sale(s, data.sku)
             earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
-        # A replay answers with the order first placed, whatever the SKU's terms are now.
-        buyer_input = _check_terms(shop, terms, data) if earlier is None else {}
+        _mark_flash_sale(shop, data, terms)
+        if earlier is None:
+            buyer_input = _check_terms(shop, terms, data)
     with shop.db.write() as s:
+        if locks is not None:
+            terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
+            _mark_flash_sale(shop, data, terms)
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             return OpenedOrder(replay, False, buyer_ip)
         if locks is not None:
-            terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
             buyer_input = _check_terms(shop, terms, data)
         sku, sale = terms
         try:
@@ -253,9 +266,7 @@ def _check_terms(
     shop: Shop, terms: tuple[catalog.SkuView, catalog.FlashSaleView | None], data: orders.OrderIn
 ) -> dict[str, str]:
     """The SKU's own terms: on sale, quantity, channel, currency; returns the checked input."""
-    sku, sale = terms
-    if sale is not None:
-        shop.mark_flash_sale(data.sku)
+    sku = terms[0]
     if not sku.active:
         raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
     if not sku.min_quantity <= data.quantity <= sku.max_quantity:

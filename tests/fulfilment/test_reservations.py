@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from kami import catalog, fulfilment, orders
 from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
+from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
 from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
@@ -347,6 +348,46 @@ def test_the_checkout_reads_its_sku_and_takes_the_buyers_locks_in_one_statement(
         assert sku.code == "LK" and sale is not None and sale.quota == 5
         assert held() & mine == mine
     assert not held() & mine
+
+
+def test_a_checkout_waits_for_its_buyers_lock_held_elsewhere(shop: fulfilment.Shop) -> None:
+    """PostgreSQL: while another session holds one of the buyer's locks, that buyer's checkout
+    cannot count their orders; one that may not wait is refused (WouldWait) with nothing
+    written, and goes through once the lock is let go. Another buyer is not held up."""
+    if shop.db.dialect != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite's one writer serialises checkouts")
+    add_keys(shop, make_sku(shop, "LW"), ["LW-1", "LW-2"])
+    data = orders.OrderIn(sku="LW", quantity=1, email="held@example.com", gateway="sandbox")
+    (key,) = orders.buyer_lock_keys("LW", ["e:held@example.com"])
+    with shop.db.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
+            fulfilment.open_order(shop, data)
+        place(shop, "LW", 1, email="free@example.com")
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    assert _keys(shop) == {"reserved": 1, "available": 1}
+    with waiting.no_waiting():
+        assert fulfilment.open_order(shop, data).created
+    assert _keys(shop) == {"reserved": 2}
+
+
+def test_an_unknown_sku_is_answered_before_a_reused_idempotency_key(
+    shop: fulfilment.Shop,
+) -> None:
+    """Both databases give the same answers in the same order: an unknown SKU first, then a
+    key reused with another request, then the replay of the first order."""
+    add_keys(shop, make_sku(shop, "IK"), ["IK-1"])
+    data = orders.OrderIn(sku="IK", quantity=1, email="k@example.com", gateway="sandbox")
+    first = fulfilment.place_order(shop, data, idempotency_key="key-1")
+    unknown = data.model_copy(update={"sku": "NO-SUCH"})
+    assert _problem(fulfilment.place_order, shop, unknown, idempotency_key="key-1") == "not-found"
+    other = data.model_copy(update={"email": "other@example.com"})
+    assert (
+        _problem(fulfilment.place_order, shop, other, idempotency_key="key-1")
+        == "idempotency-key-reused"
+    )
+    again = fulfilment.place_order(shop, data, idempotency_key="key-1")
+    assert again.order.order_no == first.order.order_no and not again.created
 
 
 def test_a_lapsed_flash_order_gives_its_quota_to_the_next_buyer_at_once(
