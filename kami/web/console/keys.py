@@ -110,8 +110,10 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
             raise InvalidInput("the file is larger than 512 MiB", where="file")
         rows, progress = vault.open_rows(path, None, form.get("separator") or None)
     except BaseException:
-        tmp.cleanup()
-        IMPORTS.give()
+        try:
+            tmp.cleanup()
+        finally:
+            IMPORTS.give()
         raise
     run = _Import(s, sku.id, rows, info, progress, tmp)
     if PROGRESS not in request.headers.get("accept", ""):
@@ -160,8 +162,10 @@ class _Import:
         try:
             threading.Thread(target=target, name="kami-import", daemon=True).start()
         except BaseException:
-            self._tmp.cleanup()
-            IMPORTS.give()
+            try:
+                self._tmp.cleanup()
+            finally:
+                IMPORTS.give()
             raise
         return outcome
 
@@ -172,8 +176,10 @@ class _Import:
         try:
             return fulfilment.import_and_serve(*self._args, on_chunk=grown)
         finally:
-            self._tmp.cleanup()
-            IMPORTS.give()
+            try:
+                self._tmp.cleanup()
+            finally:
+                IMPORTS.give()
 
     def line(self) -> bytes:
         """Where the import is: bytes (or rows of a workbook) read of how many (0: unknown),
