@@ -330,3 +330,18 @@ def place(
     return fulfilment.place_order(
         shop, orders.OrderIn(sku=sku, quantity=quantity, email=email, gateway="sandbox")
     )
+
+
+def hold_imports(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Each key import from now on (`fulfilment.import_and_serve`) sets the first event once it
+    has started, then waits for the second before it imports."""
+    real = fulfilment.import_and_serve
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> vault.ImportReport:
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fulfilment, "import_and_serve", held)
+    return entered, release

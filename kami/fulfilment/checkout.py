@@ -183,7 +183,7 @@ def open_order(
             earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         _mark_flash_sale(shop, data, terms)
         if earlier is None:
-            buyer_input = _check_terms(shop, terms, data)
+            buyer_input = _check_terms(shop, terms[0], data)
     with shop.db.write() as s:
         if locks is not None:
             terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
@@ -192,7 +192,7 @@ def open_order(
         if replay is not None:
             return OpenedOrder(replay, False, buyer_ip)
         if locks is not None:
-            buyer_input = _check_terms(shop, terms, data)
+            buyer_input = _check_terms(shop, terms[0], data)
         sku, sale = terms
         try:
             order = _place(
@@ -240,9 +240,8 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
         found = catalog.find_sku_on_sale(s, data.sku)
         if found is None:
             return  # the write path gives the precise problem
+        _mark_flash_sale(shop, data, found)
         sku, sale = found
-        if sale is not None:
-            shop.mark_flash_sale(data.sku)
         if (
             not sku.active
             or not sku.min_quantity <= data.quantity <= sku.max_quantity
@@ -262,11 +261,8 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
     raise _sold_out(sku)
 
 
-def _check_terms(
-    shop: Shop, terms: tuple[catalog.SkuView, catalog.FlashSaleView | None], data: orders.OrderIn
-) -> dict[str, str]:
+def _check_terms(shop: Shop, sku: catalog.SkuView, data: orders.OrderIn) -> dict[str, str]:
     """The SKU's own terms: on sale, quantity, channel, currency; returns the checked input."""
-    sku = terms[0]
     if not sku.active:
         raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
     if not sku.min_quantity <= data.quantity <= sku.max_quantity:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,7 +12,14 @@ from fastapi.testclient import TestClient
 from kami import accounts, catalog, fulfilment, vault
 from kami.kernel.errors import InvalidInput
 from kami.web.admin.api import IMPORTS
-from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
+from tests.conftest import (
+    add_keys,
+    hold_imports,
+    make_sku,
+    place,
+    raw_notification,
+    sandbox_body,
+)
 
 
 @pytest.fixture
@@ -236,12 +242,6 @@ def test_imports_at_once_are_capped_and_their_slots_given_back(
     make_sku(shop, "CAP-1")
     monkeypatch.setattr(IMPORTS, "limit", 1)
     real = fulfilment.import_and_serve
-    entered, release = threading.Event(), threading.Event()
-
-    def held(*args: Any, **kwargs: Any) -> vault.ImportReport:
-        entered.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
 
     def upload(content: bytes) -> Any:
         return client.post(
@@ -250,7 +250,7 @@ def test_imports_at_once_are_capped_and_their_slots_given_back(
             files={"file": ("keys.txt", content, "text/plain")},
         )
 
-    monkeypatch.setattr(fulfilment, "import_and_serve", held)
+    entered, release = hold_imports(monkeypatch)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(upload, b"CAP-0001\n")
         assert entered.wait(30)

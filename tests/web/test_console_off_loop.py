@@ -30,7 +30,7 @@ from kami.web.console import keys as console_keys
 from kami.web.console.frame import ConsoleRoute
 from kami.web.console.keys import PROGRESS
 from tests.browser.seed import Seeded
-from tests.conftest import run_async
+from tests.conftest import hold_imports, run_async
 from tests.web.conftest import asgi_scope, make_admin, sign_in
 from tests.web.test_console import paid_order
 
@@ -317,17 +317,11 @@ def test_console_imports_share_the_cap_on_imports_at_once_and_give_their_slots_b
     at once; a streamed import gives its slot back when it ends, even when it breaks."""
     monkeypatch.setattr(IMPORTS, "limit", 1)
     real = fulfilment.import_and_serve
-    entered, release = threading.Event(), threading.Event()
-
-    def held(*args: Any, **kwargs: Any) -> vault.ImportReport:
-        entered.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
 
     def broken(*_args: Any, **_kwargs: Any) -> vault.ImportReport:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(fulfilment, "import_and_serve", held)
+    entered, release = hold_imports(monkeypatch)
     with _signed_in(served, shop) as http, ThreadPoolExecutor(1) as pool:
         first = pool.submit(_stream_import, http, seeded.plain_sku, b"HELD-0001\n")
         assert entered.wait(30)

@@ -110,10 +110,7 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
             raise InvalidInput("the file is larger than 512 MiB", where="file")
         rows, progress = vault.open_rows(path, None, form.get("separator") or None)
     except BaseException:
-        try:
-            tmp.cleanup()
-        finally:
-            IMPORTS.give()
+        _let_go(tmp)
         raise
     run = _Import(s, sku.id, rows, info, progress, tmp)
     if PROGRESS not in request.headers.get("accept", ""):
@@ -128,6 +125,15 @@ def import_keys(request: Request, admin: Admin, form: Form, upload: Upload) -> R
     response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must pass each line on
     rendering.set_cookies(request, response, s)
     return response
+
+
+def _let_go(tmp: tempfile.TemporaryDirectory[str]) -> None:
+    """An import's end, however it ended: its files removed and its slot given back (even if
+    removing them failed)."""
+    try:
+        tmp.cleanup()
+    finally:
+        IMPORTS.give()
 
 
 class _Import:
@@ -162,10 +168,7 @@ class _Import:
         try:
             threading.Thread(target=target, name="kami-import", daemon=True).start()
         except BaseException:
-            try:
-                self._tmp.cleanup()
-            finally:
-                IMPORTS.give()
+            _let_go(self._tmp)
             raise
         return outcome
 
@@ -176,10 +179,7 @@ class _Import:
         try:
             return fulfilment.import_and_serve(*self._args, on_chunk=grown)
         finally:
-            try:
-                self._tmp.cleanup()
-            finally:
-                IMPORTS.give()
+            _let_go(self._tmp)
 
     def line(self) -> bytes:
         """Where the import is: bytes (or rows of a workbook) read of how many (0: unknown),
