@@ -7,6 +7,7 @@ from kami.catalog.flash import (
     flash_sale_codes,
     get_sku_on_sale,
     give_back_quota,
+    ready_sku_and_sale_locking,
     set_flash_sale,
     take_quota,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "list_products",
     "list_skus",
     "public_tree",
+    "ready_sku_and_sale_locking",
     "set_flash_sale",
     "take_quota",
     "update_category",

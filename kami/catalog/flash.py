@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import BigInteger, Table, bindparam, func, select, update
+from sqlalchemy import BigInteger, Dialect, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import FlashSale, Sku
@@ -112,6 +112,14 @@ def _sku_and_sale_locking(n: int) -> Prepared:
         .add_columns(*_SALE_COLUMNS, *locks)
         .outerjoin(_F, _F.c.sku_id == Sku.__table__.c.id)
     )
+
+
+def ready_sku_and_sale_locking(dialect: Dialect, most: int) -> None:
+    """Compile the locking read for 1, 2, 4 … `most` locks now, not on first use."""
+    n = 1
+    while n <= most:
+        _sku_and_sale_locking(n).ready(dialect)
+        n *= 2
 
 
 def find_sku_on_sale(

@@ -211,6 +211,10 @@ class Prepared:
             plan = self._plans[dialect.name] = _Plan(self._statements[dialect.name], dialect)
         return plan
 
+    def ready(self, dialect: Dialect) -> None:
+        """Compile it for `dialect` now, not on its first run."""
+        self._plan(dialect)
+
     def run(self, session: Session, values: Mapping[str, Any] | None = None) -> Rows:
         driver, dialect, read_only, cursor = _driver(session)
         plan = self._plan(dialect)

@@ -16,11 +16,13 @@ from kami.orders.lookup import (
     redeem_code,
 )
 from kami.orders.queries import (
+    Buyer,
     any_expired_due,
     awaiting_stock,
     buyer_lock_keys,
     count_by_status,
     count_open,
+    count_open_many,
     due_for_sync,
     find_by_trade,
     find_order,
@@ -30,13 +32,17 @@ from kami.orders.queries import (
     next_expiry,
     quantity_held,
     quantity_pending,
+    ready_many,
+    shape_size,
 )
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.service import (
+    NewOrder,
     Priced,
     Released,
     cancel,
     create_order,
+    create_orders,
     expire_due,
     find_idempotent,
     mark_synced,
@@ -59,8 +65,10 @@ __all__ = [
     "PAYABLE",
     "REFUNDABLE",
     "TRANSITIONS",
+    "Buyer",
     "IssuedCode",
     "LookupCode",
+    "NewOrder",
     "OrderIn",
     "OrderStatus",
     "OrderView",
@@ -77,7 +85,9 @@ __all__ = [
     "code_refused",
     "count_by_status",
     "count_open",
+    "count_open_many",
     "create_order",
+    "create_orders",
     "due_for_sync",
     "expire_due",
     "find_by_trade",
@@ -93,7 +103,9 @@ __all__ = [
     "normalise_email",
     "quantity_held",
     "quantity_pending",
+    "ready_many",
     "redeem_code",
+    "shape_size",
 ]
 
 from kami.orders.stats import (

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, false, or_, select, update
+from sqlalchemy import Table, bindparam, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -90,7 +91,47 @@ def create_order(
         existing = find_idempotent(session, idempotency_key, data)
         if existing is not None:
             return existing, False
-    row = dict(
+    row = _new_row(
+        data,
+        priced,
+        now=now,
+        ttl=ttl,
+        idempotency_key=idempotency_key,
+        buyer_ip=buyer_ip,
+        device_id=device_id,
+        channel=channel,
+    )
+    if not idempotency_key:  # nothing to recover from: no savepoint round trips
+        order_id = _INSERT.run(session, **row).scalar_one()
+        written = SimpleNamespace(id=order_id, **dict.fromkeys(_EMPTY_AT_START), **row)
+        return to_view(written), True
+    order = Order(**row)
+    try:
+        with session.begin_nested():
+            session.add(order)
+            session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key committed first.
+        if idempotency_key:
+            existing = find_idempotent(session, idempotency_key, data)
+            if existing is not None:
+                return existing, False
+        raise
+    return to_view(order), True
+
+
+def _new_row(
+    data: OrderIn,
+    priced: Priced,
+    *,
+    now: datetime,
+    ttl: timedelta,
+    idempotency_key: str | None,
+    buyer_ip: str | None,
+    device_id: str | None,
+    channel: str,
+) -> dict[str, Any]:
+    return dict(
         order_no=new_order_no(),
         sku_id=priced.sku_id,
         sku_code=priced.sku_code,
@@ -115,23 +156,58 @@ def create_order(
         created_at=now,
         expires_at=now + ttl,
     )
-    if not idempotency_key:  # nothing to recover from: no savepoint round trips
-        order_id = _INSERT.run(session, **row).scalar_one()
-        written = SimpleNamespace(id=order_id, **dict.fromkeys(_EMPTY_AT_START), **row)
-        return to_view(written), True
-    order = Order(**row)
-    try:
-        with session.begin_nested():
-            session.add(order)
-            session.flush()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key committed first.
-        if idempotency_key:
-            existing = find_idempotent(session, idempotency_key, data)
-            if existing is not None:
-                return existing, False
-        raise
-    return to_view(order), True
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """One order of `create_orders`."""
+
+    data: OrderIn
+    priced: Priced
+    buyer_ip: str | None
+    device_id: str | None
+    channel: str = "shop"
+
+
+_COLUMNS = [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}]
+
+
+@functools.cache
+def _insert_many(n: int) -> Prepared:
+    return Prepared(
+        insert(_T)
+        .values([{c: bindparam(f"p{i}_{c}") for c in _COLUMNS} for i in range(n)])
+        .returning(_T.c.id, _T.c.order_no)
+    )
+
+
+def create_orders(
+    session: Session, new: Sequence[NewOrder], *, now: datetime, ttl: timedelta
+) -> list[OrderView]:
+    """Insert pending orders, without Idempotency-Keys, in one statement; in the order given."""
+    rows = [
+        _new_row(
+            n.data,
+            n.priced,
+            now=now,
+            ttl=ttl,
+            idempotency_key=None,
+            buyer_ip=n.buyer_ip,
+            device_id=n.device_id,
+            channel=n.channel,
+        )
+        for n in new
+    ]
+    ids: dict[str, int] = {}
+    done = 0
+    while done < len(rows):  # in statements of a power of two rows each (`shape_size`)
+        size = 1 << ((len(rows) - done).bit_length() - 1)
+        chunk = rows[done : done + size]
+        values = {f"p{i}_{c}": row[c] for i, row in enumerate(chunk) for c in _COLUMNS}
+        ids.update((no, order_id) for order_id, no in _insert_many(size).run(session, values))
+        done += size
+    empty = dict.fromkeys(_EMPTY_AT_START)
+    return [to_view(SimpleNamespace(id=ids[r["order_no"]], **empty, **r)) for r in rows]
 
 
 @functools.cache

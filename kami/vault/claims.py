@@ -28,7 +28,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, Update, bindparam, select, tuple_, update
+from sqlalchemy import (
+    Dialect,
+    Integer,
+    Table,
+    Update,
+    bindparam,
+    case,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from kami.kernel.prepared import Prepared
@@ -79,11 +91,11 @@ def _take_statement(hinted: bool, target: KeyStatus) -> Prepared:
     return Prepared({d: _take_for(d, hinted, target) for d in ("sqlite", "postgresql")})
 
 
-def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
-    """The claim statement, built once per shape: building it per call cost more Python time
-    than the database spent running it (measured on the claim benchmark)."""
+def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
+    """The ids (and `columns`) of the keys a claim takes, as a MATERIALIZED CTE: the SKU's
+    earliest-expiring available keys, from the hint if `hinted`."""
     pick = (
-        select(Key.id)
+        select(Key.id, *columns)
         .where(
             Key.sku_id == bindparam("p_sku"),
             Key.status == KeyStatus.AVAILABLE,
@@ -103,7 +115,13 @@ def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
     # those once per outer row, and a rescanned LIMIT … SKIP LOCKED skips the rows this very
     # statement just updated and returns further ones (seen: three keys claimed for a quantity
     # of two). A materialized CTE is evaluated exactly once. See docs/decisions/0003.
-    picked = pick.cte("picked").prefix_with("MATERIALIZED")
+    return pick.cte("picked").prefix_with("MATERIALIZED")
+
+
+def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
+    """The claim statement, built once per shape: building it per call cost more Python time
+    than the database spent running it (measured on the claim benchmark)."""
+    picked = _pick(dialect, hinted)
     values: dict[str, Any] = {"status": target, "order_id": bindparam("p_order")}
     if target is KeyStatus.SOLD:
         values["sold_at"] = bindparam("p_now")
@@ -176,6 +194,92 @@ def take_keys(
         last_expiry, last_id = max((e, k) for k, e in got)
         hints.advance(sku_id, last_expiry, last_id, rescanned=rescanned)
     return sorted(k for k, _ in got)
+
+
+def reserve_keys_for(
+    session: Session,
+    sku_id: int,
+    wants: Sequence[tuple[int, int]],
+    now: datetime,
+    *,
+    hints: ClaimHints | None = None,
+) -> dict[int, list[int]] | None:
+    """Reserve keys for several orders of one SKU at once: `wants` is (order id, quantity) in
+    the order they are served. Returns each order's key ids; None, with nothing taken, if the
+    stock cannot serve them all. The same claim as `take_keys`, in one statement for all: the
+    keys taken are numbered in claim order, and the n-th goes to the order of the n-th unit."""
+    units = [order_id for order_id, quantity in wants for _ in range(quantity)]
+    if not units:
+        return {}
+    start = hints.get(sku_id) if hints else None
+    got = _take_for_each(session, sku_id, units, now, start)
+    rescanned = start is None
+    if len(got) < len(units) and start is not None:
+        got += _take_for_each(session, sku_id, units[len(got) :], now, None)
+        rescanned = True
+    if len(got) < len(units):
+        for order_id in {o for _, _, o in got}:
+            _put_back(session, order_id, [k for k, _, o in got if o == order_id])
+        return None
+    if hints is not None:
+        last_expiry, last_id = max((e, k) for k, e, _ in got)
+        hints.advance(sku_id, last_expiry, last_id, rescanned=rescanned)
+    taken: dict[int, list[int]] = {order_id: [] for order_id, _ in wants}
+    for key_id, _, order_id in sorted(got):
+        taken[order_id].append(key_id)
+    return taken
+
+
+def _shape_size(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def ready_reserve_keys_for(dialect: Dialect, most: int) -> None:
+    """Compile `reserve_keys_for`'s statements for up to `most` units now, not on first use."""
+    n = 1
+    while n <= _shape_size(most):
+        for hinted in (False, True):
+            _take_each_statement(hinted, n).ready(dialect)
+        n *= 2
+
+
+@functools.cache
+def _take_each_statement(hinted: bool, n: int) -> Prepared:
+    return Prepared({d: _take_each_for(d, hinted, n) for d in ("sqlite", "postgresql")})
+
+
+def _take_each_for(dialect: str, hinted: bool, n: int) -> Update:
+    picked = _pick(dialect, hinted, Key.expires_at)
+    numbered = select(
+        picked.c.id,
+        func.row_number().over(order_by=(picked.c.expires_at, picked.c.id)).label("rn"),
+    ).cte("numbered")
+    order_of_unit = case(
+        *((numbered.c.rn == i + 1, sql_cast(bindparam(f"p_order_{i}"), Integer)) for i in range(n))
+    )
+    return (
+        update(Key)
+        .where(Key.id == numbered.c.id, Key.status == KeyStatus.AVAILABLE)
+        .values(status=KeyStatus.RESERVED, order_id=order_of_unit)
+        .returning(Key.id, Key.expires_at, Key.order_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _take_for_each(
+    session: Session,
+    sku_id: int,
+    units: list[int],
+    now: datetime,
+    start: tuple[datetime, int] | None,
+) -> list[tuple[int, datetime, int]]:
+    params: dict[str, Any] = {"p_sku": sku_id, "p_now": now, "p_quantity": len(units)}
+    size = _shape_size(len(units))  # the units past len(units) are never reached (LIMIT)
+    params.update((f"p_order_{i}", units[min(i, len(units) - 1)]) for i in range(size))
+    if start is not None:
+        params["p_start_at"], params["p_start_id"] = start
+    rows = _take_each_statement(start is not None, size).run(session, params)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def claim_keys(
