@@ -61,6 +61,8 @@ from kami.fulfilment.refunds import (
 )
 from kami.fulfilment.shop import LOOKUP_SECRET, MAIL_JOB, ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
+from kami.fulfilment.together import Checkout, open_orders_together
+from kami.fulfilment.together import ready as ready_together
 from kami.fulfilment.validity import send_validity_reminders, valid_until
 from kami.fulfilment.views import (
     AdminOrderDetail,
@@ -84,6 +86,7 @@ __all__ = [
     "AdminOrderDetail",
     "AftersalesPolicy",
     "BuyerItem",
+    "Checkout",
     "ManualTask",
     "OpenedOrder",
     "Outcome",
@@ -123,9 +126,11 @@ __all__ = [
     "make_due",
     "manual_queue",
     "open_order",
+    "open_orders_together",
     "place_order",
     "procure_due",
     "procure_sku",
+    "ready_together",
     "redeliver",
     "refund_failed_line",
     "refund_reported",

@@ -62,6 +62,17 @@ def _check_caps(
         buyer_ip=buyer_ip,
         held_since=sale.starts_at if sale else None,
     )
+    check_counts(shop, sku, sale, data, held)
+
+
+def check_counts(
+    shop: Shop,
+    sku: catalog.SkuView,
+    sale: catalog.FlashSaleView | None,
+    data: orders.OrderIn,
+    held: dict[str, int],
+) -> None:
+    """The caps, against the buyer's counts (`orders.count_open`)."""
     if sale is not None and held["held"] + data.quantity > sale.per_buyer_limit:
         raise Conflict(
             f"the flash sale allows {sale.per_buyer_limit} per buyer and you already hold "

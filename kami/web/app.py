@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kami import __version__, bootstrap
+from kami import __version__, bootstrap, fulfilment
 from kami.config import Settings
 from kami.web import problems
 from kami.web.admin.aftersales import router as admin_aftersales_router
@@ -134,6 +134,9 @@ def create_app(
         stop = None
         if run_worker:
             _thread, stop = runner.start_thread(container)
+        if server and container.db.dialect == "postgresql":
+            # Flash-sale checkouts placed together (decision 0020): their statements, now.
+            fulfilment.ready_together(container.db.engine.dialect)
         if server:
             settle_heap()
         try:

@@ -30,10 +30,11 @@ PAYMENTS_PER_PASS per pass, still ahead of every other call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 
@@ -41,6 +42,10 @@ from kami.kernel import waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 # Ranks in SQLite's writer queue (`WriterQueue.run_held`): a higher one goes first.
@@ -85,6 +90,91 @@ async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     its turn (asking the channel for a new order's payment instruction), which would otherwise
     queue a second time behind every waiting request."""
     return await _run(PAYMENT_LOCK_WAIT, PAYMENT, fn, *args, **kwargs)
+
+
+async def run_together(
+    key: Hashable,
+    item: Item,
+    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    alone: Callable[[], Awaitable[R]],
+    *,
+    most: int,
+) -> R:
+    """For a flash sale's checkout (decision 0020): the calls with the same `key` that join in
+    the same pass of the event loop run as one call of `together` on the loop, in the order
+    they joined, and each gets its own outcome from it (a value, or an exception to raise).
+    Each call whose outcome is None runs `alone` instead; so do all of them when `together`
+    would wait for a lock, or fails. A group holds `most` calls at most; the next to join
+    starts another. As `run_first`, without a turn."""
+    _turns().storm()
+    outcome = await _gathering().join(key, item, together, most)
+    if outcome is _ALONE:
+        return await alone()
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return cast(R, outcome)
+
+
+_ALONE = object()
+
+
+class _Gathering:
+    """The groups of `run_together` forming on one event loop. A group runs in the pass after
+    its first call joined, so every call that joins meanwhile runs with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._open: dict[Hashable, list[tuple[Any, asyncio.Future[Any]]]] = {}
+
+    def join(
+        self, key: Hashable, item: Any, together: Callable[[list[Any]], Any], most: int
+    ) -> asyncio.Future[Any]:
+        joined: asyncio.Future[Any] = self._loop.create_future()
+        group = self._open.get(key)
+        if group is None:
+            group = self._open[key] = []
+            self._loop.call_soon(self._run, key, group, together)
+        group.append((item, joined))
+        if len(group) >= most:
+            del self._open[key]  # full: it runs as it is, and the next call starts another
+        return joined
+
+    def _run(
+        self,
+        key: Hashable,
+        group: list[tuple[Any, asyncio.Future[Any]]],
+        together: Callable[[list[Any]], Any],
+    ) -> None:
+        if self._open.get(key) is group:
+            del self._open[key]
+        live = [(item, joined) for item, joined in group if not joined.done()]  # not hung up
+        outcomes: list[Any] = [None] * len(live)
+        if len(live) > 1:
+            try:
+                with waiting.no_waiting(PAYMENT_LOCK_WAIT):
+                    outcomes = list(together([item for item, _ in live]))
+            except waiting.WouldWait:
+                pass  # each on its own, where it may wait
+            except Exception:
+                log.exception("checkouts placed together failed; each is placed alone")
+        for (_, joined), outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                joined.set_exception(outcome)
+            else:
+                joined.set_result(_ALONE if outcome is None else outcome)
+
+
+_gatherings: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathering] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gathering() -> _Gathering:
+    loop = asyncio.get_running_loop()
+    gathering = _gatherings.get(loop)
+    if gathering is None:
+        gathering = _gatherings[loop] = _Gathering(loop)
+    return gathering
 
 
 PAYMENT_LOCK_WAIT = 0.025

@@ -476,3 +476,66 @@ def test_a_failure_that_leaves_the_app_is_logged_by_its_type_only(
         logging.getLogger("uvicorn.error").removeFilter(kept)
     assert "Exception in ASGI application: RuntimeError" in caplog.text
     assert "KEY-SECRET" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_calls_that_join_together_in_one_pass_run_as_one_group() -> None:
+    """Decision 0020: the calls of one key that join in the same pass of the loop run as one
+    call of `together`, `most` at a time, in the order they joined; each gets its own outcome,
+    and one whose outcome is None runs `alone`."""
+    groups: list[list[str]] = []
+
+    def together(items: list[str]) -> list[object]:
+        groups.append(items)
+        return [
+            None if i.endswith("alone") else ValueError(i) if "bad" in i else i.upper()
+            for i in items
+        ]
+
+    async def scene() -> list[object]:
+        async def one(key: str, item: str) -> object:
+            async def alone() -> object:
+                return f"{item} by itself"
+
+            try:
+                return await running.run_together(key, item, together, alone, most=3)
+            except ValueError as exc:
+                return f"refused {exc}"
+
+        calls = [("k", "a"), ("k", "b alone"), ("other", "x"), ("k", "c bad"), ("k", "d")]
+        first = await asyncio.gather(*(one(k, i) for k, i in calls))
+        later = await one("k", "e")  # a pass of its own: a group of one
+        return [*first, later]
+
+    assert run_async(scene) == [
+        "A",
+        "b alone by itself",
+        "x by itself",  # alone in its group: `together` is not asked
+        "refused c bad",
+        "d by itself",  # the group was full: d started another, a group of one
+        "e by itself",
+    ]
+    assert groups == [["a", "b alone", "c bad"]]
+
+
+def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def would_wait(items: list[str]) -> list[object]:
+        raise waiting.WouldWait("a lock")
+
+    def fails(items: list[str]) -> list[object]:
+        raise RuntimeError("broken")
+
+    async def scene(together: Callable[[list[str]], list[object]]) -> list[object]:
+        async def one(item: str) -> object:
+            async def alone() -> object:
+                return f"{item} alone"
+
+            return await running.run_together("k", item, together, alone, most=8)
+
+        return list(await asyncio.gather(one("a"), one("b")))
+
+    assert run_async(lambda: scene(would_wait)) == ["a alone", "b alone"]
+    with caplog.at_level(logging.ERROR, logger="kami.web.running"):
+        assert run_async(lambda: scene(fails)) == ["a alone", "b alone"]
+    assert "placed together failed" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, Response
@@ -48,15 +49,33 @@ async def create_order(
     # A flash sale's checkouts go first (decision 0018).
     if shop.flash_sales_stale():
         await running.run_now(shop.read_flash_sales)
-    runner = running.run_first if shop.on_flash_sale(body.sku) else running.run
-    opened = await runner(
-        fulfilment.open_order,
-        shop,
-        body,
-        idempotency_key=idempotency_key,
-        buyer_ip=client_ip(request),
-        device_id=device_id(request),
-    )
+    on_sale = shop.on_flash_sale(body.sku)
+    buyer_ip, device = client_ip(request), device_id(request)
+    if on_sale and idempotency_key is None and shop.db.dialect == "postgresql":
+        # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
+        opened = await running.run_together(
+            ("checkout", body.sku),
+            fulfilment.Checkout(body, buyer_ip, device),
+            partial(fulfilment.open_orders_together, shop),
+            partial(
+                running.run_first,
+                fulfilment.open_order,
+                shop,
+                body,
+                buyer_ip=buyer_ip,
+                device_id=device,
+            ),
+            most=fulfilment.together.MAX_GROUP,
+        )
+    else:
+        opened = await (running.run_first if on_sale else running.run)(
+            fulfilment.open_order,
+            shop,
+            body,
+            idempotency_key=idempotency_key,
+            buyer_ip=buyer_ip,
+            device_id=device,
+        )
     placed = await running.run_now(fulfilment.request_payment, shop, opened)
     o = placed.order
     response.headers["Location"] = f"/api/v1/orders/{o.order_no}"
