@@ -18,7 +18,7 @@ from kami.catalog.schemas import SkuView
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import MAX_MINOR
-from kami.kernel.prepared import Prepared
+from kami.kernel.prepared import Prepared, shapes
 
 
 class FlashSaleIn(BaseModel):
@@ -116,10 +116,8 @@ def _sku_and_sale_locking(n: int) -> Prepared:
 
 def ready_sku_and_sale_locking(dialect: Dialect, most: int) -> None:
     """Compile the locking read for 1, 2, 4 … `most` locks now, not on first use."""
-    n = 1
-    while n <= most:
+    for n in shapes(most):
         _sku_and_sale_locking(n).ready(dialect)
-        n *= 2
 
 
 def find_sku_on_sale(

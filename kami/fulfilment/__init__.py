@@ -12,7 +12,6 @@ from kami.fulfilment.aftersales import (
 from kami.fulfilment.checkout import (
     OpenedOrder,
     PlacedOrder,
-    TooManyOpenOrders,
     cancel_order,
     open_order,
     place_order,
@@ -61,6 +60,7 @@ from kami.fulfilment.refunds import (
 )
 from kami.fulfilment.shop import LOOKUP_SECRET, MAIL_JOB, ORDER_TOKEN_SECRET, Shop
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
+from kami.fulfilment.terms import TooManyOpenOrders
 from kami.fulfilment.together import Checkout, open_orders_together
 from kami.fulfilment.together import ready as ready_together
 from kami.fulfilment.validity import send_validity_reminders, valid_until

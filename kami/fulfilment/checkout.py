@@ -16,15 +16,17 @@ from kami import catalog, orders, payments, vault
 from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import SoldOut, has_goods, reserve, sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
+from kami.fulfilment.terms import (
+    buyer_identities,
+    check_amount,
+    check_caps,
+    check_terms,
+    check_window,
+    mark_flash_sale,
+    price,
+)
 from kami.kernel.clock import utcnow
-from kami.kernel.errors import Conflict, InvalidInput, KamiError, NotFound
-from kami.kernel.money import MAX_MINOR, Money
-
-
-class TooManyOpenOrders(KamiError):
-    status = 429
-    slug = "too-many-open-orders"
-    title = "Too many unpaid orders"
+from kami.kernel.errors import Conflict, InvalidInput, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,92 +39,6 @@ class PlacedOrder:
 
 def _sold_out(sku: catalog.SkuView) -> Conflict:
     return sold_out(sku)
-
-
-def _check_caps(
-    s: Session,
-    shop: Shop,
-    sku: catalog.SkuView,
-    sale: catalog.FlashSaleView | None,
-    data: orders.OrderIn,
-    buyer_ip: str | None,
-    device_id: str | None,
-) -> None:
-    """The buyer's caps, under the buyer's lock: the flash sale's per-buyer limit, then the
-    unpaid orders per buyer and per address. Counted after the lock is held, or two checkouts
-    of one buyer could both count what was there before either (measured on PostgreSQL: 3 of
-    16 racing checkouts got through a limit of 2 when the flash sale was counted first). On
-    PostgreSQL the transaction's first statement took the lock (`open_order`); SQLite's one
-    writer needs none."""
-    held = orders.count_open(
-        s,
-        sku.id,
-        email=data.email,
-        device_id=device_id,
-        buyer_ip=buyer_ip,
-        held_since=sale.starts_at if sale else None,
-    )
-    check_counts(shop, sku, sale, data, held)
-
-
-def check_counts(
-    shop: Shop,
-    sku: catalog.SkuView,
-    sale: catalog.FlashSaleView | None,
-    data: orders.OrderIn,
-    held: dict[str, int],
-) -> None:
-    """The caps, against the buyer's counts (`orders.count_open`)."""
-    if sale is not None and held["held"] + data.quantity > sale.per_buyer_limit:
-        raise Conflict(
-            f"the flash sale allows {sale.per_buyer_limit} per buyer and you already hold "
-            f"{held['held']}",
-            where="quantity",
-            slug="limit-reached",
-        )
-    for column, where, limit in (
-        ("email", "email", shop.open_orders_per_buyer),
-        ("device_id", "device", shop.open_orders_per_buyer),
-        ("buyer_ip", "ip", shop.open_orders_per_ip),
-    ):
-        if held[column] >= limit:
-            raise TooManyOpenOrders(
-                f"{limit} unpaid orders of {sku.code} are already open for this {where}; "
-                "pay or cancel one first",
-                where=where,
-            )
-
-
-def _mark_flash_sale(
-    shop: Shop, data: orders.OrderIn, terms: tuple[catalog.SkuView, catalog.FlashSaleView | None]
-) -> None:
-    if terms[1] is not None:
-        shop.mark_flash_sale(data.sku)  # its next checkouts go first (decision 0018)
-
-
-def _identities(data: orders.OrderIn, device_id: str | None) -> list[str]:
-    """What the buyer's lock covers: the buyer's own identities only. Locking per address too
-    serialised every checkout behind one NAT or proxy (measured: 48 of 64 connections waiting
-    on it); the per-address cap is a coarse guard that a race may overshoot by a few orders."""
-    identities = [f"e:{data.email.lower()}"]
-    if device_id:
-        identities.append(f"d:{device_id}")
-    return identities
-
-
-def _flash_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: orders.OrderIn) -> None:
-    """The flash sale's window."""
-    now = utcnow()
-    if now < sale.starts_at:
-        raise Conflict(
-            f"the flash sale of {sku.code} starts at {sale.starts_at.isoformat()}",
-            where="sku",
-            slug="flash-sale-not-started",
-        )
-    if now >= sale.ends_at:
-        raise Conflict(
-            f"the flash sale of {sku.code} has ended", where="sku", slug="flash-sale-ended"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +99,7 @@ def open_order(
     # terms are now. A SKU or flash sale edited in between is the same race as an order placed
     # a moment earlier; stock, quota and caps are checked under the lock.
     locks = (
-        orders.buyer_lock_keys(data.sku, _identities(data, device_id))
+        orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
         if shop.db.dialect == "postgresql"
         else None
     )
@@ -192,18 +108,18 @@ def open_order(
         with shop.db.read() as s:
             terms = catalog.get_sku_on_sale(s, data.sku)
             earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
-        _mark_flash_sale(shop, data, terms)
+        mark_flash_sale(shop, data, terms)
         if earlier is None:
-            buyer_input = _check_terms(shop, terms[0], data)
+            buyer_input = check_terms(shop, terms[0], data)
     with shop.db.write() as s:
         if locks is not None:
             terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
-            _mark_flash_sale(shop, data, terms)
+            mark_flash_sale(shop, data, terms)
         replay = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
         if replay is not None:
             return OpenedOrder(replay, False, buyer_ip)
         if locks is not None:
-            buyer_input = _check_terms(shop, terms[0], data)
+            buyer_input = check_terms(shop, terms[0], data)
         sku, sale = terms
         try:
             order = _place(
@@ -251,7 +167,7 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
         found = catalog.find_sku_on_sale(s, data.sku)
         if found is None:
             return  # the write path gives the precise problem
-        _mark_flash_sale(shop, data, found)
+        mark_flash_sale(shop, data, found)
         sku, sale = found
         if (
             not sku.active
@@ -272,34 +188,6 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
     raise _sold_out(sku)
 
 
-def _check_terms(shop: Shop, sku: catalog.SkuView, data: orders.OrderIn) -> dict[str, str]:
-    """The SKU's own terms: on sale, quantity, channel, currency; returns the checked input."""
-    if not sku.active:
-        raise Conflict(f"SKU {sku.code!r} is not on sale", where="sku", slug="sku-inactive")
-    if not sku.min_quantity <= data.quantity <= sku.max_quantity:
-        raise InvalidInput(
-            f"quantity must be between {sku.min_quantity} and {sku.max_quantity}",
-            where="quantity",
-            slug="quantity-out-of-range",
-        )
-    if sku.gateways is not None and data.gateway not in sku.gateways:
-        raise InvalidInput(
-            f"{sku.code} cannot be paid through {data.gateway!r}; choose one of "
-            f"{', '.join(g for g in sku.gateways if g in shop.gateways.names()) or 'none enabled'}",
-            where="gateway",
-            slug="gateway-not-allowed",
-        )
-    takes = shop.gateways.get(data.gateway).currencies
-    if takes is not None and sku.currency not in takes:
-        raise InvalidInput(
-            f"{data.gateway!r} takes {', '.join(sorted(takes))}, not {sku.currency}; choose "
-            "another payment channel",
-            where="gateway",
-            slug="currency-unsupported",
-        )
-    return catalog.validate_buyer_input(sku.input_fields, data.buyer_input)
-
-
 def _place(
     s: Session,
     shop: Shop,
@@ -314,19 +202,13 @@ def _place(
 ) -> orders.OrderView:
     now = utcnow()
     if sale is not None:
-        _flash_window(sku, sale, data)
+        check_window(sku, sale, data)
         # The quota as last read (`catalog.take_quota` below decides), with the unpaid orders
         # past their time given back first.
         if sale.taken + data.quantity > sale.quota and not release_expired(s, sku.id):
             raise _sold_out(sku)
     unit_price = sale.price_minor if sale else sku.price_minor
-    if unit_price * data.quantity > MAX_MINOR:
-        raise InvalidInput(
-            f"an order total above {Money(MAX_MINOR, sku.currency).format()} cannot be taken; "
-            "order fewer",
-            where="quantity",
-            slug="amount-too-large",
-        )
+    check_amount(sku, unit_price, data.quantity)
     # Card keys: the claim below says whether there are any (one statement fewer for every
     # order that gets them). The other kinds ask first. Either way, reservations that lapsed a
     # moment ago go back on sale now, not at the next sweep.
@@ -337,19 +219,8 @@ def _place(
         and (not release_expired(s, sku.id) or not has_goods(s, sku, data.quantity, now))
     ):
         raise _sold_out(sku)
-    _check_caps(s, shop, sku, sale, data, buyer_ip, device_id)
-    priced = orders.Priced(
-        sku_id=sku.id,
-        sku_code=sku.code,
-        title=f"{sku.product_name} · {sku.name}",
-        redemption=sku.redemption,
-        validity_days=sku.validity_days,
-        unit_price_minor=unit_price,
-        currency=sku.currency,
-        flash_sale_id=sale.id if sale else None,
-        delivery_kind=sku.delivery_kind,
-        buyer_input=buyer_input,
-    )
+    check_caps(s, shop, sku, sale, data, buyer_ip, device_id)
+    priced = price(sku, sale, buyer_input)
     ttl = timedelta(minutes=sale.reservation_minutes) if sale else shop.order_ttl
     order, _ = orders.create_order(
         s,

@@ -26,20 +26,22 @@ from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
 
 from kami import catalog, orders, vault
-from kami.fulfilment.checkout import (
-    OpenedOrder,
-    _check_terms,
-    _flash_window,
-    _identities,
-    _mark_flash_sale,
-    check_counts,
-)
+from kami.fulfilment.checkout import OpenedOrder
 from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import sold_out
 from kami.fulfilment.shop import Shop
+from kami.fulfilment.terms import (
+    buyer_identities,
+    check_amount,
+    check_counts,
+    check_terms,
+    check_window,
+    mark_flash_sale,
+    price,
+)
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import InvalidInput, KamiError, NotFound
-from kami.kernel.money import MAX_MINOR, Money
+from kami.kernel.prepared import shape_size
 
 # At most this many checkouts, and units of goods, in one group: every size is a statement
 # of its own shape, prepared once per connection.
@@ -105,18 +107,18 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         keys = set()
         for i in members:
             c = checkouts[i]
-            keys.update(orders.buyer_lock_keys(code, _identities(c.data, c.device_id)))
+            keys.update(orders.buyer_lock_keys(code, buyer_identities(c.data, c.device_id)))
         locks = sorted(keys)  # in one order everywhere: no deadlocks
         # Padded with the last key again (a lock held twice is held once) to a statement
         # shape made ahead (`ready`).
-        locks += locks[-1:] * (orders.shape_size(len(locks)) - len(locks))
+        locks += locks[-1:] * (shape_size(len(locks)) - len(locks))
     sold_out_units: list[int] = []
     try:
         with shop.db.write() as s:
             found = catalog.find_sku_on_sale(s, code, locks=locks)
             if found is None:
                 raise _Alone
-            _mark_flash_sale(shop, checkouts[members[0]].data, found)
+            mark_flash_sale(shop, checkouts[members[0]].data, found)
             sku, sale = found
             if sale is None or sku.delivery_kind != catalog.DeliveryKind.CARD_KEY:
                 raise _Alone
@@ -144,8 +146,8 @@ def _place_together(
     for i in members:
         data = checkouts[i].data
         try:
-            inputs[i] = _check_terms(shop, sku, data)
-            _flash_window(sku, sale, data)
+            inputs[i] = check_terms(shop, sku, data)
+            check_window(sku, sale, data)
         except KamiError as exc:
             outcomes[i] = exc
     candidates = [i for i in members if outcomes[i] is None]
@@ -171,17 +173,10 @@ def _place_together(
             outcomes[i] = sold_out(sku)
             sold_out_units.append(quantity)
             continue
-        if sale.price_minor * quantity > MAX_MINOR:
-            outcomes[i] = InvalidInput(
-                f"an order total above {Money(MAX_MINOR, sku.currency).format()} cannot be "
-                "taken; order fewer",
-                where="quantity",
-                slug="amount-too-large",
-            )
-            continue
         for j in accepted:  # the group's own orders, placed before this one
             _count_in(held, c, checkouts[j])
         try:
+            check_amount(sku, sale.price_minor, quantity)
             check_counts(shop, sku, sale, c.data, held)
         except KamiError as exc:
             outcomes[i] = exc
@@ -193,18 +188,7 @@ def _place_together(
     new = [
         orders.NewOrder(
             checkouts[i].data,
-            orders.Priced(
-                sku_id=sku.id,
-                sku_code=sku.code,
-                title=f"{sku.product_name} · {sku.name}",
-                redemption=sku.redemption,
-                validity_days=sku.validity_days,
-                unit_price_minor=sale.price_minor,
-                currency=sku.currency,
-                flash_sale_id=sale.id,
-                delivery_kind=sku.delivery_kind,
-                buyer_input=inputs[i],
-            ),
+            price(sku, sale, inputs[i]),
             checkouts[i].buyer_ip,
             checkouts[i].device_id,
             checkouts[i].channel,

@@ -177,6 +177,18 @@ def _layout(
     return made
 
 
+def shape_size(n: int) -> int:
+    """The number of rows a statement made for `n` rows is shaped for: the next power of two.
+    A statement whose size varies (a group of checkouts) is compiled once per shape, so a few
+    shapes, compiled ahead (`shapes`), serve every size."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def shapes(most: int) -> list[int]:
+    """Every shape up to the one for `most` rows: 1, 2, 4 … `shape_size(most)`."""
+    return [1 << i for i in range(shape_size(most).bit_length())]
+
+
 class Prepared:
     """A Core statement compiled once per dialect and run on the transaction's own DB-API
     connection.

@@ -32,8 +32,6 @@ from kami.orders.queries import (
     next_expiry,
     quantity_held,
     quantity_pending,
-    ready_many,
-    shape_size,
 )
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.service import (
@@ -47,6 +45,7 @@ from kami.orders.service import (
     find_idempotent,
     mark_synced,
     move,
+    ready_many,
 )
 from kami.orders.states import (
     PARTLY_REFUNDABLE,

@@ -11,15 +11,15 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, false, insert, or_, select, update
+from sqlalchemy import Dialect, Table, bindparam, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
-from kami.kernel.prepared import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared, PreparedInsert, shapes
 from kami.orders.models import Order
-from kami.orders.queries import to_view
+from kami.orders.queries import ready_count_open_many, to_view
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import OrderStatus, sources_of
 
@@ -69,9 +69,19 @@ def find_idempotent(session: Session, key: str, data: OrderIn) -> OrderView | No
 _T = cast(Table, Order.__table__)
 # Columns a new order starts without; it is written with all the others.
 _EMPTY_AT_START = ("trade_no", "paid_at", "delivered_at", "note", "synced_at")
-_INSERT = PreparedInsert(
-    _T, [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}], _T.c.id
-)
+_COLUMNS = [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}]
+_INSERT = PreparedInsert(_T, _COLUMNS, _T.c.id)
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """One order of `create_orders`."""
+
+    data: OrderIn
+    priced: Priced
+    buyer_ip: str | None
+    device_id: str | None
+    channel: str = "shop"
 
 
 def create_order(
@@ -91,16 +101,8 @@ def create_order(
         existing = find_idempotent(session, idempotency_key, data)
         if existing is not None:
             return existing, False
-    row = _new_row(
-        data,
-        priced,
-        now=now,
-        ttl=ttl,
-        idempotency_key=idempotency_key,
-        buyer_ip=buyer_ip,
-        device_id=device_id,
-        channel=channel,
-    )
+    new = NewOrder(data, priced, buyer_ip, device_id, channel)
+    row = _new_row(new, now=now, ttl=ttl, idempotency_key=idempotency_key)
     if not idempotency_key:  # nothing to recover from: no savepoint round trips
         order_id = _INSERT.run(session, **row).scalar_one()
         written = SimpleNamespace(id=order_id, **dict.fromkeys(_EMPTY_AT_START), **row)
@@ -121,16 +123,9 @@ def create_order(
 
 
 def _new_row(
-    data: OrderIn,
-    priced: Priced,
-    *,
-    now: datetime,
-    ttl: timedelta,
-    idempotency_key: str | None,
-    buyer_ip: str | None,
-    device_id: str | None,
-    channel: str,
+    new: NewOrder, *, now: datetime, ttl: timedelta, idempotency_key: str | None
 ) -> dict[str, Any]:
+    data, priced = new.data, new.priced
     return dict(
         order_no=new_order_no(),
         sku_id=priced.sku_id,
@@ -147,29 +142,15 @@ def _new_row(
         status=OrderStatus.PENDING,
         idempotency_key=idempotency_key,
         request_hash=request_hash(data) if idempotency_key else None,
-        buyer_ip=buyer_ip,
-        device_id=device_id,
-        channel=channel,
+        buyer_ip=new.buyer_ip,
+        device_id=new.device_id,
+        channel=new.channel,
         flash_sale_id=priced.flash_sale_id,
         delivery_kind=priced.delivery_kind,
         buyer_input=priced.buyer_input or None,
         created_at=now,
         expires_at=now + ttl,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class NewOrder:
-    """One order of `create_orders`."""
-
-    data: OrderIn
-    priced: Priced
-    buyer_ip: str | None
-    device_id: str | None
-    channel: str = "shop"
-
-
-_COLUMNS = [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}]
 
 
 @functools.cache
@@ -181,26 +162,23 @@ def _insert_many(n: int) -> Prepared:
     )
 
 
+def ready_many(dialect: Dialect, most: int) -> None:
+    """Compile the statements of `count_open_many` and `create_orders` for up to `most` rows
+    now, not on first use."""
+    ready_count_open_many(dialect, most)
+    for n in shapes(most):
+        _insert_many(n).ready(dialect)
+
+
 def create_orders(
     session: Session, new: Sequence[NewOrder], *, now: datetime, ttl: timedelta
 ) -> list[OrderView]:
-    """Insert pending orders, without Idempotency-Keys, in one statement; in the order given."""
-    rows = [
-        _new_row(
-            n.data,
-            n.priced,
-            now=now,
-            ttl=ttl,
-            idempotency_key=None,
-            buyer_ip=n.buyer_ip,
-            device_id=n.device_id,
-            channel=n.channel,
-        )
-        for n in new
-    ]
+    """Insert pending orders, without Idempotency-Keys, in the order given: one statement
+    per power of two of them (13 orders: 8, 4 and 1), shapes compiled ahead (`ready_many`)."""
+    rows = [_new_row(n, now=now, ttl=ttl, idempotency_key=None) for n in new]
     ids: dict[str, int] = {}
     done = 0
-    while done < len(rows):  # in statements of a power of two rows each (`shape_size`)
+    while done < len(rows):
         size = 1 << ((len(rows) - done).bit_length() - 1)
         chunk = rows[done : done + size]
         values = {f"p{i}_{c}": row[c] for i, row in enumerate(chunk) for c in _COLUMNS}

@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from kami.kernel.prepared import Prepared
+from kami.kernel.prepared import Prepared, shape_size, shapes
 from kami.vault.models import Key
 from kami.vault.states import KeyStatus
 
@@ -230,17 +230,11 @@ def reserve_keys_for(
     return taken
 
 
-def _shape_size(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 def ready_reserve_keys_for(dialect: Dialect, most: int) -> None:
     """Compile `reserve_keys_for`'s statements for up to `most` units now, not on first use."""
-    n = 1
-    while n <= _shape_size(most):
+    for n in shapes(most):
         for hinted in (False, True):
             _take_each_statement(hinted, n).ready(dialect)
-        n *= 2
 
 
 @functools.cache
@@ -274,7 +268,7 @@ def _take_for_each(
     start: tuple[datetime, int] | None,
 ) -> list[tuple[int, datetime, int]]:
     params: dict[str, Any] = {"p_sku": sku_id, "p_now": now, "p_quantity": len(units)}
-    size = _shape_size(len(units))  # the units past len(units) are never reached (LIMIT)
+    size = shape_size(len(units))  # the units past len(units) are never reached (LIMIT)
     params.update((f"p_order_{i}", units[min(i, len(units) - 1)]) for i in range(size))
     if start is not None:
         params["p_start_at"], params["p_start_id"] = start

@@ -164,17 +164,8 @@ class _Gathering:
                 joined.set_result(_ALONE if outcome is None else outcome)
 
 
-_gatherings: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathering] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _gathering() -> _Gathering:
-    loop = asyncio.get_running_loop()
-    gathering = _gatherings.get(loop)
-    if gathering is None:
-        gathering = _gatherings[loop] = _Gathering(loop)
-    return gathering
+    return _of_loop(_Gathering)
 
 
 PAYMENT_LOCK_WAIT = 0.025
@@ -263,12 +254,21 @@ def _release(waiting: deque[asyncio.Future[None]], count: int) -> None:
             count -= 1
 
 
-_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
-
-
 def _turns() -> _Turns:
+    return _of_loop(_Turns)
+
+
+# Per running event loop, one of each kind (`_Turns`, `_Gathering`), gone with its loop.
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+L = TypeVar("L")
+
+
+def _of_loop(kind: Callable[[asyncio.AbstractEventLoop], L]) -> L:
     loop = asyncio.get_running_loop()
-    turns = _by_loop.get(loop)
-    if turns is None:
-        turns = _by_loop[loop] = _Turns(loop)
-    return turns
+    mine = _by_loop.setdefault(loop, {})
+    found = mine.get(kind)
+    if found is None:
+        found = mine[kind] = kind(loop)
+    return cast(L, found)
