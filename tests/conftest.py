@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import timedelta
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -35,6 +36,7 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from kami import bootstrap, catalog, fulfilment, payments, vault
 from kami.config import Settings
+from kami.kernel.clock import utcnow
 from kami.kernel.db import Base
 from kami.payments.gateways.sandbox import sign as sandbox_sign
 from kami.web.app import create_app
@@ -273,6 +275,32 @@ def make_sku(
                 currency=currency,
                 max_quantity=max_quantity,
                 stock_display=display,
+            ),
+        )
+
+
+def open_flash_sale(
+    shop: fulfilment.Shop,
+    code: str,
+    *,
+    quota: int,
+    limit: int = 1,
+    start: timedelta = timedelta(minutes=-1),
+    end: timedelta = timedelta(minutes=10),
+) -> None:
+    """A flash sale on `code` from now + `start` to now + `end`: price 99, two minutes to pay."""
+    now = utcnow()
+    with shop.db.write() as s:
+        catalog.set_flash_sale(
+            s,
+            code,
+            catalog.FlashSaleIn(
+                starts_at=now + start,
+                ends_at=now + end,
+                price_minor=99,
+                per_buyer_limit=limit,
+                quota=quota,
+                reservation_minutes=2,
             ),
         )
 

@@ -14,7 +14,14 @@ from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
 from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
-from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body
+from tests.conftest import (
+    add_keys,
+    make_sku,
+    open_flash_sale,
+    place,
+    raw_notification,
+    sandbox_body,
+)
 
 
 def _keys(shop: fulfilment.Shop) -> dict[str, int]:
@@ -143,31 +150,14 @@ def test_per_buyer_caps(shop: fulfilment.Shop) -> None:
     fulfilment.place_order(shop, data)
 
 
-def _flash(
-    shop: fulfilment.Shop, code: str, *, start: timedelta, end: timedelta, quota: int, limit: int
-) -> None:
-    now = utcnow()
-    with shop.db.write() as s:
-        catalog.set_flash_sale(
-            s,
-            code,
-            catalog.FlashSaleIn(
-                starts_at=now + start,
-                ends_at=now + end,
-                price_minor=99,
-                per_buyer_limit=limit,
-                quota=quota,
-                reservation_minutes=2,
-            ),
-        )
-
-
 def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FLASH", price=5000)
     add_keys(shop, sku, [f"K-{n}" for n in range(10)])
-    _flash(shop, "FLASH", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=3, limit=2)
+    open_flash_sale(
+        shop, "FLASH", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=3, limit=2
+    )
     assert _problem(place, shop, "FLASH", 1) == "flash-sale-not-started"
-    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=3, limit=2)
+    open_flash_sale(shop, "FLASH", quota=3, limit=2)
     a = place(shop, "FLASH", 2, email="a@example.com").order
     assert a.amount_minor == 198  # the sale price
     assert a.expires_at - a.created_at == timedelta(minutes=2)  # the shorter time to pay
@@ -188,14 +178,16 @@ def test_flash_sale_window_quota_limit_and_short_reservation(shop: fulfilment.Sh
     place(shop, "FLASH", 2, email="c@example.com")
     with shop.db.read() as s:
         assert catalog.get_sku_on_sale(s, sku.code)[1].taken == 3  # type: ignore[union-attr]
-    _flash(shop, "FLASH", start=timedelta(minutes=-10), end=timedelta(minutes=-1), quota=3, limit=2)
+    open_flash_sale(
+        shop, "FLASH", start=timedelta(minutes=-10), end=timedelta(minutes=-1), quota=3, limit=2
+    )
     assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "flash-sale-ended"
 
 
 def test_flash_limit_counts_a_buyer_by_mail_and_by_device_once(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(10)])
-    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=9, limit=2)
+    open_flash_sale(shop, "FLASH", quota=9, limit=2)
 
     def buy(email: str, device: str | None) -> fulfilment.PlacedOrder:
         data = orders.OrderIn(sku="FLASH", quantity=1, email=email, gateway="sandbox")
@@ -285,7 +277,7 @@ def test_64_threads_racing_for_10_keys_get_exactly_10(shop: fulfilment.Shop) -> 
 def test_flash_quota_under_a_race(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FQ")
     add_keys(shop, sku, [f"K-{n}" for n in range(50)])
-    _flash(shop, "FQ", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=7, limit=1)
+    open_flash_sale(shop, "FQ", quota=7, limit=1)
     results = _race(shop, "FQ", 32)
     assert results.count("ok") == 7 and results.count("sold-out") == 25
     assert _keys(shop)["reserved"] == 7
@@ -296,7 +288,7 @@ def test_flash_limit_under_a_race_of_one_buyer(shop: fulfilment.Shop) -> None:
     buyer's lock is taken before their holdings are counted."""
     sku = make_sku(shop, "FL")
     add_keys(shop, sku, [f"K-{n}" for n in range(50)])
-    _flash(shop, "FL", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=50, limit=2)
+    open_flash_sale(shop, "FL", quota=50, limit=2)
     threads = 16
     start = threading.Barrier(threads, timeout=30)
 
@@ -326,7 +318,7 @@ def test_the_checkout_reads_its_sku_and_takes_the_buyers_locks_in_one_statement(
     if shop.db.dialect != "postgresql":
         pytest.skip("advisory locks are PostgreSQL's; SQLite's one writer serialises checkouts")
     make_sku(shop, "LK")
-    _flash(shop, "LK", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
+    open_flash_sale(shop, "LK", quota=5, limit=1)
     keys = orders.buyer_lock_keys("LK", ["e:a@example.com", "d:dev-1"])
     assert len(keys) == 2 and keys == sorted(keys)
 
@@ -397,7 +389,7 @@ def test_a_lapsed_flash_order_gives_its_quota_to_the_next_buyer_at_once(
     go back on sale in the same transaction, as lapsed card keys already did."""
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(5)])
-    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=1, limit=1)
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
     a = place(shop, "FLASH", 1, email="a@example.com").order
     assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
     assert _keys(shop) == {"reserved": 1, "available": 4}  # b's claim went back with its order
@@ -447,7 +439,7 @@ def test_sold_out_is_answered_from_memory_for_a_moment(
 ) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(5)])
-    _flash(shop, "FLASH", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=1, limit=1)
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
     place(shop, "FLASH", 1, email="a@example.com")
     # The write path refuses: the next checkout reads before it queues for the writer.
     assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
@@ -527,9 +519,13 @@ def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock)
     that has not ended, read every FLASH_MEMO seconds, and any a checkout finds one on."""
     for code in ("LIVE", "SOON", "OVER", "PLAIN", "FOUND"):
         make_sku(shop, code)
-    _flash(shop, "LIVE", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
-    _flash(shop, "SOON", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=5, limit=1)
-    _flash(shop, "OVER", start=timedelta(minutes=-9), end=timedelta(minutes=-1), quota=5, limit=1)
+    open_flash_sale(shop, "LIVE", quota=5, limit=1)
+    open_flash_sale(
+        shop, "SOON", start=timedelta(minutes=5), end=timedelta(minutes=10), quota=5, limit=1
+    )
+    open_flash_sale(
+        shop, "OVER", start=timedelta(minutes=-9), end=timedelta(minutes=-1), quota=5, limit=1
+    )
     assert shop.flash_sales_stale()
     shop.read_flash_sales()
     assert not shop.flash_sales_stale()
@@ -537,7 +533,7 @@ def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock)
         "LIVE",
         "SOON",
     ]
-    _flash(shop, "FOUND", start=timedelta(minutes=-1), end=timedelta(minutes=10), quota=5, limit=1)
+    open_flash_sale(shop, "FOUND", quota=5, limit=1)
     assert not shop.on_flash_sale("FOUND")
     assert _problem(place, shop, "FOUND", 1) == "sold-out"  # no keys; the sale was seen
     assert shop.on_flash_sale("FOUND")

@@ -14,24 +14,7 @@ from sqlalchemy import text
 from kami import catalog, fulfilment, orders, vault
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
-from tests.conftest import add_keys, make_sku, place
-
-
-def _flash(shop: fulfilment.Shop, code: str, *, quota: int, limit: int = 1) -> None:
-    now = utcnow()
-    with shop.db.write() as s:
-        catalog.set_flash_sale(
-            s,
-            code,
-            catalog.FlashSaleIn(
-                starts_at=now - timedelta(minutes=1),
-                ends_at=now + timedelta(minutes=10),
-                price_minor=99,
-                per_buyer_limit=limit,
-                quota=quota,
-                reservation_minutes=2,
-            ),
-        )
+from tests.conftest import add_keys, make_sku, open_flash_sale, place
 
 
 def _checkout(
@@ -78,7 +61,7 @@ def _keys_of(shop: fulfilment.Shop, order_id: int) -> list[tuple[int, str]]:
 def test_each_buyer_gets_the_answer_they_would_have_had_alone(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FLASH", max_quantity=3)
     add_keys(shop, sku, [f"K-{n}" for n in range(20)])
-    _flash(shop, "FLASH", quota=6, limit=2)
+    open_flash_sale(shop, "FLASH", quota=6, limit=2)
     group = [
         _checkout("a@example.com", quantity=2),
         _checkout("b@example.com", device="dev-b"),
@@ -139,7 +122,7 @@ def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) ->
     shop = dataclasses.replace(shop, open_orders_per_buyer=2, open_orders_per_ip=3)
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(20)])
-    _flash(shop, "FLASH", quota=20, limit=10)
+    open_flash_sale(shop, "FLASH", quota=20, limit=10)
     place(shop, "FLASH", 1, email="a@example.com")
     group = [
         _checkout("a@example.com", ip="10.0.0.1"),
@@ -166,7 +149,7 @@ def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) ->
 def test_a_group_that_cannot_be_placed_as_one_writes_nothing(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, ["K-1", "K-2"])
-    _flash(shop, "FLASH", quota=5)
+    open_flash_sale(shop, "FLASH", quota=5)
     before = _state(shop)
     # Fewer keys than the quota: the claim comes up short, and each is placed alone.
     group = [_checkout(f"{n}@example.com") for n in "abc"]
@@ -187,7 +170,7 @@ def test_a_lapsed_reservation_sends_the_group_alone_and_is_put_back_by_it(
 ) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(5)])
-    _flash(shop, "FLASH", quota=2)
+    open_flash_sale(shop, "FLASH", quota=2)
     first = place(shop, "FLASH", 1, email="a@example.com").order
     place(shop, "FLASH", 1, email="b@example.com")
     with shop.db.write() as s:
@@ -210,7 +193,7 @@ def test_what_is_never_placed_together(shop: fulfilment.Shop, case: str) -> None
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(5)])
     if case != "no-sale":
-        _flash(shop, "FLASH", quota=5)
+        open_flash_sale(shop, "FLASH", quota=5)
     if case == "not-card-keys":
         with shop.db.write() as s:
             s.execute(text("UPDATE catalog_sku SET delivery_kind = 'text' WHERE code = 'FLASH'"))
@@ -246,7 +229,7 @@ def test_groups_racing_each_other_and_single_checkouts_never_oversell(
 ) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(60)])
-    _flash(shop, "FLASH", quota=25, limit=1)
+    open_flash_sale(shop, "FLASH", quota=25, limit=1)
     answers: list[str] = []
     lock = threading.Lock()
 
