@@ -165,7 +165,7 @@ def _insert_many(n: int) -> Prepared:
 def ready_many(dialect: Dialect, most: int) -> None:
     """Compile the statements of `count_open_many` and `create_orders` for up to `most` rows
     now, not on first use."""
-    ready_count_open_many(dialect, most)
+    ready_count_open_many(dialect)
     for n in shapes(most):
         _insert_many(n).ready(dialect)
 

@@ -146,6 +146,34 @@ def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) ->
     assert _state(shop)["pending"] == 5
 
 
+def test_an_address_counted_once_counts_for_every_buyer_from_it(shop: fulfilment.Shop) -> None:
+    # The group counts each address once, for its first buyer: the orders it already had
+    # must still count for the buyers after that one.
+    shop = dataclasses.replace(shop, open_orders_per_ip=3)
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, [f"K-{n}" for n in range(20)])
+    open_flash_sale(shop, "FLASH", quota=20, limit=10)
+    for n in range(2):
+        data = orders.OrderIn(sku="FLASH", email=f"early{n}@example.com", gateway="sandbox")
+        fulfilment.open_order(shop, data, buyer_ip="10.0.0.9")
+    group = [
+        _checkout("a@example.com", ip="10.0.0.9"),  # the address's third
+        _checkout("b@example.com", ip="10.0.0.8"),
+        _checkout("c@example.com", ip="10.0.0.9"),  # its fourth
+        _checkout("d@example.com", ip="10.0.0.9"),
+        _checkout("e@example.com", ip="10.0.0.8"),
+    ]
+    answers = [_answer(o) for o in fulfilment.open_orders_together(shop, group)]
+    assert answers == [
+        "placed",
+        "placed",
+        "too-many-open-orders",
+        "too-many-open-orders",
+        "placed",
+    ]
+    assert _state(shop)["pending"] == 5
+
+
 def test_a_group_that_cannot_be_placed_as_one_writes_nothing(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, ["K-1", "K-2"])
