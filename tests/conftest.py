@@ -157,7 +157,9 @@ def served(container: bootstrap.Container) -> Iterator[str]:
     (httpx's ASGI transport hands a response over only once it is complete.)"""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(container, worker=False), log_level="warning")
+    config = uvicorn.Config(
+        create_app(container, worker=False), log_level="warning", http="kami.web.wire:HttpProtocol"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

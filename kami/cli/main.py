@@ -87,6 +87,7 @@ def serve(
         log_level="warning",
         access_log=False,
         forwarded_allow_ips=s.forwarded_allow_ips,
+        http="kami.web.wire:HttpProtocol",  # a response in one write (decision 0021)
     )
     if workers <= 1:
         uvicorn.Server(config).run()
