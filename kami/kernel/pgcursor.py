@@ -15,12 +15,17 @@ SQLAlchemy registered on the connection), its error classes report failures
 A statement is prepared on its connection the first time it is run there, under a name of its
 own, for the parameter types it is run with (psycopg keys its own cache the same way).
 `executemany` goes to psycopg's cursor.
+
+A transaction's BEGIN goes out with its first statement, in one round trip (libpq's pipeline
+mode), where it was a round trip of its own: one of the eight to ten that a checkout or a
+payment made, each of which a server process's event loop waits for (decision 0021).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import select
 from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -90,25 +95,83 @@ class LeanCursor:
         name = self._names.get(key) or self._prepare(key)
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
         # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
-        if idle and not self._conn.autocommit:
-            self._check(pgconn.exec_(b"BEGIN"))
-            idle = False
+        begin = idle and not self._conn.autocommit
         try:
-            result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
+            if begin:
+                result = self._begin_with(name, values, tx.formats)
+            else:
+                result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
         except errors.InvalidSqlStatementName:
             # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
             # are prepared again. Outside a transaction nothing was spoilt, so it runs again, once.
             self._names.clear()
-            if not idle:
+            if begin or not idle:
                 raise
             name = self._prepare(key)
             result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
+        self._set(result)
+
+    def _set(self, result: pq.abc.PGresult) -> None:
         self._result = result
         if result.status == pq.ExecStatus.TUPLES_OK:
             self.rowcount = result.ntuples
         else:
             count = result.command_tuples
             self.rowcount = count if count is not None else -1
+
+    def _begin_with(
+        self, name: bytes, values: Sequence[Any], formats: Sequence[Any] | None
+    ) -> pq.abc.PGresult:
+        """BEGIN and the prepared statement `name`, sent together and answered together; the
+        statement's result. A failed BEGIN raises its own error (the statement then did not
+        run); a failed statement raises its error inside the begun transaction, as when the
+        two went one after the other."""
+        pgconn = self._conn.pgconn
+        pgconn.enter_pipeline_mode()
+        try:
+            pgconn.send_query_params(b"BEGIN", None)
+            pgconn.send_query_prepared(name, values, param_formats=formats)
+            pgconn.pipeline_sync()
+            self._flush()
+            results = self._results_to_sync()
+        finally:
+            if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                try:
+                    pgconn.exit_pipeline_mode()
+                except errors.OperationalError:
+                    pgconn.finish()  # stuck in pipeline mode: closed, so the pool drops it
+        begun, result = results
+        self._check(begun)
+        return self._check(result)
+
+    def _flush(self) -> None:
+        """Send all that libpq holds (psycopg's connections are non-blocking)."""
+        pgconn = self._conn.pgconn
+        while pgconn.flush():
+            select.select([], [pgconn.socket], [])
+
+    def _results_to_sync(self) -> list[pq.abc.PGresult]:
+        """The results of a pipeline up to its sync, one per statement. It waits for them in
+        `select`, which lets go of the GIL (libpq's `PQgetResult` would wait holding it, and a
+        thread whose transaction this one waits for could then never finish)."""
+        pgconn = self._conn.pgconn
+        results: list[pq.abc.PGresult] = []
+        ended = False
+        while True:
+            while pgconn.is_busy():
+                select.select([pgconn.socket], [], [])
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                if ended:  # nothing more is coming: the connection is gone
+                    message = pgconn.get_error_message(self._encoding)
+                    raise errors.OperationalError(message or "the connection was lost")
+                ended = True  # the end of one statement's results
+                continue
+            ended = False
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                return results
+            results.append(result)
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         result, self._result = self._result, None

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from psycopg import errors as psycopg_errors
+from psycopg import pq
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -191,3 +193,73 @@ def test_a_connection_the_server_dropped_is_an_operational_error(shop: Shop) -> 
         _ATTEMPTS.run(s, {"ref": "none"})
     with shop.db.read() as s:  # replaced
         assert _ATTEMPTS.run(s, {"ref": "none"}).first() is None
+
+
+class _Counted:
+    """A psycopg connection whose libpq connection counts the exchanges that wait for the
+    server: each `exec_…` call, and each pipeline sync (one for all that went before it)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.waits: list[str] = []
+        counted = self
+
+        class PgConn:
+            def __getattr__(self, name: str) -> Any:
+                found = getattr(conn.pgconn, name)
+                if name.startswith("exec_") or name == "pipeline_sync":
+                    counted.waits.append(name)
+                return found
+
+        self.pgconn = PgConn()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_transactions_begin_goes_with_its_first_statement(shop: Shop) -> None:
+    raw = shop.db.engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        counted = _Counted(conn)
+        cursor = LeanCursor(counted)
+        plan, now = _INSERT_WITH_ID._plan(shop.db.engine.dialect), utcnow()
+        sql = plan.sql
+
+        def row(n: int, ref: str) -> Any:
+            return plan.parameters({"id": n, "ref": ref, "now": now})
+
+        cursor.execute(sql, row(10_101, "b1"))
+        conn.rollback()  # prepared now: what follows counts only the statements
+        counted.waits.clear()
+        cursor.execute(sql, row(10_102, "b2"))
+        assert cursor.rowcount == 1
+        assert counted.waits == ["pipeline_sync"]  # BEGIN and INSERT: one wait, not two
+        cursor.execute(sql, row(10_103, "b3"))
+        assert counted.waits == ["pipeline_sync", "exec_prepared"]
+        conn.commit()
+        # The first statement fails: its error, inside the begun transaction, which rolls back.
+        with pytest.raises(psycopg_errors.UniqueViolation):
+            cursor.execute(sql, row(10_102, "again"))
+        assert conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
+        conn.rollback()
+        cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_100,))
+        assert cursor.fetchall() == [(2,)]
+        conn.rollback()
+    finally:
+        raw.close()
+
+
+def test_a_first_statement_deallocated_behind_our_back_fails_once(shop: Shop) -> None:
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="f")
+        first = _driver(s)
+    with shop.db.write() as s:
+        assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0
+        s.execute(text("DEALLOCATE ALL"))
+    with pytest.raises(ProgrammingError, match="does not exist"), shop.db.write() as s:
+        assert _driver(s) is first
+        _ATTEMPTS.run(s, {"ref": "f"})  # BEGIN went with it: the transaction cannot go on
+    with shop.db.write() as s:  # prepared again
+        assert _driver(s) is first
+        assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0

@@ -14,6 +14,7 @@ from uvicorn.server import ServerState
 
 from kami.web.app import telemetry
 from kami.web.wire import HttpProtocol
+from tests.conftest import run_async
 
 
 class Recorder(asyncio.Transport):
@@ -86,7 +87,7 @@ GET = b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n"
 
 
 def test_headers_and_body_leave_in_one_write() -> None:
-    transport = asyncio.run(_serve(_plain, GET))
+    transport = run_async(lambda: _serve(_plain, GET))
     assert len(transport.writes) == 1
     head, body = transport.writes[0].split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 OK")
@@ -94,14 +95,14 @@ def test_headers_and_body_leave_in_one_write() -> None:
 
 
 def test_two_requests_on_one_connection_are_answered_in_order() -> None:
-    transport = asyncio.run(_serve(_plain, GET + GET, settle=0.1))
+    transport = run_async(lambda: _serve(_plain, GET + GET, settle=0.1))
     sent = b"".join(transport.writes)
     assert sent.count(b"HTTP/1.1 200 OK") == 2
     assert len(transport.writes) == 2  # one write per response
 
 
 def test_a_streamed_body_leaves_as_it_is_made() -> None:
-    transport = asyncio.run(_serve(_streamed, GET))
+    transport = run_async(lambda: _serve(_streamed, GET))
     # The headers go with the first part; the second part, made a while later, on its own.
     assert len(transport.writes) >= 2
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK")
@@ -123,14 +124,14 @@ def test_a_response_without_a_body_leaves_when_complete() -> None:
         assert len(transport.writes) == 1
         return transport
 
-    transport = asyncio.run(run())
+    transport = run_async(run)
     assert transport.writes[0].startswith(b"HTTP/1.1 204 No Content")
 
 
 def test_a_close_sends_what_is_kept_first() -> None:
     # Without a body, the headers are still kept when uvicorn closes the connection.
     request = b"GET /x HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
-    transport = asyncio.run(_serve(_empty, request))
+    transport = run_async(lambda: _serve(_empty, request))
     assert transport.closed
     assert len(transport.writes) == 1
     assert transport.writes[0].startswith(b"HTTP/1.1 204 No Content")
