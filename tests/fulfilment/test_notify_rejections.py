@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from kami import fulfilment, orders, payments
 from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body, sign
@@ -164,3 +169,36 @@ def test_rejections_are_visible_to_the_admin(client: TestClient, shop: fulfilmen
         from kami.payments.models import Notification
 
         assert s.execute(select(func.count()).select_from(Notification)).scalar_one() == 1
+
+
+def test_where_the_paid_order_is_read(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite reads the order before the write transaction (a forgery never queues for the one
+    writer); PostgreSQL reads it as the write transaction's first statement, with its BEGIN
+    (decision 0021). Either way a mismatch is rejected and changes nothing."""
+    sku = make_sku(shop, price=700)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    o = place(shop, sku.code).order
+    reads = 0
+    real_read = shop.db.read
+
+    @contextmanager
+    def counted() -> Iterator[Session]:
+        nonlocal reads
+        reads += 1
+        with real_read() as s:
+            yield s
+
+    monkeypatch.setattr(shop.db, "read", counted)
+    wrong = fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(o.order_no, 1, trade_no="P0"))
+    )
+    paid = fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(o.order_no, 700, trade_no="P1"))
+    )
+    monkeypatch.undo()
+    assert wrong.verdict == "rejected" and wrong.reason == "amount-mismatch"
+    assert paid.verdict == "accepted" and paid.delivered
+    assert reads == (2 if shop.db.dialect == "sqlite" else 0)
+    assert _sold(shop) == 1
