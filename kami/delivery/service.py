@@ -42,7 +42,8 @@ def record_items(
     validity period carry `valid_until` (delivered_at + the order's validity_days)."""
     if not key_ids:
         return
-    _ITEM.run_many(
+    # Nobody reads its answer: on PostgreSQL it goes with the transaction's next statement.
+    _ITEM.run_many_later(
         session,
         [
             {

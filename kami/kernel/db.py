@@ -92,6 +92,8 @@ class _Kept:
         if self._cursor is None:
             # PostgreSQL: through libpq, not psycopg's cursor (decision 0016).
             self._cursor = LeanCursor(driver) if dialect.name == "postgresql" else driver.cursor()
+        elif isinstance(self._cursor, LeanCursor):
+            self._cursor.forget_kept()  # a transaction that ended unseen left none for this one
         if dialect.name == "sqlite":
             begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
             try:
@@ -198,13 +200,23 @@ class _KeptSession(Session):
     def commit(self) -> None:
         if self.in_transaction():
             super().commit()  # flushes, and commits through the connection if the ORM used it
-        self.info["kami_kept"][0].commit()  # nothing to do if nothing is open
+        driver, dialect, _, cursor = self.info["kami_kept"]
+        if isinstance(cursor, LeanCursor) and cursor.keeps:
+            try:  # the statements kept for later, and the COMMIT, in one round trip
+                cursor.commit()
+            except dialect.loaded_dbapi.Error as exc:
+                raise wrapped(self, dialect, cursor.failed_sql or "COMMIT", exc) from exc
+        else:
+            driver.commit()  # nothing to do if nothing is open
         waiting.committed()
 
     def rollback(self) -> None:
         if self.in_transaction():
             super().rollback()
-        self.info["kami_kept"][0].rollback()
+        driver, _, _, cursor = self.info["kami_kept"]
+        if isinstance(cursor, LeanCursor):
+            cursor.forget_kept()
+        driver.rollback()
         self.info["kami_keeper"].rolled_back()
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, QueuePool
 
 from kami.kernel.errors import InvalidInput
+from kami.kernel.pgcursor import send_kept
 from kami.kernel.prepared import lock_refusal
 
 
@@ -67,6 +68,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             # A lock wait cut short for a call that must not wait, met by a statement that ran
             # through SQLAlchemy (`Prepared` statements: `prepared.wrapped`).
             return lock_refusal(context.original_exception)
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _kept_first(conn: Any, *_: Any) -> None:
+            # Statements kept for later on this connection (`Prepared.run_later`) go out before
+            # one that SQLAlchemy runs (the ORM's, a Core one): in the order they were made.
+            send_kept(conn.connection.driver_connection)
 
         return engine
     raise InvalidInput(

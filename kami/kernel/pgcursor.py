@@ -18,7 +18,10 @@ own, for the parameter types it is run with (psycopg keys its own cache the same
 
 A transaction's BEGIN goes out with its first statement, in one round trip (libpq's pipeline
 mode), where it was a round trip of its own: one of the eight to ten that a checkout or a
-payment made, each of which a server process's event loop waits for (decision 0021).
+payment made, each of which a server process's event loop waits for. So do the statements
+whose answer nobody reads (`execute_later`: the delivery rows, the mail job, the notification's
+record): they go out with the transaction's next statement or with its COMMIT, in order, and a
+failure among them is raised there and fails the transaction (decision 0021).
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ _NAMES = itertools.count()
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 # Per connection: the statements prepared on it, by SQL and parameter types, and their names.
 _PREPARED: WeakKeyDictionary[Any, dict[tuple[bytes, tuple[int, ...]], bytes]] = WeakKeyDictionary()
+# Per connection: the LeanCursor that may hold statements for it (`kept_on`).
+_CURSORS: WeakKeyDictionary[Any, LeanCursor] = WeakKeyDictionary()
+# A statement bound for its connection: its SQL, prepared name, parameters and their formats.
+_Bound = tuple[str, bytes, Sequence[Any], Sequence[Any] | None]
+
+
+def send_kept(conn: Any) -> None:
+    """Send the statements kept for later on `conn` (`LeanCursor.execute_later`), if any: for
+    whatever runs on the connection without the LeanCursor (SQLAlchemy's own statements, an
+    import's COPY-like batches), so that they run in the order they were made."""
+    cursor = _CURSORS.get(conn)
+    if cursor is not None and cursor.keeps:
+        cursor.send_kept()
 
 
 def numbered(sql: str) -> bytes:
@@ -59,7 +75,18 @@ class LeanCursor:
     """The part of a DB-API cursor that `Prepared` uses: execute, fetchall, rowcount,
     executemany, on one psycopg connection used by one thread at a time."""
 
-    __slots__ = ("_conn", "_encoding", "_names", "_queries", "_result", "_tx", "rowcount")
+    __slots__ = (
+        "__weakref__",
+        "_conn",
+        "_encoding",
+        "_kept",
+        "_names",
+        "_queries",
+        "_result",
+        "_tx",
+        "failed_sql",
+        "rowcount",
+    )
 
     def __init__(self, conn: Any) -> None:
         # psycopg answers every ROLLBACK with DEALLOCATE ALL once it has prepared statements of
@@ -76,12 +103,75 @@ class LeanCursor:
         self._names = _PREPARED.setdefault(conn, {})
         self._result: pq.abc.PGresult | None = None
         self.rowcount = -1
+        self._kept: list[_Bound] = []  # `execute_later`'s, in order
+        # The SQL of the statement kept for later whose failure was raised last, None when it
+        # was the statement being executed (for the error's report).
+        self.failed_sql: str | None = None
+        _CURSORS[conn] = self
 
     @property
     def connection(self) -> Any:
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        _, name, values, formats = bound = self._bind(sql, params)
+        pgconn = self._conn.pgconn
+        self._result = None
+        self.failed_sql = None
+        idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
+        # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
+        begin = idle and not self._conn.autocommit
+        try:
+            if begin or self._kept:
+                result = self._together(bound)
+            else:
+                result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
+        except errors.InvalidSqlStatementName:
+            # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
+            # are prepared again. Outside a transaction nothing was spoilt, so it runs again, once.
+            self._names.clear()
+            if begin or not idle:
+                raise
+            _, name, values, formats = self._bind(sql, params)
+            result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
+        assert result is not None
+        self._set(result)
+
+    def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Keep a statement whose answer nobody reads (no rows, no row count) to go out with the
+        transaction's next statement or its COMMIT, in the same round trip. Its failure is
+        raised there, and the transaction fails with it. In autocommit it runs now."""
+        if self._conn.autocommit:
+            self.execute(sql, params)
+            return
+        self._kept.append(self._bind(sql, params))
+
+    @property
+    def keeps(self) -> bool:
+        """Whether statements are kept for later."""
+        return bool(self._kept)
+
+    def send_kept(self) -> None:
+        """Send the statements kept for later now (before a statement that does not come
+        through this cursor), and raise the first failure among them."""
+        if self._kept:
+            self.failed_sql = None
+            self._together(None)
+
+    def commit(self) -> bool:
+        """COMMIT, with the statements kept for later sent before it in the same round trip;
+        False (nothing done) when none are kept: the caller commits as usual."""
+        if not self._kept:
+            return False
+        self.failed_sql = None
+        self._together(None, commit=True)
+        return True
+
+    def forget_kept(self) -> None:
+        """The transaction is rolled back: what was kept for it is dropped."""
+        self._kept.clear()
+
+    def _bind(self, sql: str, params: Sequence[Any]) -> _Bound:
         query = self._queries.get(sql)
         if query is None:
             query = self._queries[sql] = (numbered(sql), [PyFormat.AUTO] * len(params))
@@ -90,26 +180,8 @@ class LeanCursor:
         values = tx.dump_sequence(params, formats)
         types = tx.types or ()  # set by dump_sequence
         key = (text, types)
-        pgconn = self._conn.pgconn
-        self._result = None
         name = self._names.get(key) or self._prepare(key)
-        idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
-        # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
-        begin = idle and not self._conn.autocommit
-        try:
-            if begin:
-                result = self._begin_with(name, values, tx.formats)
-            else:
-                result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
-        except errors.InvalidSqlStatementName:
-            # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
-            # are prepared again. Outside a transaction nothing was spoilt, so it runs again, once.
-            self._names.clear()
-            if begin or not idle:
-                raise
-            name = self._prepare(key)
-            result = self._check(pgconn.exec_prepared(name, values, param_formats=tx.formats))
-        self._set(result)
+        return sql, name, values, list(tx.formats) if tx.formats is not None else None
 
     def _set(self, result: pq.abc.PGresult) -> None:
         self._result = result
@@ -119,18 +191,29 @@ class LeanCursor:
             count = result.command_tuples
             self.rowcount = count if count is not None else -1
 
-    def _begin_with(
-        self, name: bytes, values: Sequence[Any], formats: Sequence[Any] | None
-    ) -> pq.abc.PGresult:
-        """BEGIN and the prepared statement `name`, sent together and answered together; the
-        statement's result. A failed BEGIN raises its own error (the statement then did not
-        run); a failed statement raises its error inside the begun transaction, as when the
-        two went one after the other."""
+    def _together(self, last: _Bound | None, *, commit: bool = False) -> pq.abc.PGresult | None:
+        """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open, the
+        statements kept for later, then `last`, then COMMIT if asked; `last`'s result. The
+        first failure is raised, with `failed_sql` naming a kept statement that failed; what
+        follows a failure is not run, and the transaction is left failed, as when they went
+        one after the other."""
+        kept, self._kept = self._kept, []
         pgconn = self._conn.pgconn
+        sent: list[str | None] = []  # per statement: its SQL if kept for later, else None
         pgconn.enter_pipeline_mode()
         try:
-            pgconn.send_query_params(b"BEGIN", None)
-            pgconn.send_query_prepared(name, values, param_formats=formats)
+            if pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                pgconn.send_query_params(b"BEGIN", None)
+                sent.append(None)
+            for sql, name, values, formats in kept:
+                pgconn.send_query_prepared(name, values, param_formats=formats)
+                sent.append(sql)
+            if last is not None:
+                pgconn.send_query_prepared(last[1], last[2], param_formats=last[3])
+                sent.append(None)
+            if commit:
+                pgconn.send_query_params(b"COMMIT", None)
+                sent.append(None)
             pgconn.pipeline_sync()
             self._flush()
             results = self._results_to_sync()
@@ -140,9 +223,17 @@ class LeanCursor:
                     pgconn.exit_pipeline_mode()
                 except errors.OperationalError:
                     pgconn.finish()  # stuck in pipeline mode: closed, so the pool drops it
-        begun, result = results
-        self._check(begun)
-        return self._check(result)
+        for what, result in zip(sent, results, strict=True):
+            if result.status not in _OK:
+                self.failed_sql = what
+                try:
+                    self._check(result)
+                except errors.InvalidSqlStatementName:
+                    self._names.clear()  # prepared again from the next transaction on
+                    raise
+        if last is None:
+            return None
+        return results[-2] if commit else results[-1]
 
     def _flush(self) -> None:
         """Send all that libpq holds (psycopg's connections are non-blocking)."""
@@ -184,6 +275,7 @@ class LeanCursor:
         return rows
 
     def executemany(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None:
+        self.send_kept()
         with self._conn.cursor() as cursor:
             cursor.executemany(sql, params_seq)
             self.rowcount = cursor.rowcount

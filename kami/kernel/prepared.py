@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from kami.kernel import waiting
+from kami.kernel.pgcursor import LeanCursor
 from kami.kernel.waiting import WouldWait
 
 
@@ -240,8 +241,32 @@ class Prepared:
             raw = cursor.fetchall() if plan.row is not None else []
             count = cursor.rowcount
         except dialect.loaded_dbapi.Error as exc:
-            raise wrapped(session, dialect, plan.sql, exc) from exc
+            raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
         return Rows(plan.rows(raw) if raw else raw, count)
+
+    def run_later(self, session: Session, values: Mapping[str, Any] | None = None) -> None:
+        """As `run`, for a statement whose answer nobody reads: on PostgreSQL it goes out with
+        the transaction's next statement or its COMMIT, in the same round trip, and its failure
+        is raised there and fails the transaction (decision 0021); elsewhere it runs now. Only
+        for a statement whose failure nobody catches to carry on."""
+        self.run_many_later(session, [values or {}])
+
+    def run_many_later(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`run_later` for each of `rows`, in order."""
+        _, dialect, read_only, cursor = _driver(session)
+        plan = self._plan(dialect)
+        if not plan.writes:  # a write's rows (an INSERT's implicit RETURNING id) are let go
+            raise TypeError(f"a read whose rows nobody would read: {plan.sql[:80]}")
+        if not isinstance(cursor, LeanCursor):
+            self.run_many(session, rows)
+            return
+        if plan.writes and read_only:
+            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
+        try:
+            for values in rows:
+                cursor.execute_later(plan.sql, plan.parameters(values))
+        except dialect.loaded_dbapi.Error as exc:  # preparing it, or in autocommit, running it
+            raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
 
     def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """One executemany for all `rows` (nothing returned)."""
@@ -260,7 +285,13 @@ class Prepared:
             else:
                 cursor.executemany(plan.sql, params)
         except dialect.loaded_dbapi.Error as exc:
-            raise wrapped(session, dialect, plan.sql, exc) from exc
+            raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
+
+
+def _failed(cursor: Any, sql: str) -> str:
+    """The SQL a failure belongs to: a statement kept for later (`run_later`) that failed when
+    it went out with `sql`, or `sql` itself."""
+    return getattr(cursor, "failed_sql", None) or sql
 
 
 def _dialects() -> dict[str, Dialect]:
@@ -380,3 +411,11 @@ class PreparedInsert:
     def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """One executemany for all `rows` (nothing returned)."""
         self._prepared.run_many(session, [self.params(r) for r in rows])
+
+    def run_later(self, session: Session, **values: Any) -> None:
+        """`Prepared.run_later`: on PostgreSQL, sent with the transaction's next statement."""
+        self._prepared.run_later(session, self.params(values))
+
+    def run_many_later(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`Prepared.run_many_later`."""
+        self._prepared.run_many_later(session, [self.params(r) for r in rows])

@@ -86,7 +86,8 @@ def record_notification(
     """Keep the raw notification whatever became of it; the body is capped, never dropped."""
     # PostgreSQL text cannot hold NUL: it is stored as U+FFFD, like bytes that are not UTF-8.
     body = raw.body[:MAX_BODY].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    _NOTIFICATION.run(
+    # Nobody reads its answer: on PostgreSQL it goes with the transaction's COMMIT.
+    _NOTIFICATION.run_later(
         session,
         gateway=raw.gateway,
         received_at=received_at or utcnow(),

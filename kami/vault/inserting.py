@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from kami.kernel.pgcursor import send_kept
 from kami.vault.models import Key
 
 # SQLite's page cache while an import runs, in KiB (the connection's default is 2 MiB). The
@@ -90,11 +91,13 @@ class PostgresInserter(Inserter):
         self.pipelined = Pipeline.is_supported()  # libpq 14 or later
 
     def streaming(self) -> AbstractContextManager[object]:
+        send_kept(self.raw)  # what the transaction kept for later goes first
         return self.raw.pipeline() if self.pipelined else nullcontext()
 
     def send(
         self, fps: Sequence[bytes], cts: Sequence[bytes], masks: Sequence[str]
     ) -> Callable[[], Clashes]:
+        send_kept(self.raw)
         cur = self.raw.cursor()
         cur.execute(self.insert_sql, (*self.bound, list(fps), list(cts), list(masks)))
 

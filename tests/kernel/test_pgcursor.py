@@ -263,3 +263,96 @@ def test_a_first_statement_deallocated_behind_our_back_fails_once(shop: Shop) ->
     with shop.db.write() as s:  # prepared again
         assert _driver(s) is first
         assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0
+
+
+def test_statements_kept_for_later_go_with_the_next_one_or_the_commit(shop: Shop) -> None:
+    raw = shop.db.engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        counted = _Counted(conn)
+        cursor = LeanCursor(counted)
+        plan, now = _INSERT_WITH_ID._plan(shop.db.engine.dialect), utcnow()
+        count = "SELECT count(*) FROM kernel_outbox WHERE id > %s"
+        cursor.execute(count, (10_200,))  # both prepared first: what follows counts statements
+        cursor.execute_later(plan.sql, plan.parameters({"id": 10_201, "ref": "l1", "now": now}))
+        conn.rollback()
+        cursor.forget_kept()
+        counted.waits.clear()
+
+        for n in (10_202, 10_203):
+            cursor.execute_later(plan.sql, plan.parameters({"id": n, "ref": f"l{n}", "now": now}))
+        assert counted.waits == [] and cursor.keeps
+        cursor.execute(count, (10_200,))  # BEGIN, both INSERTs and the count: one wait
+        assert cursor.fetchall() == [(2,)] and not cursor.keeps
+        cursor.execute_later(plan.sql, plan.parameters({"id": 10_204, "ref": "l4", "now": now}))
+        assert cursor.commit()  # the INSERT and the COMMIT: one wait
+        assert counted.waits == ["pipeline_sync", "pipeline_sync"]
+        assert not cursor.commit()  # nothing kept: the caller commits as usual
+        cursor.execute(count, (10_200,))
+        assert cursor.fetchall() == [(3,)]
+        conn.rollback()
+    finally:
+        raw.close()
+
+
+def _outbox_ids(shop: Shop, first: int) -> list[int]:
+    with shop.db.read() as s:
+        return sorted(s.execute(select(OutboxJob.id).where(OutboxJob.id >= first)).scalars())
+
+
+def test_a_kept_statement_that_fails_fails_its_transaction_where_it_goes_out(shop: Shop) -> None:
+    now = utcnow()
+    with shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_301, "ref": "f1", "now": now})
+    # Raised by the next statement, naming the kept INSERT, not the statement it went with.
+    with pytest.raises(IntegrityError, match="duplicate key") as raised, shop.db.write() as s:
+        _INSERT_WITH_ID.run_later(s, {"id": 10_302, "ref": "f2", "now": now})
+        _INSERT_WITH_ID.run_later(s, {"id": 10_301, "ref": "again", "now": now})
+        _ECHO_INT.run(s, {"i": 1})
+    assert "INSERT INTO kernel_outbox" in str(raised.value.statement)
+    # Raised by the COMMIT: nothing of the transaction is kept.
+    with pytest.raises(IntegrityError, match="duplicate key"), shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_303, "ref": "f3", "now": now})
+        _INSERT_WITH_ID.run_later(s, {"id": 10_301, "ref": "again", "now": now})
+    assert _outbox_ids(shop, 10_300) == [10_301]
+    with shop.db.write() as s:  # the connection after it is a working one
+        _INSERT_WITH_ID.run_later(s, {"id": 10_304, "ref": "f4", "now": now})
+    assert _outbox_ids(shop, 10_300) == [10_301, 10_304]
+
+
+def test_a_rolled_back_transaction_drops_what_it_kept(shop: Shop) -> None:
+    now = utcnow()
+    with pytest.raises(LookupError), shop.db.write() as s:
+        _INSERT_WITH_ID.run_later(s, {"id": 10_401, "ref": "r1", "now": now})
+        raise LookupError("a business error: rolled back before anything went out")
+    with shop.db.write() as s:
+        _INSERT_WITH_ID.run_later(s, {"id": 10_402, "ref": "r2", "now": now})
+    assert _outbox_ids(shop, 10_400) == [10_402]
+
+
+def test_sqlalchemys_own_statements_see_what_was_kept(shop: Shop) -> None:
+    now = utcnow()
+    with shop.db.write() as s:
+        _INSERT_WITH_ID.run_later(s, {"id": 10_501, "ref": "o1", "now": now})
+        # ORM and Core statements go through psycopg's cursor: what was kept goes out first.
+        assert s.execute(select(OutboxJob.ref).where(OutboxJob.id == 10_501)).scalar() == "o1"
+        _INSERT_WITH_ID.run_later(s, {"id": 10_502, "ref": "o2", "now": now})
+        s.add(
+            OutboxJob(
+                kind="k",
+                ref="o3",
+                payload={},
+                status="pending",
+                attempts=0,
+                run_after=now,
+                created_at=now,
+            )
+        )
+    with shop.db.read() as s:
+        refs = s.execute(select(OutboxJob.ref).where(OutboxJob.ref.like("o_"))).scalars().all()
+    assert sorted(refs) == ["o1", "o2", "o3"]
+
+
+def test_a_read_cannot_be_kept_for_later(shop: Shop) -> None:
+    with pytest.raises(TypeError, match="nobody would read"), shop.db.write() as s:
+        _ECHO_INT.run_later(s, {"i": 1})
