@@ -172,6 +172,8 @@ class _Kept:
         self._lock_timeout = None
 
     def _discard(self, cause: BaseException) -> None:
+        if isinstance(self._cursor, LeanCursor):
+            self._cursor.forget_kept()
         conn, self._conn = self._conn, None
         self._lock_timeout = self._busy_timeout = self._cursor = None
         if conn is None:
@@ -198,24 +200,29 @@ class _KeptSession(Session):
     rollback end what ran straight on the driver (`Prepared`) as well as what the ORM did."""
 
     def commit(self) -> None:
-        if self.in_transaction():
-            super().commit()  # flushes, and commits through the connection if the ORM used it
         driver, dialect, _, cursor = self.info["kami_kept"]
         if isinstance(cursor, LeanCursor) and cursor.keeps:
-            try:  # the statements kept for later, and the COMMIT, in one round trip
+            # The statements kept for later (`Prepared.run_later`) go out with the COMMIT, in
+            # one round trip, after the ORM's pending writes (which send them first, if any).
+            # The ORM's own commit would send a bare COMMIT, and they would then run in a
+            # transaction of their own.
+            if self.in_transaction():
+                self.flush()
+            try:
                 cursor.commit()
             except dialect.loaded_dbapi.Error as exc:
                 raise wrapped(self, dialect, cursor.failed_sql or "COMMIT", exc) from exc
-        else:
-            driver.commit()  # nothing to do if nothing is open
+        if self.in_transaction():
+            super().commit()  # flushes, and commits through the connection if the ORM used it
+        driver.commit()  # nothing to do if nothing is open
         waiting.committed()
 
     def rollback(self) -> None:
-        if self.in_transaction():
-            super().rollback()
         driver, _, _, cursor = self.info["kami_kept"]
         if isinstance(cursor, LeanCursor):
-            cursor.forget_kept()
+            cursor.forget_kept()  # first: what follows may fail
+        if self.in_transaction():
+            super().rollback()
         driver.rollback()
         self.info["kami_keeper"].rolled_back()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import re
 import select
+import weakref
 from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -42,8 +43,9 @@ _NAMES = itertools.count()
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 # Per connection: the statements prepared on it, by SQL and parameter types, and their names.
 _PREPARED: WeakKeyDictionary[Any, dict[tuple[bytes, tuple[int, ...]], bytes]] = WeakKeyDictionary()
-# Per connection: the LeanCursor that may hold statements for it (`kept_on`).
-_CURSORS: WeakKeyDictionary[Any, LeanCursor] = WeakKeyDictionary()
+# Per connection: the LeanCursor that may hold statements for it (`send_kept`), weakly both
+# ways (the cursor holds its connection).
+_CURSORS: WeakKeyDictionary[Any, weakref.ref[LeanCursor]] = WeakKeyDictionary()
 # A statement bound for its connection: its SQL, prepared name, parameters and their formats.
 _Bound = tuple[str, bytes, Sequence[Any], Sequence[Any] | None]
 
@@ -52,7 +54,8 @@ def send_kept(conn: Any) -> None:
     """Send the statements kept for later on `conn` (`LeanCursor.execute_later`), if any: for
     whatever runs on the connection without the LeanCursor (SQLAlchemy's own statements, an
     import's COPY-like batches), so that they run in the order they were made."""
-    cursor = _CURSORS.get(conn)
+    ref = _CURSORS.get(conn)
+    cursor = ref() if ref is not None else None
     if cursor is not None and cursor.keeps:
         cursor.send_kept()
 
@@ -69,6 +72,18 @@ def numbered(sql: str) -> bytes:
         return f"${counter}"
 
     return _PLACEHOLDER.sub(placeholder, sql).encode()
+
+
+def _wait(fd: int, events: int) -> int:
+    """Wait until the socket `fd` is ready for `events`; the events it is ready for. `poll`, not
+    `select`, which refuses a descriptor past 1023 (a server process with a thousand buyers'
+    connections open has such)."""
+    poller = select.poll()
+    poller.register(fd, events | select.POLLERR | select.POLLHUP)
+    while True:
+        ready = poller.poll()
+        if ready:
+            return ready[0][1]
 
 
 class LeanCursor:
@@ -107,17 +122,17 @@ class LeanCursor:
         # The SQL of the statement kept for later whose failure was raised last, None when it
         # was the statement being executed (for the error's report).
         self.failed_sql: str | None = None
-        _CURSORS[conn] = self
+        _CURSORS[conn] = weakref.ref(self)
 
     @property
     def connection(self) -> Any:
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.failed_sql = None
         _, name, values, formats = bound = self._bind(sql, params)
         pgconn = self._conn.pgconn
         self._result = None
-        self.failed_sql = None
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
         # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
         begin = idle and not self._conn.autocommit
@@ -141,6 +156,7 @@ class LeanCursor:
         """Keep a statement whose answer nobody reads (no rows, no row count) to go out with the
         transaction's next statement or its COMMIT, in the same round trip. Its failure is
         raised there, and the transaction fails with it. In autocommit it runs now."""
+        self.failed_sql = None
         if self._conn.autocommit:
             self.execute(sql, params)
             return
@@ -154,16 +170,16 @@ class LeanCursor:
     def send_kept(self) -> None:
         """Send the statements kept for later now (before a statement that does not come
         through this cursor), and raise the first failure among them."""
+        self.failed_sql = None
         if self._kept:
-            self.failed_sql = None
             self._together(None)
 
     def commit(self) -> bool:
         """COMMIT, with the statements kept for later sent before it in the same round trip;
         False (nothing done) when none are kept: the caller commits as usual."""
+        self.failed_sql = None
         if not self._kept:
             return False
-        self.failed_sql = None
         self._together(None, commit=True)
         return True
 
@@ -236,21 +252,23 @@ class LeanCursor:
         return results[-2] if commit else results[-1]
 
     def _flush(self) -> None:
-        """Send all that libpq holds (psycopg's connections are non-blocking)."""
+        """Send all that libpq holds (psycopg's connections are non-blocking), reading what the
+        server answers meanwhile, so that neither side waits on a full buffer."""
         pgconn = self._conn.pgconn
         while pgconn.flush():
-            select.select([], [pgconn.socket], [])
+            if _wait(pgconn.socket, select.POLLIN | select.POLLOUT) & select.POLLIN:
+                pgconn.consume_input()
 
     def _results_to_sync(self) -> list[pq.abc.PGresult]:
         """The results of a pipeline up to its sync, one per statement. It waits for them in
-        `select`, which lets go of the GIL (libpq's `PQgetResult` would wait holding it, and a
+        `poll`, which lets go of the GIL (libpq's `PQgetResult` would wait holding it, and a
         thread whose transaction this one waits for could then never finish)."""
         pgconn = self._conn.pgconn
         results: list[pq.abc.PGresult] = []
         ended = False
         while True:
             while pgconn.is_busy():
-                select.select([pgconn.socket], [], [])
+                _wait(pgconn.socket, select.POLLIN)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:

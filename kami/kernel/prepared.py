@@ -257,8 +257,8 @@ class Prepared:
         plan = self._plan(dialect)
         if not plan.writes:  # a write's rows (an INSERT's implicit RETURNING id) are let go
             raise TypeError(f"a read whose rows nobody would read: {plan.sql[:80]}")
-        if not isinstance(cursor, LeanCursor):
-            self.run_many(session, rows)
+        if not isinstance(cursor, LeanCursor) or len(rows) > KEEP_AT_MOST:
+            self.run_many(session, rows)  # now; many rows: one executemany, not a long pipeline
             return
         if plan.writes and read_only:
             raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
@@ -286,6 +286,10 @@ class Prepared:
                 cursor.executemany(plan.sql, params)
         except dialect.loaded_dbapi.Error as exc:
             raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
+
+
+# At most this many rows of one `run_many_later` are kept for later; more run at once.
+KEEP_AT_MOST = 32
 
 
 def _failed(cursor: Any, sql: str) -> str:

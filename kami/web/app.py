@@ -132,10 +132,10 @@ _TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 def telemetry(environ: Mapping[str, str]) -> Any:
     """FastAPI's `telemetry` setting: its default (spans, metrics and logs to the OpenTelemetry
     providers configured in the process) when the environment configures OpenTelemetry, an
-    `OTEL_…` variable or FASTAPI_OTEL_AUTO_CONFIGURE; otherwise off."""
-    wanted = environ.get("FASTAPI_OTEL_AUTO_CONFIGURE") or any(
-        k.startswith("OTEL_") for k in environ
-    )
+    `OTEL_…` variable or FASTAPI_OTEL_AUTO_CONFIGURE=true; otherwise off. OpenTelemetry set up
+    in code alone, without such a variable, does not get FastAPI's spans."""
+    auto = environ.get("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true"
+    wanted = auto or any(k.startswith("OTEL_") for k in environ)
     return None if wanted else dict(_TELEMETRY_OFF)
 
 

@@ -43,6 +43,13 @@ class _Gathered:
         if kept and not self._transport.is_closing():
             self._transport.write(kept[0] if len(kept) == 1 else b"".join(kept))
 
+    def writelines(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def write_eof(self) -> None:
+        self.send()
+        self._transport.write_eof()
+
     def close(self) -> None:
         self.send()
         self._transport.close()

@@ -4,9 +4,13 @@ deallocated by someone else."""
 
 from __future__ import annotations
 
+import gc
+import os
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import errors as psycopg_errors
 from psycopg import pq
@@ -356,3 +360,68 @@ def test_sqlalchemys_own_statements_see_what_was_kept(shop: Shop) -> None:
 def test_a_read_cannot_be_kept_for_later(shop: Shop) -> None:
     with pytest.raises(TypeError, match="nobody would read"), shop.db.write() as s:
         _ECHO_INT.run_later(s, {"i": 1})
+
+
+def test_kept_statements_commit_with_what_sqlalchemy_ran_in_the_transaction(shop: Shop) -> None:
+    """SQLAlchemy's own commit sends a bare COMMIT: were it first, the kept statements would
+    then run in a transaction of their own, and the rest would be committed without them."""
+    now = utcnow()
+    with shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_601, "ref": "a1", "now": now})
+    with pytest.raises(IntegrityError, match="duplicate key"), shop.db.write() as s:
+        _INSERT_WITH_ID.run(s, {"id": 10_602, "ref": "a2", "now": now})
+        s.execute(select(OutboxJob.id).where(OutboxJob.id == 10_601)).all()  # SQLAlchemy's own
+        _INSERT_WITH_ID.run_later(s, {"id": 10_601, "ref": "dup", "now": now})
+    assert _outbox_ids(shop, 10_600) == [10_601]  # 10_602 went with the failed COMMIT
+    with shop.db.write() as s:
+        s.execute(select(OutboxJob.id).where(OutboxJob.id == 10_601)).all()
+        _INSERT_WITH_ID.run_later(s, {"id": 10_603, "ref": "a3", "now": now})
+        s.add(
+            OutboxJob(
+                kind="k",
+                ref="a4",
+                payload={},
+                status="pending",
+                attempts=0,
+                run_after=now,
+                created_at=now,
+            )
+        )
+    with shop.db.read() as s:
+        refs = s.execute(select(OutboxJob.ref).where(OutboxJob.ref.in_(["a3", "a4"]))).scalars()
+        assert sorted(refs) == ["a3", "a4"]
+
+
+def _pg_url(shop: Shop) -> str:
+    return shop.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_a_cursor_does_not_keep_its_connection_alive(shop: Shop) -> None:
+    conn = psycopg.connect(_pg_url(shop))
+    cursor = LeanCursor(conn)
+    cursor.execute("SELECT %s::int", (1,))
+    conn.close()
+    gone = weakref.ref(conn)
+    del conn, cursor
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_connection_on_a_descriptor_past_1023_waits_for_its_answers(shop: Shop) -> None:
+    """`select` refuses such a descriptor; a server process with a thousand buyers' sockets
+    open gets one for its next database connection."""
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        conn = psycopg.connect(_pg_url(shop))
+    finally:
+        for fd in filler:
+            os.close(fd)
+    try:
+        assert conn.pgconn.socket > 1023
+        cursor = LeanCursor(conn)
+        cursor.execute_later("SELECT %s::int", (1,))
+        cursor.execute("SELECT %s::int", (2,))  # BEGIN, the kept one and this: one pipeline
+        assert cursor.fetchall() == [(2,)]
+        conn.rollback()
+    finally:
+        conn.close()

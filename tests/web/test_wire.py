@@ -13,7 +13,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from kami.web.app import telemetry
-from kami.web.wire import HttpProtocol
+from kami.web.wire import HttpProtocol, _Gathered
 from tests.conftest import run_async
 
 
@@ -23,7 +23,7 @@ class Recorder(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[bytes] = []
-        self.closed = False
+        self.closed = self.eof = False
 
     def write(self, data: Any) -> None:
         assert not self.closed, "written after close"
@@ -31,6 +31,9 @@ class Recorder(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -141,3 +144,18 @@ def test_fastapi_telemetry_is_on_only_where_opentelemetry_is_configured() -> Non
     assert telemetry({"PATH": "/usr/bin"}) == {"tracing": False, "metrics": False, "logs": False}
     assert telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is None
     assert telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None
+    assert telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "false"}) is not None  # FastAPI's reading
+
+
+def test_writelines_and_write_eof_keep_the_order() -> None:
+    async def run() -> Recorder:
+        transport = Recorder()
+        gathered = _Gathered(transport, asyncio.get_running_loop())
+        gathered.writelines([b"a", b"b"])
+        gathered.write(b"c")
+        gathered.write(b"d")
+        gathered.write_eof()
+        return transport
+
+    transport = run_async(run)
+    assert transport.writes == [b"abc", b"d"] and transport.eof
