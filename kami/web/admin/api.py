@@ -55,6 +55,8 @@ class ImportSlots:
 
     def give(self) -> None:
         with self._lock:
+            if self._running == 0:  # a slot given back twice would let a third import in
+                raise RuntimeError("an import slot was given back that was not taken")
             self._running -= 1
 
 
