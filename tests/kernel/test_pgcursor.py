@@ -334,6 +334,12 @@ def test_a_rolled_back_transaction_drops_what_it_kept(shop: Shop) -> None:
     assert _outbox_ids(shop, 10_400) == [10_402]
 
 
+def _orm_job(ref: str, now: datetime) -> OutboxJob:
+    return OutboxJob(
+        kind="k", ref=ref, payload={}, status="pending", attempts=0, run_after=now, created_at=now
+    )
+
+
 def test_sqlalchemys_own_statements_see_what_was_kept(shop: Shop) -> None:
     now = utcnow()
     with shop.db.write() as s:
@@ -341,17 +347,7 @@ def test_sqlalchemys_own_statements_see_what_was_kept(shop: Shop) -> None:
         # ORM and Core statements go through psycopg's cursor: what was kept goes out first.
         assert s.execute(select(OutboxJob.ref).where(OutboxJob.id == 10_501)).scalar() == "o1"
         _INSERT_WITH_ID.run_later(s, {"id": 10_502, "ref": "o2", "now": now})
-        s.add(
-            OutboxJob(
-                kind="k",
-                ref="o3",
-                payload={},
-                status="pending",
-                attempts=0,
-                run_after=now,
-                created_at=now,
-            )
-        )
+        s.add(_orm_job("o3", now))  # an ORM write, flushed at the commit
     with shop.db.read() as s:
         refs = s.execute(select(OutboxJob.ref).where(OutboxJob.ref.like("o_"))).scalars().all()
     assert sorted(refs) == ["o1", "o2", "o3"]
@@ -376,17 +372,7 @@ def test_kept_statements_commit_with_what_sqlalchemy_ran_in_the_transaction(shop
     with shop.db.write() as s:
         s.execute(select(OutboxJob.id).where(OutboxJob.id == 10_601)).all()
         _INSERT_WITH_ID.run_later(s, {"id": 10_603, "ref": "a3", "now": now})
-        s.add(
-            OutboxJob(
-                kind="k",
-                ref="a4",
-                payload={},
-                status="pending",
-                attempts=0,
-                run_after=now,
-                created_at=now,
-            )
-        )
+        s.add(_orm_job("a4", now))  # an ORM write, flushed at the commit
     with shop.db.read() as s:
         refs = s.execute(select(OutboxJob.ref).where(OutboxJob.ref.in_(["a3", "a4"]))).scalars()
         assert sorted(refs) == ["a3", "a4"]

@@ -70,13 +70,19 @@ async def _empty(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _serve(app: Any, request: bytes, *, settle: float = 0.0) -> Recorder:
+def _connect(app: Any, request: bytes) -> tuple[HttpProtocol, Recorder]:
+    """uvicorn's protocol for `app` on a recording transport, `request` received."""
     config = uvicorn.Config(app, log_level="warning", http=HttpProtocol)
     config.load()
     protocol = HttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     transport = Recorder()
     protocol.connection_made(transport)
     protocol.data_received(request)
+    return protocol, transport
+
+
+async def _serve(app: Any, request: bytes, *, settle: float = 0.0) -> Recorder:
+    protocol, transport = _connect(app, request)
     for _ in range(100):
         await asyncio.sleep(0.01)
         if protocol.cycle is not None and protocol.cycle.response_complete:
@@ -115,12 +121,7 @@ def test_a_streamed_body_leaves_as_it_is_made() -> None:
 
 def test_a_response_without_a_body_leaves_when_complete() -> None:
     async def run() -> Recorder:
-        config = uvicorn.Config(_empty, log_level="warning", http=HttpProtocol)
-        config.load()
-        protocol = HttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
-        transport = Recorder()
-        protocol.connection_made(transport)
-        protocol.data_received(GET)
+        protocol, transport = _connect(_empty, GET)
         while protocol.cycle is None or not protocol.cycle.response_complete:
             await asyncio.sleep(0)
         # Sent by the time the response is complete, not at the loop's next pass.
