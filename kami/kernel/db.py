@@ -18,9 +18,9 @@ from sqlalchemy.types import TypeDecorator
 from kami.kernel import waiting
 from kami.kernel.admission import Admission
 from kami.kernel.clock import as_utc
+from kami.kernel.dberrors import lock_refusal, wrapped
 from kami.kernel.engine import BUSY_TIMEOUT_MS
 from kami.kernel.pgcursor import LeanCursor
-from kami.kernel.prepared import lock_refusal, wrapped
 from kami.kernel.waiting import WouldWait
 from kami.kernel.writer import writer_queue
 
@@ -92,8 +92,6 @@ class _Kept:
         if self._cursor is None:
             # PostgreSQL: through libpq, not psycopg's cursor (decision 0016).
             self._cursor = LeanCursor(driver) if dialect.name == "postgresql" else driver.cursor()
-        elif isinstance(self._cursor, LeanCursor):
-            self._cursor.forget_kept()  # a transaction that ended unseen left none for this one
         if dialect.name == "sqlite":
             begin = "BEGIN IMMEDIATE" if self._write else "BEGIN"
             try:
@@ -133,7 +131,7 @@ class _Kept:
 
     def _limit_lock_waits(self, driver: Any, dialect: Dialect) -> None:
         """PostgreSQL: a call that must not wait (`waiting.no_waiting()`) waits for a row lock at
-        most `waiting.row_lock_wait()`, then its statement fails and `prepared.wrapped` (or the
+        most `waiting.row_lock_wait()`, then its statement fails and `dberrors.wrapped` (or the
         engine's error hook) turns the failure into WouldWait; any other call waits as long as
         it takes.
 
@@ -157,7 +155,7 @@ class _Kept:
         """SQLite: Kami's own writers queue in `WriterQueue` before they BEGIN, but a writer that
         is not Kami's holds SQLite's lock unseen, and BEGIN IMMEDIATE then waits in SQLite's busy
         handler. A call that must not wait waits there at most its `lock_wait()`, and the
-        "database is locked" that follows is WouldWait (`prepared.lock_refusal`); any other call
+        "database is locked" that follows is WouldWait (`dberrors.lock_refusal`); any other call
         waits up to BUSY_TIMEOUT_MS. Without it, the event loop, and every request of the
         process, waited up to 30 s behind the sqlite3 shell. A PRAGMA here is a function call,
         not a round trip, and it is made only when the value changes."""

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, QueuePool
 
+from kami.kernel.dberrors import lock_refusal
 from kami.kernel.errors import InvalidInput
 from kami.kernel.pgcursor import send_kept
-from kami.kernel.prepared import lock_refusal
 
 
 def normalise_url(url: str) -> str:
@@ -66,7 +66,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         @event.listens_for(engine, "handle_error")
         def _on_error(context: Any) -> BaseException | None:
             # A lock wait cut short for a call that must not wait, met by a statement that ran
-            # through SQLAlchemy (`Prepared` statements: `prepared.wrapped`).
+            # through SQLAlchemy (`Prepared` statements: `dberrors.wrapped`).
             return lock_refusal(context.original_exception)
 
         @event.listens_for(engine, "before_cursor_execute")

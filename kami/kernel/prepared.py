@@ -11,12 +11,10 @@ from typing import Any
 from sqlalchemy import Dialect, bindparam, insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from kami.kernel import waiting
+from kami.kernel.dberrors import wrapped
 from kami.kernel.pgcursor import LeanCursor
-from kami.kernel.waiting import WouldWait
 
 
 class Rows:
@@ -218,10 +216,13 @@ class Prepared:
         )
         self._plans: dict[str, _Plan] = {}
 
-    def _plan(self, dialect: Dialect) -> _Plan:
+    def _plan(self, dialect: Dialect, read_only: bool = False) -> _Plan:
+        """Its plan for `dialect`; a write refused in a `Database.read()` session."""
         plan = self._plans.get(dialect.name)
         if plan is None:
             plan = self._plans[dialect.name] = _Plan(self._statements[dialect.name], dialect)
+        if plan.writes and read_only:
+            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
         return plan
 
     def ready(self, dialect: Dialect) -> None:
@@ -230,9 +231,7 @@ class Prepared:
 
     def run(self, session: Session, values: Mapping[str, Any] | None = None) -> Rows:
         driver, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect)
-        if plan.writes and read_only:
-            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
+        plan = self._plan(dialect, read_only)
         params = plan.parameters(values or {})
         try:
             if cursor is None:
@@ -254,14 +253,12 @@ class Prepared:
     def run_many_later(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """`run_later` for each of `rows`, in order."""
         _, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect)
+        plan = self._plan(dialect, read_only)
         if not plan.writes:  # a write's rows (an INSERT's implicit RETURNING id) are let go
             raise TypeError(f"a read whose rows nobody would read: {plan.sql[:80]}")
         if not isinstance(cursor, LeanCursor) or len(rows) > KEEP_AT_MOST:
             self.run_many(session, rows)  # now; many rows: one executemany, not a long pipeline
             return
-        if plan.writes and read_only:
-            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
         try:
             for values in rows:
                 cursor.execute_later(plan.sql, plan.parameters(values))
@@ -273,9 +270,7 @@ class Prepared:
         if not rows:
             return
         driver, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect)
-        if plan.writes and read_only:
-            raise RuntimeError(f"a write inside Database.read(): {plan.sql[:80]}")
+        plan = self._plan(dialect, read_only)
         params = [plan.parameters(r) for r in rows]
         try:
             if cursor is None:
@@ -330,47 +325,6 @@ def _driver(session: Session) -> tuple[Any, Dialect, bool, Any]:
     found = (conn.connection.driver_connection, conn.dialect, bool(options.get("kami_read")), None)
     info["kami_driver"] = (session.get_transaction(), found)
     return found
-
-
-LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout ran out, or NOWAIT found a lock
-SQLITE_BUSY = 5  # SQLite: its busy handler gave up on another connection's lock
-
-
-def lock_refusal(exc: BaseException) -> WouldWait | None:
-    """WouldWait for a lock wait cut short while the thread refuses to wait: PostgreSQL's
-    lock_timeout (see `db._Kept._limit_lock_waits`) or SQLite's busy handler (`_limit_busy_wait`);
-    None for anything else."""
-    pg_lock = getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
-    if pg_lock and waiting.row_lock_wait() is not None:
-        return WouldWait("a row lock held by another transaction")
-    busy = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_BUSY
-    if busy and waiting.lock_wait() is not None:
-        return WouldWait("SQLite's lock, held by a writer that is not Kami's")
-    return None
-
-
-def wrapped(session: Session | None, dialect: Dialect, sql: str, exc: Any) -> BaseException:
-    refusal = lock_refusal(exc)
-    if refusal is not None:
-        return refusal
-    invalidated = False
-    if (
-        session is not None
-        and "kami_kept" not in session.info
-        and dialect.is_disconnect(exc, None, None)
-    ):
-        session.connection().invalidate(exc)  # a kept connection is discarded by its owner
-        invalidated = True
-    wrapped: BaseException = DBAPIError.instance(
-        sql,
-        None,
-        exc,
-        dialect.loaded_dbapi.Error,
-        hide_parameters=True,
-        connection_invalidated=invalidated,
-        dialect=dialect,
-    )
-    return wrapped
 
 
 class PreparedInsert:
