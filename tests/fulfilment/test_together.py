@@ -118,11 +118,22 @@ def test_each_buyer_gets_the_answer_they_would_have_had_alone(shop: fulfilment.S
     assert exc.value.slug == "sold-out"  # the quota is checked first, as alone
 
 
-def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) -> None:
-    shop = dataclasses.replace(shop, open_orders_per_buyer=2, open_orders_per_ip=3)
+def _capped_sale(shop: fulfilment.Shop, **caps: int) -> fulfilment.Shop:
+    """The shop with these caps on unpaid orders, and a flash sale on FLASH (20 keys, quota 20,
+    10 per buyer) where only the caps refuse."""
+    shop = dataclasses.replace(shop, **caps)
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, [f"K-{n}" for n in range(20)])
     open_flash_sale(shop, "FLASH", quota=20, limit=10)
+    return shop
+
+
+def _answers(shop: fulfilment.Shop, group: list[fulfilment.Checkout]) -> list[str]:
+    return [_answer(o) for o in fulfilment.open_orders_together(shop, group)]
+
+
+def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) -> None:
+    shop = _capped_sale(shop, open_orders_per_buyer=2, open_orders_per_ip=3)
     place(shop, "FLASH", 1, email="a@example.com")
     group = [
         _checkout("a@example.com", ip="10.0.0.1"),
@@ -133,8 +144,7 @@ def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) ->
         _checkout("e@example.com", ip="10.0.0.1"),  # 10.0.0.1's fourth
         _checkout("f@example.com", ip="10.0.0.3"),
     ]
-    answers = [_answer(o) for o in fulfilment.open_orders_together(shop, group)]
-    assert answers == [
+    assert _answers(shop, group) == [
         "placed",
         "too-many-open-orders",
         "placed",
@@ -149,10 +159,7 @@ def test_the_caps_on_unpaid_orders_count_the_group_too(shop: fulfilment.Shop) ->
 def test_an_address_counted_once_counts_for_every_buyer_from_it(shop: fulfilment.Shop) -> None:
     # The group counts each address once, for its first buyer: the orders it already had
     # must still count for the buyers after that one.
-    shop = dataclasses.replace(shop, open_orders_per_ip=3)
-    sku = make_sku(shop, "FLASH")
-    add_keys(shop, sku, [f"K-{n}" for n in range(20)])
-    open_flash_sale(shop, "FLASH", quota=20, limit=10)
+    shop = _capped_sale(shop, open_orders_per_ip=3)
     for n in range(2):
         data = orders.OrderIn(sku="FLASH", email=f"early{n}@example.com", gateway="sandbox")
         fulfilment.open_order(shop, data, buyer_ip="10.0.0.9")
@@ -163,8 +170,7 @@ def test_an_address_counted_once_counts_for_every_buyer_from_it(shop: fulfilment
         _checkout("d@example.com", ip="10.0.0.9"),
         _checkout("e@example.com", ip="10.0.0.8"),
     ]
-    answers = [_answer(o) for o in fulfilment.open_orders_together(shop, group)]
-    assert answers == [
+    assert _answers(shop, group) == [
         "placed",
         "placed",
         "too-many-open-orders",
@@ -264,7 +270,7 @@ def test_groups_racing_each_other_and_single_checkouts_never_oversell(
     def buyers(t: int) -> None:
         # Every buyer appears in two threads: the per-buyer limit is raced as well.
         group = [_checkout(f"b{(t % 4) * 8 + n}@example.com") for n in range(8)]
-        out = [_answer(o) for o in fulfilment.open_orders_together(shop, group)]
+        out = _answers(shop, group)
         for c, answer in zip(group, out, strict=True):
             if answer == "alone":
                 try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -221,37 +223,43 @@ class _Counted:
         return getattr(self._conn, name)
 
 
-def test_a_transactions_begin_goes_with_its_first_statement(shop: Shop) -> None:
+@contextmanager
+def _counted_cursor(shop: Shop) -> Iterator[tuple[Any, _Counted, LeanCursor, Any]]:
+    """A LeanCursor on a pooled connection whose waits are counted, and `insert(id, ref)`: the
+    SQL and parameters of `_INSERT_WITH_ID` for that outbox row."""
     raw = shop.db.engine.raw_connection()
     try:
         conn = raw.driver_connection
         counted = _Counted(conn)
-        cursor = LeanCursor(counted)
         plan, now = _INSERT_WITH_ID._plan(shop.db.engine.dialect), utcnow()
-        sql = plan.sql
 
-        def row(n: int, ref: str) -> Any:
-            return plan.parameters({"id": n, "ref": ref, "now": now})
+        def insert(n: int, ref: str) -> tuple[str, Any]:
+            return plan.sql, plan.parameters({"id": n, "ref": ref, "now": now})
 
-        cursor.execute(sql, row(10_101, "b1"))
+        yield conn, counted, LeanCursor(counted), insert
+    finally:
+        raw.close()
+
+
+def test_a_transactions_begin_goes_with_its_first_statement(shop: Shop) -> None:
+    with _counted_cursor(shop) as (conn, counted, cursor, insert):
+        cursor.execute(*insert(10_101, "b1"))
         conn.rollback()  # prepared now: what follows counts only the statements
         counted.waits.clear()
-        cursor.execute(sql, row(10_102, "b2"))
+        cursor.execute(*insert(10_102, "b2"))
         assert cursor.rowcount == 1
         assert counted.waits == ["pipeline_sync"]  # BEGIN and INSERT: one wait, not two
-        cursor.execute(sql, row(10_103, "b3"))
+        cursor.execute(*insert(10_103, "b3"))
         assert counted.waits == ["pipeline_sync", "exec_prepared"]
         conn.commit()
         # The first statement fails: its error, inside the begun transaction, which rolls back.
         with pytest.raises(psycopg_errors.UniqueViolation):
-            cursor.execute(sql, row(10_102, "again"))
+            cursor.execute(*insert(10_102, "again"))
         assert conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
         conn.rollback()
         cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_100,))
         assert cursor.fetchall() == [(2,)]
         conn.rollback()
-    finally:
-        raw.close()
 
 
 def test_a_first_statement_deallocated_behind_our_back_fails_once(shop: Shop) -> None:
@@ -270,33 +278,26 @@ def test_a_first_statement_deallocated_behind_our_back_fails_once(shop: Shop) ->
 
 
 def test_statements_kept_for_later_go_with_the_next_one_or_the_commit(shop: Shop) -> None:
-    raw = shop.db.engine.raw_connection()
-    try:
-        conn = raw.driver_connection
-        counted = _Counted(conn)
-        cursor = LeanCursor(counted)
-        plan, now = _INSERT_WITH_ID._plan(shop.db.engine.dialect), utcnow()
+    with _counted_cursor(shop) as (conn, counted, cursor, insert):
         count = "SELECT count(*) FROM kernel_outbox WHERE id > %s"
         cursor.execute(count, (10_200,))  # both prepared first: what follows counts statements
-        cursor.execute_later(plan.sql, plan.parameters({"id": 10_201, "ref": "l1", "now": now}))
+        cursor.execute_later(*insert(10_201, "l1"))
         conn.rollback()
         cursor.forget_kept()
         counted.waits.clear()
 
         for n in (10_202, 10_203):
-            cursor.execute_later(plan.sql, plan.parameters({"id": n, "ref": f"l{n}", "now": now}))
+            cursor.execute_later(*insert(n, f"l{n}"))
         assert counted.waits == [] and cursor.keeps
         cursor.execute(count, (10_200,))  # BEGIN, both INSERTs and the count: one wait
         assert cursor.fetchall() == [(2,)] and not cursor.keeps
-        cursor.execute_later(plan.sql, plan.parameters({"id": 10_204, "ref": "l4", "now": now}))
+        cursor.execute_later(*insert(10_204, "l4"))
         assert cursor.commit()  # the INSERT and the COMMIT: one wait
         assert counted.waits == ["pipeline_sync", "pipeline_sync"]
         assert not cursor.commit()  # nothing kept: the caller commits as usual
         cursor.execute(count, (10_200,))
         assert cursor.fetchall() == [(3,)]
         conn.rollback()
-    finally:
-        raw.close()
 
 
 def _outbox_ids(shop: Shop, first: int) -> list[int]:
