@@ -138,7 +138,7 @@ class LeanCursor:
         begin = idle and not self._conn.autocommit
         try:
             if begin or self._kept:
-                result = self._together(bound)
+                result = self._together([bound])[0]
             else:
                 result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
         except errors.InvalidSqlStatementName:
@@ -151,6 +151,25 @@ class LeanCursor:
             result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
         assert result is not None
         self._set(result)
+
+    def execute_each(
+        self, sql: str, params_seq: Sequence[Sequence[Any]]
+    ) -> list[tuple[list[tuple[Any, ...]], int]]:
+        """Run `sql` once for each of `params_seq`, all in one round trip (with BEGIN, and the
+        statements kept for later, before them); each run's rows (empty for a statement that
+        returns none) and row count, in order. The first failure is raised, and what follows
+        it is not run, as when they went one after the other."""
+        self.failed_sql = None
+        self._result = None
+        if not params_seq:
+            return []
+        results = self._together([self._bind(sql, params) for params in params_seq])
+        answers = []
+        for result in results:
+            self._set(result)
+            rows = self.fetchall() if result.status == pq.ExecStatus.TUPLES_OK else []
+            answers.append((rows, self.rowcount))
+        return answers
 
     def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Keep a statement whose answer nobody reads (no rows, no row count) to go out with the
@@ -172,7 +191,7 @@ class LeanCursor:
         through this cursor), and raise the first failure among them."""
         self.failed_sql = None
         if self._kept:
-            self._together(None)
+            self._together([])
 
     def commit(self) -> bool:
         """COMMIT, with the statements kept for later sent before it in the same round trip;
@@ -180,7 +199,7 @@ class LeanCursor:
         self.failed_sql = None
         if not self._kept:
             return False
-        self._together(None, commit=True)
+        self._together([], commit=True)
         return True
 
     def forget_kept(self) -> None:
@@ -207,12 +226,12 @@ class LeanCursor:
             count = result.command_tuples
             self.rowcount = count if count is not None else -1
 
-    def _together(self, last: _Bound | None, *, commit: bool = False) -> pq.abc.PGresult | None:
+    def _together(self, last: Sequence[_Bound], *, commit: bool = False) -> list[pq.abc.PGresult]:
         """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open, the
-        statements kept for later, then `last`, then COMMIT if asked; `last`'s result. The
-        first failure is raised, with `failed_sql` naming a kept statement that failed; what
-        follows a failure is not run, and the transaction is left failed, as when they went
-        one after the other."""
+        statements kept for later, then those of `last`, then COMMIT if asked; the results of
+        `last`'s. The first failure is raised, with `failed_sql` naming a kept statement that
+        failed; what follows a failure is not run, and the transaction is left failed, as when
+        they went one after the other."""
         kept, self._kept = self._kept, []
         pgconn = self._conn.pgconn
         sent: list[str | None] = []  # per statement: its SQL if kept for later, else None
@@ -224,8 +243,9 @@ class LeanCursor:
             for sql, name, values, formats in kept:
                 pgconn.send_query_prepared(name, values, param_formats=formats)
                 sent.append(sql)
-            if last is not None:
-                pgconn.send_query_prepared(last[1], last[2], param_formats=last[3])
+            first_last = len(sent)
+            for _, name, values, formats in last:
+                pgconn.send_query_prepared(name, values, param_formats=formats)
                 sent.append(None)
             if commit:
                 pgconn.send_query_params(b"COMMIT", None)
@@ -247,9 +267,7 @@ class LeanCursor:
                 except errors.InvalidSqlStatementName:
                     self._names.clear()  # prepared again from the next transaction on
                     raise
-        if last is None:
-            return None
-        return results[-2] if commit else results[-1]
+        return results[first_last : first_last + len(last)]
 
     def _flush(self) -> None:
         """Send all that libpq holds (psycopg's connections are non-blocking), reading what the

@@ -243,6 +243,21 @@ class Prepared:
             raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
         return Rows(plan.rows(raw) if raw else raw, count)
 
+    def run_each(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Rows]:
+        """`run` once for each of `rows`, in order. On PostgreSQL all of them go out in one
+        round trip (with the statements kept for later before them): for a group of calls that
+        would each wait for their own answer (decision 0022)."""
+        _, dialect, read_only, cursor = _driver(session)
+        if not isinstance(cursor, LeanCursor):
+            return [self.run(session, values) for values in rows]
+        plan = self._plan(dialect, read_only)
+        params = [plan.parameters(values) for values in rows]
+        try:
+            answers = cursor.execute_each(plan.sql, params)
+        except dialect.loaded_dbapi.Error as exc:
+            raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
+        return [Rows(plan.rows(raw) if raw else raw, count) for raw, count in answers]
+
     def run_later(self, session: Session, values: Mapping[str, Any] | None = None) -> None:
         """As `run`, for a statement whose answer nobody reads: on PostgreSQL it goes out with
         the transaction's next statement or its COMMIT, in the same round trip, and its failure
@@ -369,6 +384,10 @@ class PreparedInsert:
     def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """One executemany for all `rows` (nothing returned)."""
         self._prepared.run_many(session, [self.params(r) for r in rows])
+
+    def run_each(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Rows]:
+        """`Prepared.run_each`: one run per row, on PostgreSQL in one round trip."""
+        return self._prepared.run_each(session, [self.params(r) for r in rows])
 
     def run_later(self, session: Session, **values: Any) -> None:
         """`Prepared.run_later`: on PostgreSQL, sent with the transaction's next statement."""

@@ -300,6 +300,40 @@ def test_statements_kept_for_later_go_with_the_next_one_or_the_commit(shop: Shop
         conn.rollback()
 
 
+def test_one_statement_run_for_each_of_many_goes_out_in_one_round_trip(shop: Shop) -> None:
+    """Decision 0022: `execute_each` sends BEGIN, what was kept, and one run per parameter set
+    in one round trip, and answers each run's rows and count; the first failure is raised,
+    naming the statement, and the transaction fails with it."""
+    with _counted_cursor(shop) as (conn, counted, cursor, insert):
+        count = "SELECT count(*) FROM kernel_outbox WHERE id > %s"
+        cursor.execute(count, (10_250,))
+        cursor.execute(*insert(10_251, "e1"))
+        conn.rollback()  # both prepared: what follows counts only the statements
+        counted.waits.clear()
+        cursor.execute_later(*insert(10_252, "e2"))
+        sql, params = insert(10_253, "e3")
+        answers = cursor.execute_each(sql, [params, insert(10_254, "e4")[1]])
+        assert answers == [([], 1), ([], 1)]
+        assert cursor.execute_each(count, [(10_250,), (10_253,), (10_260,)]) == [
+            ([(3,)], 1),
+            ([(1,)], 1),
+            ([(0,)], 1),
+        ]
+        assert counted.waits == ["pipeline_sync", "pipeline_sync"]
+        assert cursor.execute_each(count, []) == [] and counted.waits == ["pipeline_sync"] * 2
+        conn.commit()
+        cursor.execute_later(*insert(10_255, "e5"))
+        with pytest.raises(psycopg_errors.UniqueViolation):
+            cursor.execute_each(sql, [insert(10_256, "e6")[1], insert(10_252, "again")[1]])
+        assert cursor.failed_sql is None  # the statement run, not the one kept
+        assert conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
+        conn.rollback()
+    assert _outbox_ids(shop, 10_250) == [10_252, 10_253, 10_254]
+    with shop.db.write() as s:  # through `Prepared.run_each`, as the domains use it
+        rows = _ATTEMPTS.run_each(s, [{"ref": "e3"}, {"ref": "nothing"}])
+    assert [r.all() for r in rows] == [[(0,)], []]
+
+
 def _outbox_ids(shop: Shop, first: int) -> list[int]:
     with shop.db.read() as s:
         return sorted(s.execute(select(OutboxJob.id).where(OutboxJob.id >= first)).scalars())
