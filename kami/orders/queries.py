@@ -115,6 +115,12 @@ def find_order(session: Session, order_no: str, *, for_update: bool = False) -> 
     return to_view(row) if row else None
 
 
+def find_orders(session: Session, order_nos: Sequence[str]) -> list[OrderView | None]:
+    """`find_order` for each of `order_nos`, in one round trip on PostgreSQL."""
+    found = _BY_NO.run_each(session, [{"order_no": no} for no in order_nos])
+    return [to_view(row) if (row := rows.first()) else None for rows in found]
+
+
 def find_order_by_id(session: Session, order_id: int) -> OrderView | None:
     order = session.get(Order, order_id)
     return to_view(order) if order else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -204,6 +204,24 @@ def move(session: Session, order_id: int, target: OrderStatus, **values: Any) ->
     stmt = _move_statement(target, tuple(sorted(values)))
     params = {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
     return bool(stmt.run(session, params).rowcount)
+
+
+def move_each(
+    session: Session, target: OrderStatus, moves: Sequence[tuple[int, Mapping[str, Any]]]
+) -> list[bool]:
+    """`move` for each (order id, values) of `moves`, whose values all set the same columns,
+    in one round trip on PostgreSQL; whether each moved."""
+    if not moves:
+        return []
+    columns = tuple(sorted(moves[0][1]))
+    if any(tuple(sorted(values)) != columns for _, values in moves):
+        raise TypeError("move_each: every move must set the same columns")
+    stmt = _move_statement(target, columns)
+    params = [
+        {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
+        for order_id, values in moves
+    ]
+    return [bool(rows.rowcount) for rows in stmt.run_each(session, params)]
 
 
 def expire_due(session: Session, now: datetime, sku_id: int | None = None) -> list[Released]:

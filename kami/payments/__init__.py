@@ -27,6 +27,7 @@ from kami.payments.inbox import (
     Verdict,
     list_notifications,
     record_inbox,
+    record_inbox_each,
     record_notification,
 )
 from kami.payments.refunds import (
@@ -88,6 +89,7 @@ __all__ = [
     "list_notifications",
     "list_refunds",
     "record_inbox",
+    "record_inbox_each",
     "record_notification",
     "record_sandbox_trade",
     "refunded_total",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -124,6 +125,28 @@ def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int 
         return None
     found = _INBOX_ORDER.run(session, {"gateway": notice.gateway, "trade_no": notice.trade_no})
     return int(found.scalar_one())
+
+
+def record_inbox_each(session: Session, paid: Sequence[tuple[PaymentNotice, int]]) -> list[bool]:
+    """`record_inbox` for each (notice, order id) of `paid`, in one round trip on PostgreSQL;
+    whether each row was new. A trade found already recorded is only reported (False): the
+    caller that cannot go on with it rolls back and applies the notices one by one."""
+    applied_at = utcnow()
+    inserted = _INBOX.run_each(
+        session,
+        [
+            {
+                "gateway": notice.gateway,
+                "trade_no": notice.trade_no,
+                "order_id": order_id,
+                "amount_minor": notice.amount_minor,
+                "currency": notice.currency,
+                "applied_at": applied_at,
+            }
+            for notice, order_id in paid
+        ],
+    )
+    return [rows.first() is not None for rows in inserted]
 
 
 def _view(n: Notification) -> NotificationView:

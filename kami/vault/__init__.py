@@ -9,6 +9,7 @@ from kami.vault.claims import (
     release_reserved,
     reserve_keys_for,
     sell_reserved,
+    sell_reserved_each,
     take_keys,
     withdraw_sold,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "reveal_keys",
     "rotate",
     "sell_reserved",
+    "sell_reserved_each",
     "shared_key",
     "stock_by_batch",
     "store_delivered",

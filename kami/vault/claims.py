@@ -296,6 +296,21 @@ _SELL = Prepared(
 )
 
 
+def sell_reserved_each(
+    session: Session, reserved: Sequence[tuple[int, int]], now: datetime
+) -> list[list[int]] | None:
+    """`sell_reserved` for each (order id, quantity) of `reserved`, in one round trip on
+    PostgreSQL: each order's keys sold. None if any reservation is not whole and unexpired;
+    what was sold is then not put back here, and the caller must roll back."""
+    sold = _SELL.run_each(
+        session, [{"b_order": order_id, "b_now": now, "b_sold_at": now} for order_id, _ in reserved]
+    )
+    keys = [list(rows.scalars()) for rows in sold]
+    if any(len(k) != quantity for k, (_, quantity) in zip(keys, reserved, strict=True)):
+        return None
+    return keys
+
+
 def sell_reserved(
     session: Session, order_id: int, quantity: int, now: datetime, *, sku_id: int | None = None
 ) -> list[int]:
