@@ -48,6 +48,7 @@ from kami.fulfilment.goods.lines import buyer_parts, make_due
 from kami.fulfilment.goods.procurement import ORDER_SALT
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
+from kami.fulfilment.paid_together import handle_notifications_together
 from kami.fulfilment.refund_settling import dispose_keys
 from kami.fulfilment.refunds import (
     KEY_ACTIONS,
@@ -120,6 +121,7 @@ __all__ = [
     "fulfil_by_hand",
     "handle_callback",
     "handle_notification",
+    "handle_notifications_together",
     "import_and_serve",
     "list_order_refunds",
     "list_reports",

@@ -53,7 +53,11 @@ def _check(session: Session, notice: payments.PaymentNotice) -> orders.OrderView
         raise _reject(
             "not-paid-status", f"trade status is {notice.status.value!r}, not paid", "status"
         )
-    order = orders.find_order(session, notice.order_no)
+    return check_order(orders.find_order(session, notice.order_no), notice)
+
+
+def check_order(order: orders.OrderView | None, notice: payments.PaymentNotice) -> orders.OrderView:
+    """`order`, found by the notice's order number, if the notice may pay it; else why not."""
     if order is None:
         raise _reject("unknown-order", f"no order {notice.order_no!r}", "order_no")
     if order.gateway != notice.gateway:

@@ -1,0 +1,322 @@
+"""Payment notifications applied together (decision 0022), on both databases: each paid order
+ends exactly as it would have alone, anything but the plain case is left to be applied alone,
+and a group that meets a surprise half-way writes nothing."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from kami import fulfilment, orders, payments
+from kami.kernel.errors import NotFound
+from tests.conftest import add_keys, make_sku, place, raw_notification, sandbox_body, sign
+from tests.fulfilment.test_goods import goods_sku
+
+
+def _raw(order: orders.OrderView, **changes: Any) -> payments.RawNotification:
+    body = sandbox_body(
+        order.order_no,
+        changes.pop("amount", order.amount_minor),
+        trade_no=changes.pop("trade_no", None),
+    )
+    return raw_notification(body, changes.pop("signature", None))
+
+
+def _state(shop: fulfilment.Shop) -> dict[str, object]:
+    """What a notification can change, as counts."""
+    with shop.db.read() as s:
+
+        def count(sql: str) -> dict[str, int]:
+            return {str(k): int(n) for k, n in s.execute(text(sql)).tuples()}
+
+        return {
+            "orders": count("SELECT status, count(*) FROM orders_order GROUP BY status"),
+            "keys": count("SELECT status, count(*) FROM vault_key GROUP BY status"),
+            "inbox": count("SELECT 'rows', count(*) FROM payments_inbox"),
+            "notifications": count(
+                "SELECT verdict, count(*) FROM payments_notification GROUP BY verdict"
+            ),
+            "items": count("SELECT 'rows', count(*) FROM delivery_item"),
+            "jobs": count("SELECT kind, count(*) FROM kernel_outbox GROUP BY kind"),
+        }
+
+
+def _delivered(shop: fulfilment.Shop, order: orders.OrderView) -> dict[str, object]:
+    """One paid order as the notify transaction leaves it, with what differs by nature (its
+    number, ids, times) put as whether it is the order's own."""
+    no = order.order_no
+    with shop.db.read() as s:
+        o = orders.get_order(s, no)
+        keys = s.execute(
+            text(
+                "SELECT k.status, i.order_id = k.order_id FROM vault_key k "
+                "LEFT JOIN delivery_item i ON i.key_id = k.id WHERE k.order_id = :o ORDER BY k.id"
+            ),
+            {"o": order.id},
+        ).all()
+        inbox = s.execute(
+            text("SELECT order_id, amount_minor, currency FROM payments_inbox WHERE trade_no = :t"),
+            {"t": o.trade_no},
+        ).one()
+        notification = s.execute(
+            text(
+                "SELECT verdict, reason, detail, trade_no FROM payments_notification "
+                "WHERE order_no = :n"
+            ),
+            {"n": no},
+        ).one()
+        job = s.execute(
+            text("SELECT kind, payload FROM kernel_outbox WHERE ref = :n"), {"n": no}
+        ).one()
+    return {
+        "status": o.status,
+        "trade": o.trade_no == f"T{no}",
+        "paid and delivered at once": o.paid_at is not None and o.delivered_at == o.paid_at,
+        "keys": [(status, bool(itemised)) for status, itemised in keys],
+        "inbox": (inbox[0] == order.id, inbox[1] == order.amount_minor, inbox[2]),
+        "notification": (*notification[:3], notification[3] == f"T{no}"),
+        "job": (job[0], str(job[1]).replace(no, "NO")),
+    }
+
+
+def _reserved(shop: fulfilment.Shop, order: orders.OrderView) -> list[int]:
+    with shop.db.read() as s:
+        rows = s.execute(
+            text("SELECT id FROM vault_key WHERE order_id = :o ORDER BY id"), {"o": order.id}
+        )
+        return [k for (k,) in rows]
+
+
+def test_each_order_paid_together_ends_as_it_would_have_alone(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, [f"K-{n}" for n in range(12)])
+    group = [place(shop, sku.code, email=f"b{n}@example.com").order for n in range(3)]
+    group.append(place(shop, sku.code, 2, email="pair@example.com").order)
+    single = place(shop, sku.code, email="single@example.com").order
+    pair = place(shop, sku.code, 2, email="alone@example.com").order
+    reserved = {o.id: _reserved(shop, o) for o in group}
+
+    outcomes = fulfilment.handle_notifications_together(shop, [_raw(o) for o in group])
+    alone = [fulfilment.handle_notification(shop, _raw(o)) for o in (single, pair)]
+
+    gateway = shop.gateways.get("sandbox")
+    assert [o.order_no if o else None for o in outcomes] == [o.order_no for o in group]
+    for outcome in [*outcomes, *alone]:
+        assert outcome is not None
+        assert (outcome.verdict, outcome.reason, outcome.delivered) == ("accepted", None, True)
+        assert outcome.ack == gateway.acknowledge(None)
+    # Every row of each order is the one alone writes, and the keys it was sold are the ones
+    # it had reserved.
+    as_alone = {1: _delivered(shop, single), 2: _delivered(shop, pair)}
+    assert as_alone[2]["keys"] == [("sold", True)] * 2
+    for o in group:
+        assert _delivered(shop, o) == as_alone[o.quantity]
+        assert _reserved(shop, o) == reserved[o.id]
+    state = _state(shop)
+    assert state["orders"] == {"delivered": 6}
+    assert state["keys"] == {"sold": 8, "available": 4}
+    # A duplicate of one of them, later and alone, is acknowledged and changes nothing.
+    again = fulfilment.handle_notification(shop, _raw(group[0]))
+    assert again.verdict == "duplicate"
+    after = _state(shop)
+    assert after["notifications"] == {"accepted": 6, "duplicate": 1}
+    assert {**after, "notifications": None} == {**state, "notifications": None}
+
+
+def test_only_the_plain_case_is_applied_together(shop: fulfilment.Shop) -> None:
+    """A payment that would be rejected, or needs more than the plain path, is left to be
+    applied alone (None), and nothing is written for it here: alone records it, with its
+    reason."""
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    text_sku = goods_sku(shop, "GUIDE", "text", config={"max_sales": 5, "per_buyer_limit": 5})
+    add_keys(shop, text_sku, ["https://example.com/guide.pdf"])
+    good = [place(shop, sku.code, email=f"g{n}@example.com").order for n in range(2)]
+    mismatch, forged, twice, lapsed = (
+        place(shop, sku.code, email=f"{n}@example.com").order
+        for n in ("mismatch", "forged", "twice", "lapsed")
+    )
+    guide = place(shop, text_sku.code, email="guide@example.com").order
+    with shop.db.write() as s:
+        assert orders.move(s, lapsed.id, orders.OrderStatus.EXPIRED)
+    forged_body = sandbox_body(forged.order_no, 990)
+    unknown_gateway = payments.RawNotification(
+        gateway="nowhere", method="POST", headers={}, query={}, body=b"{}", remote_addr=None
+    )
+    raws = [
+        _raw(good[0]),
+        _raw(mismatch, amount=1),
+        raw_notification(forged_body, sign(forged_body, "some-other-secret-123456")),
+        _raw(twice),
+        _raw(twice, trade_no="T-second"),  # the same order again: alone, after the group
+        _raw(good[0], trade_no="T-again"),
+        _raw(lapsed),  # paid after its reservation lapsed
+        _raw(guide),  # not card keys
+        raw_notification(sandbox_body("K000000NOSUCHORDER", 990)),
+        raw_notification(sandbox_body(good[1].order_no, 990, status="pending")),
+        unknown_gateway,
+        _raw(good[1]),
+    ]
+    outcomes = fulfilment.handle_notifications_together(shop, raws)
+    assert [o is not None for o in outcomes] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    state = _state(shop)
+    assert state["orders"] == {"delivered": 3, "pending": 3, "expired": 1}
+    assert state["notifications"] == {"accepted": 3}
+    assert state["inbox"] == {"rows": 3}
+    # Alone, each of the others gets the answer it always had.
+    assert fulfilment.handle_notification(shop, raws[1]).reason == "amount-mismatch"
+    assert fulfilment.handle_notification(shop, raws[2]).reason == "bad-signature"
+    assert fulfilment.handle_notification(shop, raws[4]).reason == "duplicate-payment"
+    lapsed_paid = fulfilment.handle_notification(shop, raws[6])
+    assert (lapsed_paid.verdict, lapsed_paid.delivered) == ("accepted", True)
+    assert fulfilment.handle_notification(shop, raws[7]).delivered
+    with pytest.raises(NotFound):
+        fulfilment.handle_notification(shop, unknown_gateway)
+
+
+def _surprise(
+    shop: fulfilment.Shop,
+    case: str,
+    victim: orders.OrderView,
+    other: orders.OrderView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[payments.RawNotification]:
+    if case == "trade applied to another order before":
+        fulfilment.handle_notification(shop, _raw(other, trade_no="T-shared"))
+        return [_raw(victim, trade_no="T-shared")]
+    if case == "reservation lapsed":
+        with shop.db.write() as s:
+            s.execute(
+                text("UPDATE vault_key SET expires_at = '2000-01-01' WHERE order_id = :o"),
+                {"o": victim.id},
+            )
+        return [_raw(victim), _raw(other)]
+    assert case == "paid meanwhile by another trade"
+    with shop.db.write() as s:
+        assert orders.move(s, victim.id, orders.OrderStatus.PAID, trade_no="T-other")
+    real = orders.find_orders
+
+    def stale(s: Any, order_nos: list[str]) -> list[orders.OrderView | None]:
+        # As read a moment before the other trade paid it.
+        return [
+            o.model_copy(update={"status": orders.OrderStatus.PENDING}) if o else o
+            for o in real(s, order_nos)
+        ]
+
+    monkeypatch.setattr(orders, "find_orders", stale)
+    return [_raw(victim), _raw(other)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "trade applied to another order before",
+        "reservation lapsed",
+        "paid meanwhile by another trade",
+    ],
+)
+def test_a_group_that_meets_a_surprise_writes_nothing(
+    shop: fulfilment.Shop, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    victim, other, third = (
+        place(shop, sku.code, email=f"{n}@example.com").order for n in ("v", "o", "t")
+    )
+    raws = _surprise(shop, case, victim, other, monkeypatch)
+    raws.append(_raw(third))
+    before = _state(shop)
+    outcomes = fulfilment.handle_notifications_together(shop, raws)
+    assert outcomes == [None] * len(raws)
+    assert _state(shop) == before
+
+
+def test_fewer_than_two_to_apply_together_are_left_alone(shop: fulfilment.Shop) -> None:
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    a, b = (place(shop, sku.code, email=f"{n}@example.com").order for n in ("a", "b"))
+    before = _state(shop)
+    forged = _raw(b, signature=sign(sandbox_body(b.order_no, 990), "some-other-secret-123456"))
+    outcomes = fulfilment.handle_notifications_together(shop, [_raw(a), forged])
+    assert outcomes == [None, None]  # one verified payment: nothing gained by a group
+    assert fulfilment.handle_notifications_together(shop, []) == []
+    assert _state(shop) == before
+
+
+def _post_at_once(base: str, raws: list[payments.RawNotification]) -> list[bytes]:
+    """POST each notification on a connection of its own, all sent before any answer is read,
+    so that the server reads them in the same pass of its loop; the answers' status lines."""
+    host, port = base.removeprefix("http://").split(":")
+    conns = [socket.create_connection((host, int(port))) for _ in raws]
+    try:
+        for conn, raw in zip(conns, raws, strict=True):
+            head = (
+                f"POST /api/v1/payments/sandbox/notify HTTP/1.1\r\nHost: {host}\r\n"
+                f"X-Sandbox-Signature: {raw.headers['x-sandbox-signature']}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(raw.body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            conn.sendall(head.encode() + raw.body)
+        answers = []
+        for conn in conns:
+            conn.settimeout(30)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            answers.append(data.split(b"\r\n", 1)[0])
+        return answers
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_the_server_applies_the_notifications_it_reads_at_once_as_one_group(
+    served: str, shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    real = fulfilment.handle_notifications_together
+
+    def counted(
+        shop: fulfilment.Shop, raws: list[payments.RawNotification]
+    ) -> list[fulfilment.Outcome | None]:
+        outcomes = real(shop, raws)
+        sizes.append(sum(o is not None for o in outcomes))
+        return outcomes
+
+    monkeypatch.setattr(fulfilment, "handle_notifications_together", counted)
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, [f"K-{n}" for n in range(40)])
+    paid: list[orders.OrderView] = []
+    # Whether the server reads them in one pass is up to the machine: a few rounds at most.
+    for round_no in range(5):
+        batch = [
+            place(shop, sku.code, email=f"r{round_no}-{n}@example.com").order for n in range(8)
+        ]
+        assert _post_at_once(served, [_raw(o) for o in batch]) == [b"HTTP/1.1 200 OK"] * 8
+        paid += batch
+        if shop.db.dialect == "sqlite" or any(n > 1 for n in sizes):
+            break
+    state = _state(shop)
+    assert state["orders"] == {"delivered": len(paid)}
+    assert state["notifications"] == {"accepted": len(paid)}
+    assert len({k for o in paid for k in _reserved(shop, o)}) == len(paid)
+    if shop.db.dialect == "postgresql":
+        assert any(n > 1 for n in sizes), sizes
+    else:  # SQLite's one writer already takes the waiting calls in one hold (decision 0015)
+        assert sizes == []
