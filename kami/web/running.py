@@ -107,6 +107,33 @@ async def run_together(
     would wait for a lock, or fails. A group holds `most` calls at most; the next to join
     starts another. As `run_first`, without a turn."""
     _turns().storm()
+    return await _joined(key, item, together, alone, most)
+
+
+async def run_payment_together(
+    key: Hashable,
+    item: Item,
+    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    alone: Callable[[], Awaitable[R]],
+    *,
+    most: int,
+) -> R:
+    """As `run_together`, for payment notifications (decision 0022): those read in the same pass
+    of the event loop run as one call of `together`. As `run_payment`, with a turn only while
+    a flash sale is selling on this loop; `alone` must then take none (`run_now`)."""
+    turns = _turns()
+    if turns.storming():
+        await turns.take(PAYMENT)
+    return await _joined(key, item, together, alone, most)
+
+
+async def _joined(
+    key: Hashable,
+    item: Item,
+    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    alone: Callable[[], Awaitable[R]],
+    most: int,
+) -> R:
     outcome = await _gathering().join(key, item, together, most)
     if outcome is _ALONE:
         return await alone()
@@ -156,7 +183,7 @@ class _Gathering:
             except waiting.WouldWait:
                 pass  # each on its own, where it may wait
             except Exception:
-                log.exception("checkouts placed together failed; each is placed alone")
+                log.exception("calls run together failed; each runs alone")
         for (_, joined), outcome in zip(live, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 joined.set_exception(outcome)
@@ -267,7 +294,9 @@ L = TypeVar("L")
 
 def _of_loop(kind: Callable[[asyncio.AbstractEventLoop], L]) -> L:
     loop = asyncio.get_running_loop()
-    mine = _by_loop.setdefault(loop, {})
+    mine = _by_loop.get(loop)
+    if mine is None:  # setdefault would build a dict and a weak reference on every call
+        mine = _by_loop[loop] = {}
     found = mine.get(kind)
     if found is None:
         found = mine[kind] = kind(loop)

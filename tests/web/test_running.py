@@ -538,4 +538,64 @@ def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
     assert run_async(lambda: scene(would_wait)) == ["a alone", "b alone"]
     with caplog.at_level(logging.ERROR, logger="kami.web.running"):
         assert run_async(lambda: scene(fails)) == ["a alone", "b alone"]
-    assert "placed together failed" in caplog.text
+    assert "run together failed" in caplog.text
+
+
+def test_payments_read_in_one_pass_run_as_one_group_after_their_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decision 0022: payment notifications that join in the same pass run as one call of
+    `together`; during a flash sale each first takes its turn (PAYMENTS_PER_PASS per pass), so
+    the payments released in one pass form one group, and one that runs alone takes no second
+    turn. Outside a sale there is no turn: those read together run together at once."""
+    monkeypatch.setattr(running, "PAYMENTS_PER_PASS", 2)
+    groups: list[list[str]] = []
+    ran: list[str] = []
+
+    def together(items: list[str]) -> list[object]:
+        groups.append(items)
+        ran.extend(items)
+        return [None if i.endswith("alone") else i.upper() for i in items]
+
+    async def payment(item: str) -> object:
+        async def alone() -> object:
+            return await running.run_now(lambda: ran.append(item) or f"{item} by itself")
+
+        return await running.run_payment_together("pay", item, together, alone, most=8)
+
+    async def scene() -> list[object]:
+        quiet = await asyncio.gather(payment("a"), payment("b alone"), payment("c"))
+        await running.run_first(ran.append, "flash")
+        other = asyncio.create_task(running.run(ran.append, "other"))
+        stormy = asyncio.gather(*(payment(p) for p in ("d", "e alone", "f", "g", "h")))
+        return [*quiet, *(await stormy), await other]
+
+    assert run_async(scene) == [
+        "A",
+        "b alone by itself",
+        "C",
+        "D",
+        "e alone by itself",
+        "F",
+        "G",
+        "h by itself",
+        None,
+    ]
+    assert groups == [["a", "b alone", "c"], ["d", "e alone"], ["f", "g"]]
+    # "h", alone in its pass's group, ran by itself; "e alone" without a second turn, before
+    # the next pass's payments. (The other call released with "d" and "e" ran a pass before
+    # their group, which gathers for one pass.)
+    assert ran == [
+        "a",
+        "b alone",
+        "c",
+        "b alone",
+        "flash",
+        "other",
+        "d",
+        "e alone",
+        "e alone",
+        "f",
+        "g",
+        "h",
+    ]
