@@ -227,7 +227,8 @@ class LeanCursor:
             self.rowcount = count if count is not None else -1
 
     def _together(self, last: Sequence[_Bound], *, commit: bool = False) -> list[pq.abc.PGresult]:
-        """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open, the
+        """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open (and the
+        connection is not in autocommit), the
         statements kept for later, then those of `last`, then COMMIT if asked; the results of
         `last`'s. The first failure is raised, with `failed_sql` naming a kept statement that
         failed; what follows a failure is not run, and the transaction is left failed, as when
@@ -237,7 +238,7 @@ class LeanCursor:
         sent: list[str | None] = []  # per statement: its SQL if kept for later, else None
         pgconn.enter_pipeline_mode()
         try:
-            if pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            if pgconn.transaction_status == pq.TransactionStatus.IDLE and not self._conn.autocommit:
                 pgconn.send_query_params(b"BEGIN", None)
                 sent.append(None)
             for sql, name, values, formats in kept:

@@ -305,7 +305,7 @@ def sell_reserved_each(
     sold = _SELL.run_each(
         session, [{"b_order": order_id, "b_now": now, "b_sold_at": now} for order_id, _ in reserved]
     )
-    keys = [list(rows.scalars()) for rows in sold]
+    keys = [sorted(rows.scalars()) for rows in sold]  # in key order, as `sell_reserved`
     if any(len(k) != quantity for k, (_, quantity) in zip(keys, reserved, strict=True)):
         return None
     return keys

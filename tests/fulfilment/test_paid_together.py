@@ -52,7 +52,7 @@ def _delivered(shop: fulfilment.Shop, order: orders.OrderView) -> dict[str, obje
         o = orders.get_order(s, no)
         keys = s.execute(
             text(
-                "SELECT k.status, i.order_id = k.order_id FROM vault_key k "
+                "SELECT k.status, i.order_id = k.order_id, i.position FROM vault_key k "
                 "LEFT JOIN delivery_item i ON i.key_id = k.id WHERE k.order_id = :o ORDER BY k.id"
             ),
             {"o": order.id},
@@ -75,7 +75,8 @@ def _delivered(shop: fulfilment.Shop, order: orders.OrderView) -> dict[str, obje
         "status": o.status,
         "trade": o.trade_no == f"T{no}",
         "paid and delivered at once": o.paid_at is not None and o.delivered_at == o.paid_at,
-        "keys": [(status, bool(itemised)) for status, itemised in keys],
+        # Each key sold and itemised, the items numbered in key order.
+        "keys": [(status, bool(itemised), position) for status, itemised, position in keys],
         "inbox": (inbox[0] == order.id, inbox[1] == order.amount_minor, inbox[2]),
         "notification": (*notification[:3], notification[3] == f"T{no}"),
         "job": (job[0], str(job[1]).replace(no, "NO")),
@@ -92,15 +93,15 @@ def _reserved(shop: fulfilment.Shop, order: orders.OrderView) -> list[int]:
 
 def test_each_order_paid_together_ends_as_it_would_have_alone(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop, price=990)
-    add_keys(shop, sku, [f"K-{n}" for n in range(12)])
+    add_keys(shop, sku, [f"K-{n}" for n in range(14)])
     group = [place(shop, sku.code, email=f"b{n}@example.com").order for n in range(3)]
-    group.append(place(shop, sku.code, 2, email="pair@example.com").order)
+    group.append(place(shop, sku.code, 3, email="three@example.com").order)
     single = place(shop, sku.code, email="single@example.com").order
-    pair = place(shop, sku.code, 2, email="alone@example.com").order
+    three = place(shop, sku.code, 3, email="alone@example.com").order
     reserved = {o.id: _reserved(shop, o) for o in group}
 
     outcomes = fulfilment.handle_notifications_together(shop, [_raw(o) for o in group])
-    alone = [fulfilment.handle_notification(shop, _raw(o)) for o in (single, pair)]
+    alone = [fulfilment.handle_notification(shop, _raw(o)) for o in (single, three)]
 
     gateway = shop.gateways.get("sandbox")
     assert [o.order_no if o else None for o in outcomes] == [o.order_no for o in group]
@@ -110,20 +111,40 @@ def test_each_order_paid_together_ends_as_it_would_have_alone(shop: fulfilment.S
         assert outcome.ack == gateway.acknowledge(None)
     # Every row of each order is the one alone writes, and the keys it was sold are the ones
     # it had reserved.
-    as_alone = {1: _delivered(shop, single), 2: _delivered(shop, pair)}
-    assert as_alone[2]["keys"] == [("sold", True)] * 2
+    as_alone = {1: _delivered(shop, single), 3: _delivered(shop, three)}
+    assert as_alone[3]["keys"] == [("sold", True, 1), ("sold", True, 2), ("sold", True, 3)]
     for o in group:
         assert _delivered(shop, o) == as_alone[o.quantity]
         assert _reserved(shop, o) == reserved[o.id]
     state = _state(shop)
     assert state["orders"] == {"delivered": 6}
-    assert state["keys"] == {"sold": 8, "available": 4}
+    assert state["keys"] == {"sold": 10, "available": 4}
     # A duplicate of one of them, later and alone, is acknowledged and changes nothing.
     again = fulfilment.handle_notification(shop, _raw(group[0]))
     assert again.verdict == "duplicate"
     after = _state(shop)
     assert after["notifications"] == {"accepted": 6, "duplicate": 1}
     assert {**after, "notifications": None} == {**state, "notifications": None}
+
+
+def test_an_orders_items_are_numbered_in_key_order_as_alone(shop: fulfilment.Shop) -> None:
+    """Checkouts given up put their keys back on sale, after which PostgreSQL keeps the rows
+    out of key order, and an UPDATE … RETURNING answers in the order it finds them."""
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, [f"K-{n}" for n in range(12)])
+    for quantity in (3, 1, 2):
+        given_up = place(shop, sku.code, quantity, email=f"c{quantity}@example.com")
+        fulfilment.cancel_order(shop, given_up.order.order_no, given_up.access_token)
+    place(shop, sku.code, 3, email="x@example.com")
+    other = place(shop, sku.code, 1, email="o@example.com").order
+    three = place(shop, sku.code, 3, email="v@example.com").order
+    assert all(fulfilment.handle_notifications_together(shop, [_raw(three), _raw(other)]))
+    with shop.db.read() as s:
+        items = s.execute(
+            text("SELECT key_id FROM delivery_item WHERE order_id = :o ORDER BY position"),
+            {"o": three.id},
+        ).scalars()
+        assert list(items) == sorted(_reserved(shop, three))
 
 
 def test_only_the_plain_case_is_applied_together(shop: fulfilment.Shop) -> None:

@@ -332,6 +332,10 @@ def test_one_statement_run_for_each_of_many_goes_out_in_one_round_trip(shop: Sho
     with shop.db.write() as s:  # through `Prepared.run_each`, as the domains use it
         rows = _ATTEMPTS.run_each(s, [{"ref": "e3"}, {"ref": "nothing"}])
     assert [r.all() for r in rows] == [[(0,)], []]
+    with shop.db.read() as s:  # a read runs in autocommit: no BEGIN, no transaction left open
+        rows = _ATTEMPTS.run_each(s, [{"ref": "e4"}, {"ref": "e3"}])
+        assert [r.all() for r in rows] == [[(0,)], [(0,)]]
+        assert _driver(s).pgconn.transaction_status == pq.TransactionStatus.IDLE
 
 
 def _outbox_ids(shop: Shop, first: int) -> list[int]:
