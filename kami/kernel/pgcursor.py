@@ -136,19 +136,28 @@ class LeanCursor:
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
         # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
         begin = idle and not self._conn.autocommit
+        alone = not self._kept  # nothing kept goes out with it
         try:
-            if begin or self._kept:
+            if begin or not alone:
                 result = self._together([bound])[0]
             else:
                 result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
         except errors.InvalidSqlStatementName:
             # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
-            # are prepared again. Outside a transaction nothing was spoilt, so it runs again, once.
+            # are prepared again. Outside a transaction nothing was spoilt, and a transaction
+            # this statement began had nothing else in it (BEGIN and the statement: it is rolled
+            # back), so it runs again, once. Inside a transaction begun before, it cannot.
             self._names.clear()
-            if begin or not idle:
+            if not (idle and alone):
                 raise
-            _, name, values, formats = self._bind(sql, params)
-            result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
+            if begin:
+                self._check(pgconn.exec_(b"ROLLBACK"))
+            bound = self._bind(sql, params)
+            if begin:
+                result = self._together([bound])[0]
+            else:
+                _, name, values, formats = bound
+                result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
         assert result is not None
         self._set(result)
 

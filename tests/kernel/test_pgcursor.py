@@ -262,18 +262,29 @@ def test_a_transactions_begin_goes_with_its_first_statement(shop: Shop) -> None:
         conn.rollback()
 
 
-def test_a_first_statement_deallocated_behind_our_back_fails_once(shop: Shop) -> None:
+def test_a_first_statement_deallocated_behind_our_back_runs_again(shop: Shop) -> None:
+    """BEGIN went out with it, and the transaction was nothing else: it is rolled back and the
+    statement, prepared again, runs in a new one. With a statement kept for later before it,
+    or inside a transaction begun before, it fails: what went before cannot be run again."""
     with shop.db.write() as s:
         enqueue(s, "k", {}, ref="f")
         first = _driver(s)
     with shop.db.write() as s:
         assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0
         s.execute(text("DEALLOCATE ALL"))
+    with shop.db.write() as s:
+        assert _driver(s) is first
+        assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0
+        enqueue(s, "k", {}, ref="f2")  # the transaction goes on, and commits
+    with shop.db.write() as s:
+        assert _ATTEMPTS.run(s, {"ref": "f2"}).scalar_one() == 0
+        s.execute(text("DEALLOCATE ALL"))
+    now = utcnow()
     with pytest.raises(ProgrammingError, match="does not exist"), shop.db.write() as s:
-        assert _driver(s) is first
-        _ATTEMPTS.run(s, {"ref": "f"})  # BEGIN went with it: the transaction cannot go on
-    with shop.db.write() as s:  # prepared again
-        assert _driver(s) is first
+        _INSERT_WITH_ID.run_later(s, {"id": 10_270, "ref": "f3", "now": now})
+        _ATTEMPTS.run(s, {"ref": "f"})
+    assert _outbox_ids(shop, 10_270) == []
+    with shop.db.write() as s:  # on a connection of its own: one that failed is not kept
         assert _ATTEMPTS.run(s, {"ref": "f"}).scalar_one() == 0
 
 
