@@ -48,6 +48,10 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
+# A group's call (`run_together`): the items in the order they joined, to an outcome for each
+# (a value, an exception to raise, or None: run alone).
+Together = Callable[[list[Item]], Sequence[R | BaseException | None]]
+
 # Ranks in SQLite's writer queue (`WriterQueue.run_held`): a higher one goes first.
 OTHER, PAYMENT, FLASH = 0, 1, 2
 
@@ -95,7 +99,7 @@ async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 async def run_together(
     key: Hashable,
     item: Item,
-    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    together: Together[Item, R],
     alone: Callable[[], Awaitable[R]],
     *,
     most: int,
@@ -113,7 +117,7 @@ async def run_together(
 async def run_payment_together(
     key: Hashable,
     item: Item,
-    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    together: Together[Item, R],
     alone: Callable[[], Awaitable[R]],
     *,
     most: int,
@@ -134,7 +138,7 @@ async def run_payment_together(
 async def _joined(
     key: Hashable,
     item: Item,
-    together: Callable[[list[Item]], Sequence[R | BaseException | None]],
+    together: Together[Item, R],
     alone: Callable[[], Awaitable[R]],
     most: int,
 ) -> R:
