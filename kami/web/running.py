@@ -190,8 +190,10 @@ class _Gathering:
                     outcomes = list(together([item for item, _ in live]))
             except waiting.WouldWait:
                 pass  # each on its own, where it may wait
-            except Exception:
-                log.exception("calls run together failed; each runs alone")
+            except Exception as exc:
+                # By its type only, as a failure that leaves the app (invariant 5): a payment
+                # notification's error may quote what the channel sent.
+                log.error("calls run together failed (%s); each runs alone", type(exc).__name__)
         for (_, joined), outcome in zip(live, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 joined.set_exception(outcome)

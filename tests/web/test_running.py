@@ -524,7 +524,7 @@ def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
         raise waiting.WouldWait("a lock")
 
     def fails(items: list[str]) -> list[object]:
-        raise RuntimeError("broken")
+        raise RuntimeError("broken: secret-token-123")
 
     async def scene(together: Callable[[list[str]], list[object]]) -> list[object]:
         async def one(item: str) -> object:
@@ -538,7 +538,8 @@ def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
     assert run_async(lambda: scene(would_wait)) == ["a alone", "b alone"]
     with caplog.at_level(logging.ERROR, logger="kami.web.running"):
         assert run_async(lambda: scene(fails)) == ["a alone", "b alone"]
-    assert "run together failed" in caplog.text
+    assert "run together failed (RuntimeError)" in caplog.text
+    assert "secret-token-123" not in caplog.text
 
 
 def test_payments_read_in_one_pass_run_as_one_group_after_their_turn(
