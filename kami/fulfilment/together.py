@@ -7,13 +7,16 @@ placed together, with the statements of one: the SKU read with every buyer's loc
 of all their orders, one INSERT of all the orders, one claim that hands each order its keys,
 one quota UPDATE, one COMMIT. Every rule is the one `checkout.open_order` applies, in the
 same order, and each buyer gets the answer they would have had alone, as if the group had come
-one after another in arrival order.
+one after another in arrival order. An Idempotency-Key used before is answered as alone, with
+its order or a 409, and a new one is written with its order (since 2026-12-07: the shop's own
+checkout form sends one with every order).
 
 The group never decides what it cannot be sure of. Whenever the answer would need what only
 the single path does (a lapsed reservation to put back first, stock shorter than the quota,
 the quota taken meanwhile by another process, an SKU not sold as card keys, an
-Idempotency-Key), the transaction is rolled back, nothing is written, and each checkout is
-placed alone (`None`).
+Idempotency-Key taken meanwhile by another process), the transaction is rolled back, nothing
+is written, and each checkout is placed alone (`None`). A key that comes twice in one group is
+placed alone the second time, after the group.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 from sqlalchemy import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami import catalog, orders, vault
@@ -51,12 +56,13 @@ MAX_UNITS = 64
 
 @dataclass(frozen=True, slots=True)
 class Checkout:
-    """One buyer's checkout, as `open_order` takes it (without an Idempotency-Key)."""
+    """One buyer's checkout, as `open_order` takes it."""
 
     data: orders.OrderIn
     buyer_ip: str | None = None
     device_id: str | None = None
     channel: str = "shop"
+    idempotency_key: str | None = None
 
 
 # What a checkout of a group comes to: its order, its refusal, or None: to be placed alone.
@@ -90,9 +96,14 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
     outcomes: list[Outcome] = list(alone)
     members: list[int] = []
     units = 0
+    idempotency_keys: set[str] = set()  # one a second time in the group: alone, after
     for i, c in enumerate(checkouts):
         if c.data.sku != code or len(members) == MAX_GROUP or units + c.data.quantity > MAX_UNITS:
             continue
+        if c.idempotency_key is not None:
+            if c.idempotency_key in idempotency_keys:
+                continue
+            idempotency_keys.add(c.idempotency_key)
         try:
             shop.gateways.get(c.data.gateway)
         except NotFound as exc:
@@ -123,7 +134,7 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
             if sale is None or sku.delivery_kind != catalog.DeliveryKind.CARD_KEY:
                 raise _Alone
             _place_together(s, shop, sku, sale, checkouts, members, outcomes, sold_out_units)
-    except _Alone:
+    except (_Alone, IntegrityError):  # IntegrityError: a key another process took meanwhile
         return alone
     for quantity in sold_out_units:
         shop.mark_sold_out(code, quantity)
@@ -141,6 +152,16 @@ def _place_together(
     sold_out_units: list[int],
 ) -> None:
     """`checkout._place` for the members, in arrival order; raises _Alone to roll back."""
+    # As alone, a key used before is answered first: with its order, or with a 409.
+    keyed = [i for i in members if checkouts[i].idempotency_key is not None]
+    if keyed:
+        asked = [(cast(str, checkouts[i].idempotency_key), checkouts[i].data) for i in keyed]
+        for i, earlier in zip(keyed, orders.find_idempotent_each(s, asked), strict=True):
+            if isinstance(earlier, KamiError):
+                outcomes[i] = earlier
+            elif earlier is not None:
+                outcomes[i] = OpenedOrder(earlier, False, checkouts[i].buyer_ip)
+        members = [i for i in members if outcomes[i] is None]
     now = utcnow()
     inputs: dict[int, dict[str, str]] = {}
     for i in members:
@@ -192,6 +213,7 @@ def _place_together(
             checkouts[i].buyer_ip,
             checkouts[i].device_id,
             checkouts[i].channel,
+            checkouts[i].idempotency_key,
         )
         for i in accepted
     ]

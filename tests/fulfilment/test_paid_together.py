@@ -348,6 +348,7 @@ def test_the_server_applies_a_flash_sales_payments_read_at_once_as_one_group(
                     "email": f"r{round_no}-{n}@example.com",
                     "gateway": "sandbox",
                 },
+                headers={"Idempotency-Key": f"key-{round_no}-{n}"},  # as the checkout form
             )
             assert r.status_code == 201, r.text
             with shop.db.read() as s:
@@ -356,6 +357,12 @@ def test_the_server_applies_a_flash_sales_payments_read_at_once_as_one_group(
         paid += batch
         if shop.db.dialect == "sqlite" or any(n > 1 for n in sizes):
             break
+    replay = httpx.post(
+        f"{served}/api/v1/orders",
+        json={"sku": "FLASH", "quantity": 1, "email": "r0-0@example.com", "gateway": "sandbox"},
+        headers={"Idempotency-Key": "key-0-0"},
+    )
+    assert replay.json()["order_no"] == paid[0].order_no
     state = _state(shop)
     assert state["orders"] == {"delivered": len(paid)}
     assert state["notifications"] == {"accepted": len(paid)}

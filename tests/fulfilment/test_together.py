@@ -222,6 +222,73 @@ def test_a_lapsed_reservation_sends_the_group_alone_and_is_put_back_by_it(
     assert exc.value.slug == "sold-out"
 
 
+def test_idempotency_keys_are_answered_in_a_group_as_alone(shop: fulfilment.Shop) -> None:
+    """A key used before gets its order back (or a 409 for another body), a new one is written
+    with its order, and one that comes twice in the group is placed alone the second time."""
+    sku = make_sku(shop, "FLASH", max_quantity=3)
+    add_keys(shop, sku, [f"K-{n}" for n in range(10)])
+    open_flash_sale(shop, "FLASH", quota=10, limit=3)
+    before = fulfilment.open_order(
+        shop, _checkout("a@example.com").data, idempotency_key="key-a"
+    ).order
+
+    def keyed(email: str, key: str, quantity: int = 1) -> fulfilment.Checkout:
+        c = _checkout(email, quantity=quantity)
+        return dataclasses.replace(c, idempotency_key=key)
+
+    group = [
+        keyed("a@example.com", "key-a"),  # a retry: the order placed before
+        keyed("b@example.com", "key-a"),  # the same key, another body: in the group, alone
+        keyed("c@example.com", "key-c"),
+        keyed("c@example.com", "key-c"),  # a retry within the group: alone, after it
+        keyed("d@example.com", "key-a", quantity=2),
+        _checkout("e@example.com"),
+    ]
+    outcomes = fulfilment.open_orders_together(shop, group)
+    assert [_answer(o) for o in outcomes] == [
+        "placed",
+        "alone",
+        "placed",
+        "alone",
+        "alone",
+        "placed",
+    ]
+    replay, new_c = outcomes[0], outcomes[2]
+    assert isinstance(replay, fulfilment.OpenedOrder) and isinstance(new_c, fulfilment.OpenedOrder)
+    assert (replay.order.order_no, replay.created) == (before.order_no, False)
+    assert new_c.created
+    assert _state(shop)["pending"] == 3  # a's from before, c's and e's
+    # Alone afterwards, each gets what alone gives: the 409, and c's retry its order.
+    with pytest.raises(KamiError) as exc:
+        fulfilment.open_order(shop, group[1].data, idempotency_key="key-a")
+    assert exc.value.slug == "idempotency-key-reused"
+    again = fulfilment.open_order(shop, group[3].data, idempotency_key="key-c")
+    assert (again.order.order_no, again.created) == (new_c.order.order_no, False)
+    # Another body under a key used before, first in its group: the 409 is its answer there.
+    clash = fulfilment.open_orders_together(
+        shop, [keyed("x@example.com", "key-c"), _checkout("y@example.com")]
+    )
+    assert [_answer(o) for o in clash] == ["idempotency-key-reused", "placed"]
+
+
+def test_a_key_taken_meanwhile_sends_the_group_alone(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
+    open_flash_sale(shop, "FLASH", quota=5, limit=3)
+    fulfilment.open_order(shop, _checkout("a@example.com").data, idempotency_key="taken")
+    # As if another process wrote it after this group looked for it.
+    monkeypatch.setattr(orders, "find_idempotent_each", lambda s, asked: [None] * len(asked))
+    before = _state(shop)
+    group = [
+        dataclasses.replace(_checkout("a@example.com"), idempotency_key="taken"),
+        _checkout("b@example.com"),
+    ]
+    assert fulfilment.open_orders_together(shop, group) == [None, None]
+    assert _state(shop) == before
+
+
 @pytest.mark.parametrize("case", ["no-sale", "not-card-keys", "one", "sold-out-memory"])
 def test_what_is_never_placed_together(shop: fulfilment.Shop, case: str) -> None:
     sku = make_sku(shop, "FLASH")

@@ -51,17 +51,18 @@ async def create_order(
         await running.run_now(shop.read_flash_sales)
     on_sale = shop.on_flash_sale(body.sku)
     buyer_ip, device = client_ip(request), device_id(request)
-    if on_sale and idempotency_key is None and shop.db.dialect == "postgresql":
+    if on_sale and shop.db.dialect == "postgresql":
         # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
         opened = await running.run_together(
             ("checkout", body.sku),
-            fulfilment.Checkout(body, buyer_ip, device),
+            fulfilment.Checkout(body, buyer_ip, device, idempotency_key=idempotency_key),
             partial(fulfilment.open_orders_together, shop),
             partial(
                 running.run_first,
                 fulfilment.open_order,
                 shop,
                 body,
+                idempotency_key=idempotency_key,
                 buyer_ip=buyer_ip,
                 device_id=device,
             ),
