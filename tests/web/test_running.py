@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -166,9 +167,8 @@ def test_during_a_flash_sale_its_checkouts_go_first_and_payments_take_turns(
     ]
 
 
-def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
-    client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _checkouts_run_by(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the `running` functions that run each checkout (`open_order`) from now on."""
     used: list[str] = []
 
     def recorder(name: str) -> Callable[..., Awaitable[object]]:
@@ -183,6 +183,10 @@ def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
 
     for name in ("run", "run_first"):
         monkeypatch.setattr(running, name, recorder(name))
+    return used
+
+
+def _plain_and_flash(shop: Shop) -> None:
     for code in ("PLAIN", "FLASH"):
         add_keys(shop, make_sku(shop, code), [f"{code}-{n}" for n in range(3)])
     now = utcnow()
@@ -197,10 +201,42 @@ def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
                 quota=3,
             ),
         )
+
+
+def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
+    client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = _checkouts_run_by(monkeypatch)
+    _plain_and_flash(shop)
     for code, n in (("PLAIN", 0), ("FLASH", 1), ("PLAIN", 2)):
         order = dict(ORDER, sku=code, email=f"b{n}@example.com")
         assert client.post("/api/v1/orders", json=order).status_code == 201
     assert used == ["run", "run_first", "run"]
+
+
+def test_the_checkout_forms_orders_go_the_way_the_apis_do(
+    client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storefront's form runs its checkout on the loop, a flash sale's first (and on
+    PostgreSQL in a group), with its Idempotency-Key: the same form sent twice is one order."""
+    used = _checkouts_run_by(monkeypatch)
+    _plain_and_flash(shop)
+    locations = []
+    for n, code in enumerate(("PLAIN", "FLASH", "FLASH")):
+        client.cookies.clear()  # another buyer, on another device
+        page = client.get(f"/checkout/{code}").text
+        fields = dict(re.findall(r'name="(csrf_token|idempotency)" value="([^"]+)"', page))
+        form = {"email": f"b{n}@example.com", "quantity": "1", "gateway": "sandbox", **fields}
+        for _ in range(1 if code == "PLAIN" else 2):  # a flash sale's buyer presses twice
+            r = client.post(f"/checkout/{code}", data=form, follow_redirects=False)
+            assert r.status_code == 303, r.text
+            locations.append(r.headers["location"].split("#")[0])
+    assert used == ["run", *(["run_first"] * 4)]
+    assert locations[1] == locations[2] and locations[3] == locations[4]
+    assert len(set(locations)) == 3
+    with shop.db.read() as s:
+        count = s.execute(text("SELECT count(*) FROM orders_order")).scalar_one()
+    assert count == 3
 
 
 def test_turns_skip_a_caller_that_went_away() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request, Response
 
 from kami import catalog, delivery, fulfilment, orders, payments, vault
-from kami.web import running
+from kami.web import ordering, running
 from kami.web.api.schemas import (
     CreatedOrderOut,
     OrderOut,
@@ -46,38 +46,13 @@ async def create_order(
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> CreatedOrderOut:
     await rate_limit_on_loop(request, "orders")
-    # A flash sale's checkouts go first (decision 0018).
-    if shop.flash_sales_stale():
-        await running.run_now(shop.read_flash_sales)
-    on_sale = shop.on_flash_sale(body.sku)
-    buyer_ip, device = client_ip(request), device_id(request)
-    if on_sale and shop.db.dialect == "postgresql":
-        # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
-        opened = await running.run_together(
-            ("checkout", body.sku),
-            fulfilment.Checkout(body, buyer_ip, device, idempotency_key=idempotency_key),
-            partial(fulfilment.open_orders_together, shop),
-            partial(
-                running.run_first,
-                fulfilment.open_order,
-                shop,
-                body,
-                idempotency_key=idempotency_key,
-                buyer_ip=buyer_ip,
-                device_id=device,
-            ),
-            most=fulfilment.together.MAX_GROUP,
-        )
-    else:
-        opened = await (running.run_first if on_sale else running.run)(
-            fulfilment.open_order,
-            shop,
-            body,
-            idempotency_key=idempotency_key,
-            buyer_ip=buyer_ip,
-            device_id=device,
-        )
-    placed = await running.run_now(fulfilment.request_payment, shop, opened)
+    placed = await ordering.place_order(
+        shop,
+        body,
+        idempotency_key=idempotency_key,
+        buyer_ip=client_ip(request),
+        device_id=device_id(request),
+    )
     o = placed.order
     response.headers["Location"] = f"/api/v1/orders/{o.order_no}"
     return CreatedOrderOut(

@@ -8,6 +8,7 @@ form redirects to the order page, and the browser carries the fragment over the 
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from kami import catalog, fulfilment, orders, payments
 from kami.kernel.errors import KamiError, NotFound
 from kami.kernel.ids import new_token
-from kami.web.deps import ShopDep, client_ip, device_id, rate_limit
+from kami.web import ordering
+from kami.web.deps import ShopDep, client_ip, device_id, rate_limit_on_loop
 from kami.web.i18n import Translator
 from kami.web.inputs import CheckedRoute, check_text
 from kami.web.storefront.rendering import CSRF_FIELD, check_csrf, render, translator
@@ -87,16 +89,13 @@ def _problem_text(t: Translator, sku: catalog.PublicSku, where: str, slug: str) 
 
 @router.post("/checkout/{sku_code}", response_class=HTMLResponse)
 async def checkout_submit(sku_code: str, request: Request, shop: ShopDep) -> Response:
+    """The form's checkout goes the way the JSON API's does (`web.ordering`): on the event loop,
+    a flash sale's first and, on PostgreSQL, placed together with the others of its pass. The
+    pages themselves are built on a worker thread, as every page is."""
     form = await request.form()
     fields = {k: check_text(str(v), k) for k, v in form.items() if isinstance(v, str)}
     check_csrf(request, fields.get(CSRF_FIELD))
-    return await run_in_threadpool(_submit, sku_code, request, shop, fields)
-
-
-def _submit(
-    sku_code: str, request: Request, shop: fulfilment.Shop, fields: dict[str, str]
-) -> Response:
-    product, sku = find_sku(shop, sku_code)
+    product, sku = await run_in_threadpool(find_sku, shop, sku_code)
     t = translator(request)
     buyer_input = {
         k.removeprefix(INPUT_PREFIX): v.strip()
@@ -115,8 +114,8 @@ def _submit(
             gateway=fields.get("gateway", ""),
             buyer_input=buyer_input or None,
         )
-        rate_limit(request, "orders")
-        placed = fulfilment.place_order(
+        await rate_limit_on_loop(request, "orders")
+        placed = await ordering.place_order(
             shop,
             data,
             idempotency_key=fields.get("idempotency") or None,
@@ -126,19 +125,28 @@ def _submit(
     except ValidationError as exc:
         where = ".".join(str(p) for p in exc.errors()[0]["loc"])
         message = _problem_text(t, sku, where, "")
-        return _checkout(request, shop, product, sku, values=fields, error=message, status_code=422)
-    except KamiError as exc:
-        message = _problem_text(t, sku, exc.where or "", exc.slug or "")
-        return _checkout(
+        return await run_in_threadpool(
+            partial(_checkout, values=fields, error=message, status_code=422),
             request,
             shop,
             product,
             sku,
-            values=fields,
-            error=message,
-            detail=exc.detail,
-            status_code=exc.status,
         )
+    except KamiError as exc:
+        message = _problem_text(t, sku, exc.where or "", exc.slug or "")
+        return await run_in_threadpool(
+            partial(
+                _checkout, values=fields, error=message, detail=exc.detail, status_code=exc.status
+            ),
+            request,
+            shop,
+            product,
+            sku,
+        )
+    return await run_in_threadpool(_placed, request, shop, placed)
+
+
+def _placed(request: Request, shop: fulfilment.Shop, placed: fulfilment.PlacedOrder) -> Response:
     order, token = placed.order, placed.access_token
     if order.gateway == "sandbox" and placed.payment.url:
         return RedirectResponse(f"/pay/sandbox/{order.order_no}#t={token}", status_code=303)

@@ -1,0 +1,55 @@
+"""Placing an order from a request, the way every buyer's checkout goes: the JSON API's and the
+storefront's form alike (decisions 0010, 0018, 0020).
+
+A checkout runs on the event loop when nothing would make it wait. A flash sale's runs first,
+ahead of every other call, and on PostgreSQL joins the checkouts of its SKU that the loop
+reads in the same pass, placed together in one transaction. Then, in a call of its own, the
+channel is asked how the buyer pays.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from kami import fulfilment, orders
+from kami.web import running
+
+
+async def place_order(
+    shop: fulfilment.Shop,
+    body: orders.OrderIn,
+    *,
+    idempotency_key: str | None,
+    buyer_ip: str | None,
+    device_id: str | None,
+) -> fulfilment.PlacedOrder:
+    if shop.flash_sales_stale():
+        await running.run_now(shop.read_flash_sales)
+    on_sale = shop.on_flash_sale(body.sku)
+    if on_sale and shop.db.dialect == "postgresql":
+        # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
+        opened = await running.run_together(
+            ("checkout", body.sku),
+            fulfilment.Checkout(body, buyer_ip, device_id, idempotency_key=idempotency_key),
+            partial(fulfilment.open_orders_together, shop),
+            partial(
+                running.run_first,
+                fulfilment.open_order,
+                shop,
+                body,
+                idempotency_key=idempotency_key,
+                buyer_ip=buyer_ip,
+                device_id=device_id,
+            ),
+            most=fulfilment.together.MAX_GROUP,
+        )
+    else:
+        opened = await (running.run_first if on_sale else running.run)(
+            fulfilment.open_order,
+            shop,
+            body,
+            idempotency_key=idempotency_key,
+            buyer_ip=buyer_ip,
+            device_id=device_id,
+        )
+    return await running.run_now(fulfilment.request_payment, shop, opened)
