@@ -12,7 +12,9 @@ order pays it at once with a signed sandbox notification (which sells and delive
 key). All from one client address, as a load generator is, with the per-IP cap and the rate
 limits raised; `--distinct-ips` instead sends each buyer's own X-Forwarded-For address (uvicorn
 trusts it from 127.0.0.1; nothing is sent to those addresses), which shows what the shop's
-per-(SKU, IP) checkout lock costs when every buyer shares one address.
+per-(SKU, IP) checkout lock costs when every buyer shares one address. `--idempotency-keys`
+sends each checkout with an Idempotency-Key of its own, as the storefront's form and careful
+API clients do.
 
 Reported: `delivered` (orders delivered, from the database), `oversold` (keys delivered beyond
 `--keys` plus keys delivered twice, from the database), `sold_out_answers` and `limit_answers`
@@ -84,6 +86,7 @@ async def load(
     seconds: float,
     distinct_ips: bool,
     client: str,
+    idempotency_keys: bool = False,
 ) -> dict[str, object]:
     tag = secrets.token_hex(3)
     answers: Counter[str] = Counter()
@@ -99,6 +102,8 @@ async def load(
         headers = {"content-type": "application/json", "x-device-id": f"dev{tag}{i:08d}"}
         if distinct_ips:
             headers["x-forwarded-for"] = buyer_ip(i)
+        if idempotency_keys:
+            headers["idempotency-key"] = f"buy-{tag}-{i:08d}"
         order = {
             "sku": sku,
             "quantity": 1,
@@ -214,6 +219,7 @@ def run(
     no_worker: bool,
     client: str,
     nodelay_fix: bool,
+    idempotency_keys: bool = False,
 ) -> dict[str, object]:
     container = build_container(url, work)
     try:
@@ -226,7 +232,17 @@ def run(
         url, work, workers=workers, no_worker=no_worker, nodelay_fix=nodelay_fix
     ) as server:
         figures = asyncio.run(
-            load(server, url, sku.code, buyers, concurrency, seconds, distinct_ips, client)
+            load(
+                server,
+                url,
+                sku.code,
+                buyers,
+                concurrency,
+                seconds,
+                distinct_ips,
+                client,
+                idempotency_keys,
+            )
         )
         rss = server.peak_rss_mb()
         problems = server.log_problems()
@@ -246,6 +262,7 @@ def run(
         "buyers": buyers,
         "concurrency": concurrency,
         "distinct_ips": distinct_ips,
+        "idempotency_keys": idempotency_keys,
         "client": client,
         "nodelay_fix": nodelay_fix,
         "delivered": counts["delivered_orders"],
@@ -271,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="server processes")
     p.add_argument("--seconds", type=float, default=600.0, help="buyer phase at most this long")
     p.add_argument("--distinct-ips", action="store_true", help="an X-Forwarded-For per buyer")
+    p.add_argument(
+        "--idempotency-keys", action="store_true", help="an Idempotency-Key per checkout"
+    )
     p.add_argument("--no-worker", action="store_true", help="serve without job threads")
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator lanes")
     p.add_argument(
@@ -300,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             a.no_worker,
             a.client,
             a.nodelay_fix,
+            a.idempotency_keys,
         )
     print(json.dumps(result))
 
