@@ -86,7 +86,9 @@ def open_order(
         shop.gateways.get(data.gateway)
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
-    if idempotency_key is None and shop.recently_sold_out(data.sku):
+    if shop.recently_sold_out(data.sku) and (
+        idempotency_key is None or _key_unused(shop, data, idempotency_key, device_id)
+    ):
         if shop.sold_out_just_now(data.sku, data.quantity):
             raise sold_out_of(data.sku)
         _refuse_early(shop, data)
@@ -148,6 +150,25 @@ def request_payment(shop: Shop, opened: OpenedOrder) -> PlacedOrder:
     )
     token = orders.access_token(shop.token_secret(), order.order_no)
     return PlacedOrder(order, token, payment, opened.created)
+
+
+def _key_unused(shop: Shop, data: orders.OrderIn, key: str, device_id: str | None) -> bool:
+    """Whether a checkout with an Idempotency-Key may be answered "sold out" before the write
+    path: only if its key has placed nothing, and no checkout of the same buyer is being placed
+    at this moment (it may be this one's first try, still in flight, whose order a retry must
+    get back, as the write path gives it once the first try commits). After a flash sale sold
+    out, every buyer of the storefront's form (which sends a key with every order) otherwise
+    took the write path with the buyer's locks: measured, a sale of 1,000 keys to 20,000 buyers
+    took 12–18 s instead of 2 s (PostgreSQL).
+
+    PostgreSQL only, where a checkout in flight holds the buyer's advisory locks (decision
+    0019); on SQLite a checkout in flight shows nothing outside the writer, so a keyed one
+    keeps the write path."""
+    if shop.db.dialect != "postgresql":
+        return False
+    locks = orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
+    with shop.db.read() as s:
+        return orders.nothing_placed_for(s, locks, key, data)
 
 
 def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:

@@ -168,11 +168,19 @@ class LeanCursor:
         statements kept for later, before them); each run's rows (empty for a statement that
         returns none) and row count, in order. The first failure is raised, and what follows
         it is not run, as when they went one after the other."""
+        return self.execute_all([(sql, params) for params in params_seq])
+
+    def execute_all(
+        self, statements: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[tuple[list[tuple[Any, ...]], int]]:
+        """`execute_each` for statements that differ: each (SQL, parameters) run in order, all
+        in one round trip. Each runs after the one before has finished, and at READ COMMITTED
+        sees what was committed until it starts."""
         self.failed_sql = None
         self._result = None
-        if not params_seq:
+        if not statements:
             return []
-        results = self._together([self._bind(sql, params) for params in params_seq])
+        results = self._together([self._bind(sql, params) for sql, params in statements])
         answers = []
         for result in results:
             self._set(result)

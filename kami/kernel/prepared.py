@@ -298,6 +298,29 @@ class Prepared:
             raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
 
 
+def run_all(session: Session, runs: Sequence[tuple[Prepared, Mapping[str, Any]]]) -> list[Rows]:
+    """Each (statement, values) of `runs`, in order: on PostgreSQL all in one round trip, each
+    statement starting once the one before has finished (`LeanCursor.execute_all`)."""
+    if not runs:
+        return []
+    _, dialect, read_only, cursor = _driver(session)
+    if not isinstance(cursor, LeanCursor):
+        return [prepared.run(session, values) for prepared, values in runs]
+    plans = [prepared._plan(dialect, read_only) for prepared, _ in runs]
+    statements = [
+        (plan.sql, plan.parameters(values)) for plan, (_, values) in zip(plans, runs, strict=True)
+    ]
+    try:
+        answers = cursor.execute_all(statements)
+    except dialect.loaded_dbapi.Error as exc:
+        together = "; ".join(plan.sql for plan in plans)  # one of them failed
+        raise wrapped(session, dialect, _failed(cursor, together), exc) from exc
+    return [
+        Rows(plan.rows(raw) if raw else raw, count)
+        for plan, (raw, count) in zip(plans, answers, strict=True)
+    ]
+
+
 # At most this many rows of one `run_many_later` are kept for later; more run at once.
 KEEP_AT_MOST = 32
 

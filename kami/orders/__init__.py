@@ -31,6 +31,7 @@ from kami.orders.queries import (
     get_order,
     list_orders,
     next_expiry,
+    nothing_placed_for,
     quantity_held,
     quantity_pending,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "move_each",
     "next_expiry",
     "normalise_email",
+    "nothing_placed_for",
     "quantity_held",
     "quantity_pending",
     "ready_many",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Dialect,
     String,
     Table,
@@ -26,9 +28,9 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
-from kami.kernel.prepared import Prepared
+from kami.kernel.prepared import Prepared, run_all
 from kami.orders.models import PENDING_ONLY, Order
-from kami.orders.schemas import OrderView
+from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import HOLDING, OrderStatus
 
 # The statements on the purchase path are built once and run as Core: building a statement
@@ -36,6 +38,7 @@ from kami.orders.states import HOLDING, OrderStatus
 _T = cast(Table, Order.__table__)
 _BY_NO_SELECT = select(_T).where(_T.c.order_no == bindparam("order_no"))
 _BY_NO = Prepared(_BY_NO_SELECT)
+BY_IDEMPOTENCY_KEY = Prepared(select(_T).where(_T.c.idempotency_key == bindparam("key")))
 _BY_NO_LOCKED = Prepared(_BY_NO_SELECT.with_for_update())
 
 
@@ -185,6 +188,25 @@ def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
     taken in (no deadlocks). PostgreSQL only: SQLite's `BEGIN IMMEDIATE` already serialises
     every writer. Taken by the checkout's first statement (`catalog.find_sku_on_sale`)."""
     return sorted({_lock_key(f"{sku_code}:{ident}") for ident in identities})
+
+
+@functools.cache
+def _locks_free(n: int) -> Prepared:
+    tries = (func.pg_try_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
+    return Prepared(select(and_(*tries)))
+
+
+def nothing_placed_for(
+    session: Session, lock_keys: Sequence[int], idempotency_key: str, data: OrderIn
+) -> bool:
+    """PostgreSQL, in a read (autocommit): whether no transaction holds any of the buyer's lock
+    keys now (so no checkout of that buyer is being placed; each lock is taken and let go in
+    the same statement), and then, once that is known, whether `idempotency_key` has placed
+    nothing (`find_idempotent`'s None). Both in one round trip: the second statement starts
+    when the first has finished, so a checkout that commits in between is found by its key."""
+    probe = _locks_free(len(lock_keys)), {f"k{i}": k for i, k in enumerate(lock_keys)}
+    free, by_key = run_all(session, [probe, (BY_IDEMPOTENCY_KEY, {"key": idempotency_key})])
+    return bool(free.scalar_one()) and by_key.first() is None
 
 
 def _lock_key(text: str) -> int:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Dialect, Table, bindparam, false, insert, or_, select, update
+from sqlalchemy import Dialect, Table, bindparam, false, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
 from kami.kernel.prepared import Prepared, PreparedInsert, shapes
 from kami.orders.models import Order
-from kami.orders.queries import ready_count_open_many, to_view
+from kami.orders.queries import BY_IDEMPOTENCY_KEY, ready_count_open_many, to_view
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import OrderStatus, sources_of
 
@@ -65,7 +65,7 @@ def find_idempotent_each(
 ) -> list[OrderView | Conflict | None]:
     """`find_idempotent` for each (key, body) of `asked`, in one round trip on PostgreSQL: the
     earlier order, the 409 to answer (a different body), or None."""
-    found = _BY_KEY.run_each(session, [{"key": key} for key, _ in asked])
+    found = BY_IDEMPOTENCY_KEY.run_each(session, [{"key": key} for key, _ in asked])
     answers: list[OrderView | Conflict | None] = []
     for (_, data), rows in zip(asked, found, strict=True):
         order = rows.first()
@@ -85,7 +85,6 @@ def find_idempotent_each(
 
 
 _T = cast(Table, Order.__table__)
-_BY_KEY = Prepared(select(_T).where(_T.c.idempotency_key == bindparam("key")))
 # Columns a new order starts without; it is written with all the others.
 _EMPTY_AT_START = ("trade_no", "paid_at", "delivered_at", "note", "synced_at")
 _COLUMNS = [c.key for c in _T.columns if c.key not in {"id", *_EMPTY_AT_START}]

@@ -514,6 +514,63 @@ def test_the_read_path_keeps_a_sold_out_skus_buyers_off_the_writer(
         assert _problem(place, shop, sku.code, 1, email=f"r{n}@example.com") == "sold-out"
 
 
+def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
+    shop: fulfilment.Shop, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout with an Idempotency-Key (the storefront's form sends one with every order)
+    after a SKU sold out: on PostgreSQL answered "sold out" as a keyless one is, without the
+    write path, if its key placed nothing and no checkout of the buyer is in flight (it may be
+    this one's first try); a retry of an order placed gets it back. SQLite keeps the write path
+    for it, as a first try in flight shows nothing there."""
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, ["K-1"])
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
+    data = {"sku": "FLASH", "quantity": 1, "gateway": "sandbox"}
+    first = fulfilment.open_order(
+        shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
+    )
+    assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
+    assert shop.recently_sold_out("FLASH")
+    writes = []
+    real_write = shop.db.write
+
+    def counted_write() -> object:
+        writes.append(1)
+        return real_write()
+
+    monkeypatch.setattr(shop.db, "write", counted_write)
+    late = orders.OrderIn(email="c@example.com", **data)
+    assert _problem(fulfilment.open_order, shop, late, idempotency_key="key-c") == "sold-out"
+    assert len(writes) == (0 if shop.db.dialect == "postgresql" else 1)
+    again = fulfilment.open_order(
+        shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
+    )
+    assert (again.order.order_no, again.created) == (first.order.order_no, False)
+    other_body = orders.OrderIn(email="z@example.com", **data)
+    assert (
+        _problem(fulfilment.open_order, shop, other_body, idempotency_key="key-a")
+        == "idempotency-key-reused"
+    )
+    if shop.db.dialect != "postgresql":
+        return
+    # A checkout of the same buyer in flight (its lock held): the write path, which waits.
+    (lock,) = orders.buyer_lock_keys("FLASH", ["e:c@example.com"])
+    with shop.db.read() as s:
+        assert orders.nothing_placed_for(s, [lock], "key-c", late)
+    with shop.db.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
+        with shop.db.read() as s:
+            assert not orders.nothing_placed_for(s, [lock], "key-c", late)
+        writes.clear()
+        with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
+            fulfilment.open_order(shop, late, idempotency_key="key-c")
+        assert writes == [1]
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
+    with shop.db.read() as s:  # the probe took nothing for itself
+        assert orders.nothing_placed_for(s, [lock], "key-c", late)
+        assert orders.nothing_placed_for(s, [lock], "key-c", late)
+
+
 def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock) -> None:
     """Which SKUs' checkouts the web layer runs first (decision 0018): those with a flash sale
     that has not ended, read every FLASH_MEMO seconds, and any a checkout finds one on."""

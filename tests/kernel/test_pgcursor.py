@@ -36,7 +36,7 @@ from kami.kernel.db import Database, UtcDateTime
 from kami.kernel.engine import make_engine
 from kami.kernel.outbox import OutboxJob, enqueue
 from kami.kernel.pgcursor import _PREPARED, LeanCursor, numbered
-from kami.kernel.prepared import Prepared
+from kami.kernel.prepared import Prepared, run_all
 from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL's own cursor")
@@ -347,6 +347,36 @@ def test_one_statement_run_for_each_of_many_goes_out_in_one_round_trip(shop: Sho
         rows = _ATTEMPTS.run_each(s, [{"ref": "e4"}, {"ref": "e3"}])
         assert [r.all() for r in rows] == [[(0,)], [(0,)]]
         assert _driver(s).pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
+def test_different_statements_go_out_together_each_after_the_one_before(shop: Shop) -> None:
+    """`run_all`: statements that differ, in one round trip, in order; the second sees what
+    the first wrote. A failure among them fails the read or transaction they ran in."""
+    with _counted_cursor(shop) as (conn, counted, cursor, insert):
+        count = "SELECT count(*) FROM kernel_outbox WHERE id > %s"
+        cursor.execute(count, (10_280,))
+        cursor.execute(*insert(10_281, "a1"))
+        conn.rollback()
+        counted.waits.clear()
+        answers = cursor.execute_all([insert(10_282, "a2"), (count, (10_280,))])
+        assert answers == [([], 1), ([(1,)], 1)]
+        assert counted.waits == ["pipeline_sync"]
+        conn.rollback()
+    with shop.db.write() as s:
+        rows = run_all(s, [(_ECHO_INT, {"i": 7}), (_ATTEMPTS, {"ref": "nothing"})])
+    assert [r.all() for r in rows] == [[(7,)], []]
+    with pytest.raises(IntegrityError) as raised, shop.db.write() as s:
+        now = utcnow()
+        _INSERT_WITH_ID.run(s, {"id": 10_283, "ref": "a3", "now": now})
+        run_all(
+            s,
+            [
+                (_ECHO_INT, {"i": 1}),
+                (_INSERT_WITH_ID, {"id": 10_283, "ref": "again", "now": now}),
+            ],
+        )
+    assert "INSERT INTO kernel_outbox" in str(raised.value.statement)
+    assert _outbox_ids(shop, 10_280) == []
 
 
 def _outbox_ids(shop: Shop, first: int) -> list[int]:
