@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from kami import catalog, fulfilment, orders
+from kami.fulfilment import checkout
 from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
 from kami.kernel import waiting
 from kami.kernel.clock import utcnow
@@ -520,8 +522,8 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
     """A checkout with an Idempotency-Key (the storefront's form sends one with every order)
     after a SKU sold out: on PostgreSQL answered "sold out" as a keyless one is, without the
     write path, if its key placed nothing and no checkout of the buyer is in flight (it may be
-    this one's first try); a retry of an order placed gets it back. SQLite keeps the write path
-    for it, as a first try in flight shows nothing there."""
+    this one's first try); a retry of an order placed gets it back. On SQLite the key is looked
+    up holding the writer, where a first try has committed or not begun."""
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, ["K-1"])
     open_flash_sale(shop, "FLASH", quota=1, limit=1)
@@ -539,8 +541,18 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
         return real_write()
 
     monkeypatch.setattr(shop.db, "write", counted_write)
+    attempts = []  # whole checkout attempts, in the write transaction
+    real_place = checkout._place
+
+    def counted_place(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(checkout, "_place", counted_place)
     late = orders.OrderIn(email="c@example.com", **data)
     assert _problem(fulfilment.open_order, shop, late, idempotency_key="key-c") == "sold-out"
+    assert attempts == []
+    # PostgreSQL: no write transaction at all; SQLite: the writer for the key's look-up.
     assert len(writes) == (0 if shop.db.dialect == "postgresql" else 1)
     again = fulfilment.open_order(
         shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
@@ -564,7 +576,7 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
         writes.clear()
         with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
             fulfilment.open_order(shop, late, idempotency_key="key-c")
-        assert writes == [1]
+        assert writes == [1]  # the whole checkout, waiting for the buyer's lock
         other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
     with shop.db.read() as s:  # the probe took nothing for itself
         assert orders.nothing_placed_for(s, [lock], "key-c", late)
