@@ -170,7 +170,9 @@ def _key_unused(shop: Shop, data: orders.OrderIn, key: str, device_id: str | Non
     Either way a first try that has not reached its transaction yet is not seen; it then meets
     the same sold-out SKU, as every other buyer does."""
     if shop.db.dialect != "postgresql":
-        with shop.db.write() as s:
+        # Rolled back, not committed: the checkout that may follow is still refused, not made
+        # to wait on the event loop, if another process holds the writer then.
+        with shop.db.write(undo=True) as s:
             return orders.find_idempotent_each(s, [(key, data)])[0] is None
     locks = orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
     with shop.db.read() as s:

@@ -101,8 +101,8 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         if c.data.sku != code or len(members) == MAX_GROUP or units + c.data.quantity > MAX_UNITS:
             continue
         if c.idempotency_key is not None:
-            if c.idempotency_key in idempotency_keys:
-                continue
+            if c.idempotency_key in idempotency_keys or not 1 <= len(c.idempotency_key) <= 128:
+                continue  # twice, or a key alone refuses (422)
             idempotency_keys.add(c.idempotency_key)
         try:
             shop.gateways.get(c.data.gateway)

@@ -536,9 +536,9 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
     writes = []
     real_write = shop.db.write
 
-    def counted_write() -> object:
+    def counted_write(**kwargs: Any) -> object:
         writes.append(1)
-        return real_write()
+        return real_write(**kwargs)
 
     monkeypatch.setattr(shop.db, "write", counted_write)
     attempts = []  # whole checkout attempts, in the write transaction
@@ -581,6 +581,45 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
     with shop.db.read() as s:  # the probe took nothing for itself
         assert orders.nothing_placed_for(s, [lock], "key-c", late)
         assert orders.nothing_placed_for(s, [lock], "key-c", late)
+
+
+@pytest.mark.parametrize("key", ["placed-key", "fresh-key"])
+def test_a_keyed_checkout_not_answered_early_is_still_refused_rather_than_made_to_wait(
+    shop: fulfilment.Shop, clock: _Clock, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """SQLite: the look at the key holds the writer but commits nothing, so when another
+    thread then has the writer, the checkout on the event loop is refused (WouldWait: it waits
+    off the loop and runs again) instead of waiting there with every request of the process."""
+    if shop.db.dialect != "sqlite":
+        pytest.skip("the key is looked up holding SQLite's writer")
+    sku = make_sku(shop, "FLASH", max_quantity=3)
+    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
+    open_flash_sale(shop, "FLASH", quota=5, limit=3)
+    data = orders.OrderIn(sku="FLASH", quantity=1, email="a@example.com", gateway="sandbox")
+    fulfilment.open_order(shop, data, idempotency_key="placed-key")
+    shop.mark_sold_out("FLASH", 3)  # three refused a moment ago; one is still to be had
+    held, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with shop.db.write():
+            held.set()
+            done.wait(10)
+
+    real = catalog.get_sku_on_sale
+
+    def then_another_writer(*args: Any, **kwargs: Any) -> Any:
+        if not held.is_set():
+            threading.Thread(target=holder, daemon=True).start()
+            assert held.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "get_sku_on_sale", then_another_writer)
+    try:
+        with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
+            fulfilment.open_order(shop, data, idempotency_key=key)
+    finally:
+        done.set()
+    assert held.is_set()
 
 
 def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock) -> None:

@@ -269,6 +269,15 @@ def test_idempotency_keys_are_answered_in_a_group_as_alone(shop: fulfilment.Shop
         shop, [keyed("x@example.com", "key-c"), _checkout("y@example.com")]
     )
     assert [_answer(o) for o in clash] == ["idempotency-key-reused", "placed"]
+    # A key alone refuses (empty, or past 128 characters) is left to be refused alone.
+    odd = [keyed("p@example.com", ""), keyed("q@example.com", "k" * 129)]
+    others = [_checkout("r@example.com"), _checkout("s@example.com")]
+    outcomes = fulfilment.open_orders_together(shop, [*odd, *others])
+    assert [_answer(o) for o in outcomes] == ["alone", "alone", "placed", "placed"]
+    for c in odd:
+        with pytest.raises(KamiError) as refused:
+            fulfilment.open_order(shop, c.data, idempotency_key=c.idempotency_key)
+        assert refused.value.status == 422
 
 
 def test_a_key_taken_meanwhile_sends_the_group_alone(
