@@ -6,12 +6,8 @@ from kami.vault.claims import (
     claim_keys,
     has_stock,
     ready_reserve_keys_for,
-    release_reserved,
     reserve_keys_for,
-    sell_reserved,
-    sell_reserved_each,
     take_keys,
-    withdraw_sold,
 )
 from kami.vault.defects import (
     DEFECT_RESOLUTIONS,
@@ -39,6 +35,12 @@ from kami.vault.queries import (
     stock_by_batch,
 )
 from kami.vault.rotation import rotate
+from kami.vault.selling import (
+    release_reserved,
+    sell_reserved,
+    sell_reserved_each,
+    withdraw_sold,
+)
 from kami.vault.sources import BadLine, GoodLine, Progress, SourceFormat, open_rows
 from kami.vault.states import KeyStatus
 
