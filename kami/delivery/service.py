@@ -10,7 +10,8 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from kami.delivery.models import Item, Reveal
-from kami.kernel.prepared import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared
+from kami.kernel.prepared_insert import PreparedInsert
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kami.kernel.clock import utcnow
 from kami.kernel.db import Base, Database, UtcDateTime
-from kami.kernel.prepared import PreparedInsert
+from kami.kernel.prepared_insert import PreparedInsert
 
 log = logging.getLogger("kami.outbox")
 

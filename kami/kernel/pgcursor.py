@@ -161,21 +161,14 @@ class LeanCursor:
         assert result is not None
         self._set(result)
 
-    def execute_each(
-        self, sql: str, params_seq: Sequence[Sequence[Any]]
-    ) -> list[tuple[list[tuple[Any, ...]], int]]:
-        """Run `sql` once for each of `params_seq`, all in one round trip (with BEGIN, and the
-        statements kept for later, before them); each run's rows (empty for a statement that
-        returns none) and row count, in order. The first failure is raised, and what follows
-        it is not run, as when they went one after the other."""
-        return self.execute_all([(sql, params) for params in params_seq])
-
     def execute_all(
         self, statements: Sequence[tuple[str, Sequence[Any]]]
     ) -> list[tuple[list[tuple[Any, ...]], int]]:
-        """`execute_each` for statements that differ: each (SQL, parameters) run in order, all
-        in one round trip. Each runs after the one before has finished, and at READ COMMITTED
-        sees what was committed until it starts."""
+        """Run each (SQL, parameters) in order, all in one round trip (with BEGIN, and the
+        statements kept for later, before them); each one's rows (empty for a statement that
+        returns none) and row count. Each runs after the one before has finished, and at READ
+        COMMITTED sees what was committed until it starts. The first failure is raised, and
+        what follows it is not run, as when they went one after the other."""
         self.failed_sql = None
         self._result = None
         if not statements:

@@ -8,9 +8,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Dialect, bindparam, insert
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
 
 from kami.kernel.dberrors import wrapped
@@ -247,16 +245,7 @@ class Prepared:
         """`run` once for each of `rows`, in order. On PostgreSQL all of them go out in one
         round trip (with the statements kept for later before them): for a group of calls that
         would each wait for their own answer (decision 0022)."""
-        _, dialect, read_only, cursor = _driver(session)
-        if not isinstance(cursor, LeanCursor):
-            return [self.run(session, values) for values in rows]
-        plan = self._plan(dialect, read_only)
-        params = [plan.parameters(values) for values in rows]
-        try:
-            answers = cursor.execute_each(plan.sql, params)
-        except dialect.loaded_dbapi.Error as exc:
-            raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
-        return [Rows(plan.rows(raw) if raw else raw, count) for raw, count in answers]
+        return run_all(session, [(self, values) for values in rows])
 
     def run_later(self, session: Session, values: Mapping[str, Any] | None = None) -> None:
         """As `run`, for a statement whose answer nobody reads: on PostgreSQL it goes out with
@@ -301,10 +290,8 @@ class Prepared:
 def run_all(session: Session, runs: Sequence[tuple[Prepared, Mapping[str, Any]]]) -> list[Rows]:
     """Each (statement, values) of `runs`, in order: on PostgreSQL all in one round trip, each
     statement starting once the one before has finished (`LeanCursor.execute_all`)."""
-    if not runs:
-        return []
     _, dialect, read_only, cursor = _driver(session)
-    if not isinstance(cursor, LeanCursor):
+    if not isinstance(cursor, LeanCursor) or len(runs) < 2:
         return [prepared.run(session, values) for prepared, values in runs]
     plans = [prepared._plan(dialect, read_only) for prepared, _ in runs]
     statements = [
@@ -313,7 +300,7 @@ def run_all(session: Session, runs: Sequence[tuple[Prepared, Mapping[str, Any]]]
     try:
         answers = cursor.execute_all(statements)
     except dialect.loaded_dbapi.Error as exc:
-        together = "; ".join(plan.sql for plan in plans)  # one of them failed
+        together = "; ".join(dict.fromkeys(plan.sql for plan in plans))  # one of them failed
         raise wrapped(session, dialect, _failed(cursor, together), exc) from exc
     return [
         Rows(plan.rows(raw) if raw else raw, count)
@@ -363,59 +350,3 @@ def _driver(session: Session) -> tuple[Any, Dialect, bool, Any]:
     found = (conn.connection.driver_connection, conn.dialect, bool(options.get("kami_read")), None)
     info["kami_driver"] = (session.get_transaction(), found)
     return found
-
-
-class PreparedInsert:
-    """An INSERT built once, run as a `Prepared` statement with each call's values.
-
-    Every column named must be given a value.
-    """
-
-    def __init__(
-        self,
-        table: Any,
-        columns: Sequence[str],
-        returning: Any = None,
-        *,
-        skip_conflicts_on: Sequence[str] = (),
-    ) -> None:
-        """`skip_conflicts_on`: the unique columns on which a conflicting row is skipped
-        (`ON CONFLICT … DO NOTHING`, which SQLite and PostgreSQL spell alike)."""
-        values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns}
-        statements: dict[str, Any] = {}
-        for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert)):
-            stmt: Any = insert(table).values(values)
-            if skip_conflicts_on:
-                stmt = (
-                    dialect_insert(table)
-                    .values(values)
-                    .on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
-                )
-            statements[name] = stmt.returning(returning) if returning is not None else stmt
-        self._prepared = Prepared(statements)
-        self.columns = frozenset(columns)
-
-    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        if values.keys() != self.columns:
-            missing, extra = self.columns - values.keys(), values.keys() - self.columns
-            raise TypeError(f"insert values differ from its columns: {missing=} {extra=}")
-        return {f"p_{k}": v for k, v in values.items()}
-
-    def run(self, session: Session, **values: Any) -> Rows:
-        return self._prepared.run(session, self.params(values))
-
-    def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-        """One executemany for all `rows` (nothing returned)."""
-        self._prepared.run_many(session, [self.params(r) for r in rows])
-
-    def run_each(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Rows]:
-        """`Prepared.run_each`: one run per row, on PostgreSQL in one round trip."""
-        return self._prepared.run_each(session, [self.params(r) for r in rows])
-
-    def run_later(self, session: Session, **values: Any) -> None:
-        """`Prepared.run_later`: on PostgreSQL, sent with the transaction's next statement."""
-        self._prepared.run_later(session, self.params(values))
-
-    def run_many_later(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-        """`Prepared.run_many_later`."""
-        self._prepared.run_many_later(session, [self.params(r) for r in rows])

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
-from kami.kernel.prepared import Prepared, PreparedInsert, shapes
+from kami.kernel.prepared import Prepared, shapes
+from kami.kernel.prepared_insert import PreparedInsert
 from kami.orders.models import Order
 from kami.orders.queries import BY_IDEMPOTENCY_KEY, ready_count_open_many, to_view
 from kami.orders.schemas import OrderIn, OrderView

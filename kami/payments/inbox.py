@@ -12,7 +12,8 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
-from kami.kernel.prepared import Prepared, PreparedInsert
+from kami.kernel.prepared import Prepared
+from kami.kernel.prepared_insert import PreparedInsert
 from kami.payments.gateways.base import PaymentNotice, RawNotification, RefundNotice
 from kami.payments.models import Inbox, Notification
 

@@ -312,7 +312,7 @@ def test_statements_kept_for_later_go_with_the_next_one_or_the_commit(shop: Shop
 
 
 def test_one_statement_run_for_each_of_many_goes_out_in_one_round_trip(shop: Shop) -> None:
-    """Decision 0022: `execute_each` sends BEGIN, what was kept, and one run per parameter set
+    """Decision 0022: `execute_all` sends BEGIN, what was kept, and one run per parameter set
     in one round trip, and answers each run's rows and count; the first failure is raised,
     naming the statement, and the transaction fails with it."""
     with _counted_cursor(shop) as (conn, counted, cursor, insert):
@@ -323,19 +323,19 @@ def test_one_statement_run_for_each_of_many_goes_out_in_one_round_trip(shop: Sho
         counted.waits.clear()
         cursor.execute_later(*insert(10_252, "e2"))
         sql, params = insert(10_253, "e3")
-        answers = cursor.execute_each(sql, [params, insert(10_254, "e4")[1]])
+        answers = cursor.execute_all([(sql, params), insert(10_254, "e4")])
         assert answers == [([], 1), ([], 1)]
-        assert cursor.execute_each(count, [(10_250,), (10_253,), (10_260,)]) == [
+        assert cursor.execute_all([(count, (n,)) for n in (10_250, 10_253, 10_260)]) == [
             ([(3,)], 1),
             ([(1,)], 1),
             ([(0,)], 1),
         ]
         assert counted.waits == ["pipeline_sync", "pipeline_sync"]
-        assert cursor.execute_each(count, []) == [] and counted.waits == ["pipeline_sync"] * 2
+        assert cursor.execute_all([]) == [] and counted.waits == ["pipeline_sync"] * 2
         conn.commit()
         cursor.execute_later(*insert(10_255, "e5"))
         with pytest.raises(psycopg_errors.UniqueViolation):
-            cursor.execute_each(sql, [insert(10_256, "e6")[1], insert(10_252, "again")[1]])
+            cursor.execute_all([insert(10_256, "e6"), insert(10_252, "again")])
         assert cursor.failed_sql is None  # the statement run, not the one kept
         assert conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
         conn.rollback()

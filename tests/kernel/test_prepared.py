@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.outbox import OutboxJob, enqueue
-from kami.kernel.prepared import Prepared, PreparedInsert, _positional
+from kami.kernel.prepared import Prepared, _positional
+from kami.kernel.prepared_insert import PreparedInsert
 from kami.orders.queries import _BY_NO, _BY_NO_SELECT, find_order
 from kami.payments.models import Inbox
 from tests.conftest import add_keys, make_sku, place, random_keys
