@@ -176,7 +176,7 @@ def _key_unused(shop: Shop, data: orders.OrderIn, key: str, device_id: str | Non
             return orders.find_idempotent_each(s, [(key, data)])[0] is None
     locks = orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
     with shop.db.read() as s:
-        return orders.nothing_placed_for(s, locks, key, data)
+        return orders.nothing_placed_for(s, locks, key)
 
 
 def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:

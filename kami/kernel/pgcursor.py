@@ -150,13 +150,12 @@ class LeanCursor:
             self._names.clear()
             if not (idle and alone):
                 raise
-            if begin:
+            if begin:  # before preparing again, which a failed transaction would refuse
                 self._check(pgconn.exec_(b"ROLLBACK"))
-            bound = self._bind(sql, params)
+            _, name, values, formats = bound = self._bind(sql, params)
             if begin:
                 result = self._together([bound])[0]
             else:
-                _, name, values, formats = bound
                 result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
         assert result is not None
         self._set(result)
@@ -237,12 +236,11 @@ class LeanCursor:
             self.rowcount = count if count is not None else -1
 
     def _together(self, last: Sequence[_Bound], *, commit: bool = False) -> list[pq.abc.PGresult]:
-        """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open (and the
-        connection is not in autocommit), the
-        statements kept for later, then those of `last`, then COMMIT if asked; the results of
-        `last`'s. The first failure is raised, with `failed_sql` naming a kept statement that
-        failed; what follows a failure is not run, and the transaction is left failed, as when
-        they went one after the other."""
+        """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open and the
+        connection is not in autocommit, the statements kept for later, then those of `last`,
+        then COMMIT if asked; the results of `last`'s. The first failure is raised, with
+        `failed_sql` naming a kept statement that failed; what follows a failure is not run,
+        and the transaction is left failed, as when they went one after the other."""
         kept, self._kept = self._kept, []
         pgconn = self._conn.pgconn
         sent: list[str | None] = []  # per statement: its SQL if kept for later, else None

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from kami.kernel.errors import NotFound
 from kami.kernel.prepared import Prepared, run_all
 from kami.orders.models import PENDING_ONLY, Order
-from kami.orders.schemas import OrderIn, OrderView
+from kami.orders.schemas import OrderView
 from kami.orders.states import HOLDING, OrderStatus
 
 # The statements on the purchase path are built once and run as Core: building a statement
@@ -196,13 +196,11 @@ def _locks_free(n: int) -> Prepared:
     return Prepared(select(and_(*tries)))
 
 
-def nothing_placed_for(
-    session: Session, lock_keys: Sequence[int], idempotency_key: str, data: OrderIn
-) -> bool:
+def nothing_placed_for(session: Session, lock_keys: Sequence[int], idempotency_key: str) -> bool:
     """PostgreSQL, in a read (autocommit): whether no transaction holds any of the buyer's lock
     keys now (so no checkout of that buyer is being placed; each lock is taken and let go in
     the same statement), and then, once that is known, whether `idempotency_key` has placed
-    nothing (`find_idempotent`'s None). Both in one round trip: the second statement starts
+    nothing, with whatever body. Both in one round trip: the second statement starts
     when the first has finished, so a checkout that commits in between is found by its key."""
     probe = _locks_free(len(lock_keys)), {f"k{i}": k for i, k in enumerate(lock_keys)}
     free, by_key = run_all(session, [probe, (BY_IDEMPOTENCY_KEY, {"key": idempotency_key})])

@@ -568,19 +568,19 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
     # A checkout of the same buyer in flight (its lock held): the write path, which waits.
     (lock,) = orders.buyer_lock_keys("FLASH", ["e:c@example.com"])
     with shop.db.read() as s:
-        assert orders.nothing_placed_for(s, [lock], "key-c", late)
+        assert orders.nothing_placed_for(s, [lock], "key-c")
     with shop.db.engine.connect() as other:
         other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
         with shop.db.read() as s:
-            assert not orders.nothing_placed_for(s, [lock], "key-c", late)
+            assert not orders.nothing_placed_for(s, [lock], "key-c")
         writes.clear()
         with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
             fulfilment.open_order(shop, late, idempotency_key="key-c")
         assert writes == [1]  # the whole checkout, waiting for the buyer's lock
         other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
     with shop.db.read() as s:  # the probe took nothing for itself
-        assert orders.nothing_placed_for(s, [lock], "key-c", late)
-        assert orders.nothing_placed_for(s, [lock], "key-c", late)
+        assert orders.nothing_placed_for(s, [lock], "key-c")
+        assert orders.nothing_placed_for(s, [lock], "key-c")
 
 
 @pytest.mark.parametrize("key", ["placed-key", "fresh-key"])
