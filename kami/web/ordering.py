@@ -26,25 +26,9 @@ async def place_order(
     if shop.flash_sales_stale():
         await running.run_now(shop.read_flash_sales)
     on_sale = shop.on_flash_sale(body.sku)
-    if on_sale and shop.db.dialect == "postgresql":
-        # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
-        opened = await running.run_together(
-            ("checkout", body.sku),
-            fulfilment.Checkout(body, buyer_ip, device_id, idempotency_key=idempotency_key),
-            partial(fulfilment.open_orders_together, shop),
-            partial(
-                running.run_first,
-                fulfilment.open_order,
-                shop,
-                body,
-                idempotency_key=idempotency_key,
-                buyer_ip=buyer_ip,
-                device_id=device_id,
-            ),
-            most=fulfilment.together.MAX_GROUP,
-        )
-    else:
-        opened = await (running.run_first if on_sale else running.run)(
+
+    async def alone() -> fulfilment.OpenedOrder:
+        return await (running.run_first if on_sale else running.run)(
             fulfilment.open_order,
             shop,
             body,
@@ -52,4 +36,16 @@ async def place_order(
             buyer_ip=buyer_ip,
             device_id=device_id,
         )
+
+    if on_sale and shop.db.dialect == "postgresql":
+        # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
+        opened = await running.run_together(
+            ("checkout", body.sku),
+            fulfilment.Checkout(body, buyer_ip, device_id, idempotency_key=idempotency_key),
+            partial(fulfilment.open_orders_together, shop),
+            alone,
+            most=fulfilment.together.MAX_GROUP,
+        )
+    else:
+        opened = await alone()
     return await running.run_now(fulfilment.request_payment, shop, opened)
