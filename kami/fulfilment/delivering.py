@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -47,14 +47,31 @@ def deliver_paid(session: Session, shop: Shop, order: orders.OrderView, now: dat
                 ref=order.order_no,
             )
         return False
-    delivery.record_items(
-        session, order.id, key_ids, now, valid_until=valid_until(order.validity_days, now)
-    )
-    if not orders.move(session, order.id, orders.OrderStatus.DELIVERED, delivered_at=now):
+    if not deliver_sold(session, [(order, key_ids)], now):
         raise _Raced(order.order_no)
-    outbox.enqueue(
-        session, MAIL_JOB, {"order_no": order.order_no, "event": "delivered"}, ref=order.order_no
-    )
+    return True
+
+
+def deliver_sold(
+    session: Session, sold: Sequence[tuple[orders.OrderView, list[int]]], now: datetime
+) -> bool:
+    """Each order's sold keys recorded as its delivery, the order delivered and its mail
+    queued; on PostgreSQL the moves of all of them in one round trip (decision 0022). False if
+    an order was no longer paid or awaiting stock: the caller rolls back."""
+    for order, key_ids in sold:
+        delivery.record_items(
+            session, order.id, key_ids, now, valid_until=valid_until(order.validity_days, now)
+        )
+    moves = [(order.id, {"delivered_at": now}) for order, _ in sold]
+    if not all(orders.move_each(session, orders.OrderStatus.DELIVERED, moves)):
+        return False
+    for order, _ in sold:
+        outbox.enqueue(
+            session,
+            MAIL_JOB,
+            {"order_no": order.order_no, "event": "delivered"},
+            ref=order.order_no,
+        )
     return True
 
 

@@ -23,11 +23,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from kami import delivery, orders, payments, vault
+from kami import orders, payments, vault
+from kami.fulfilment.delivering import deliver_sold
 from kami.fulfilment.notify import Outcome, check_order
-from kami.fulfilment.shop import MAIL_JOB, Shop
-from kami.fulfilment.validity import valid_until
-from kami.kernel import outbox
+from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import NotFound
 
@@ -111,7 +110,8 @@ def _apply_together(
     received_at: datetime,
 ) -> None:
     """`notify._apply` and `delivering.deliver_paid` for pending card-key orders, each
-    statement once for all; raises _Alone to roll back."""
+    statement once for all (the delivery itself is `deliver_paid`'s own, `deliver_sold`);
+    raises _Alone to roll back."""
     paid = [(notice, order.id) for (_, _, notice), order in ready]
     if not all(payments.record_inbox_each(s, paid)):
         raise _Alone  # a trade applied before (or meanwhile): the duplicate's answer is alone's
@@ -124,17 +124,9 @@ def _apply_together(
     keys = vault.sell_reserved_each(s, [(order.id, order.quantity) for _, order in ready], now)
     if keys is None:
         raise _Alone  # a reservation not whole: alone puts it back and takes fresh keys
-    for (_, order), key_ids in zip(ready, keys, strict=True):
-        delivery.record_items(
-            s, order.id, key_ids, now, valid_until=valid_until(order.validity_days, now)
-        )
-    delivered = [(order.id, {"delivered_at": now}) for _, order in ready]
-    if not all(orders.move_each(s, orders.OrderStatus.DELIVERED, delivered)):
+    sold = [(order, key_ids) for (_, order), key_ids in zip(ready, keys, strict=True)]
+    if not deliver_sold(s, sold, now):
         raise _Alone
-    for _, order in ready:
-        outbox.enqueue(
-            s, MAIL_JOB, {"order_no": order.order_no, "event": "delivered"}, ref=order.order_no
-        )
     for (i, _, notice), _ in ready:
         payments.record_notification(
             s, raws[i], payments.Verdict.ACCEPTED, notice=notice, received_at=received_at
