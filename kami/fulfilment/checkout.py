@@ -70,6 +70,11 @@ def place_order(
     return request_payment(shop, opened)
 
 
+def key_fits(idempotency_key: str) -> bool:
+    """Whether an Idempotency-Key is one `open_order` takes: 1 to 128 characters."""
+    return 1 <= len(idempotency_key) <= 128
+
+
 def open_order(
     shop: Shop,
     data: orders.OrderIn,
@@ -80,7 +85,7 @@ def open_order(
     channel: str = "shop",
 ) -> OpenedOrder:
     """Place the order and reserve its goods, in one write transaction; nothing else."""
-    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
+    if idempotency_key is not None and not key_fits(idempotency_key):
         raise InvalidInput("Idempotency-Key must be 1 to 128 characters", where="Idempotency-Key")
     try:
         shop.gateways.get(data.gateway)

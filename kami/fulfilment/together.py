@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami import catalog, orders, vault
-from kami.fulfilment.checkout import OpenedOrder
+from kami.fulfilment.checkout import OpenedOrder, key_fits
 from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import sold_out
 from kami.fulfilment.shop import Shop
@@ -101,7 +101,7 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         if c.data.sku != code or len(members) == MAX_GROUP or units + c.data.quantity > MAX_UNITS:
             continue
         if c.idempotency_key is not None:
-            if c.idempotency_key in idempotency_keys or not 1 <= len(c.idempotency_key) <= 128:
+            if c.idempotency_key in idempotency_keys or not key_fits(c.idempotency_key):
                 continue  # twice, or a key alone refuses (422)
             idempotency_keys.add(c.idempotency_key)
         try:
