@@ -18,7 +18,9 @@ Each round runs `--requests` of each of these, in this order, timing every reque
   sells and delivers the key, reveal of the key with the order's token), one buyer after the
   other, so that few orders are unpaid at a time, as in the loaded runs;
 - `flash_create`, `flash_notify`: a flash-sale winner of FLASH (order, payment);
-- `sold_out`: an order of GONE, answered "sold out".
+- `sold_out`: an order of GONE, answered "sold out";
+- `sold_out_keyed`: the same with an Idempotency-Key, as the storefront's form sends it: its
+  key is looked up before the answer (a retry of an order placed gets the order back).
 
 For each step, `<step>_cpu_us` is this process's CPU time per request (`time.process_time`,
 user and system) and `<step>_wall_us` the elapsed time per request: on PostgreSQL the
@@ -69,7 +71,16 @@ from scratch import scratch_database
 from kami import bootstrap
 from kami.web.app import create_app
 
-STEPS = ("hello", "create", "notify", "reveal", "flash_create", "flash_notify", "sold_out")
+STEPS = (
+    "hello",
+    "create",
+    "notify",
+    "reveal",
+    "flash_create",
+    "flash_notify",
+    "sold_out",
+    "sold_out_keyed",
+)
 FLASH_CONCURRENCY = 256
 
 Answer = tuple[int, bytes]
@@ -171,10 +182,12 @@ async def rounds(client: Client, n: int, count: int) -> dict[str, list[tuple[flo
         spent[1] += wall
         return answer
 
-    def create(sku: str, status: int) -> Awaitable[dict[str, Any]]:
+    def create(sku: str, status: int, *, keyed: bool = False) -> Awaitable[dict[str, Any]]:
         nonlocal serial
         serial += 1
         headers = {"content-type": "application/json", "x-device-id": f"dev{tag}{serial:08d}"}
+        if keyed:
+            headers["idempotency-key"] = f"key{tag}{serial:08d}"
         body = order_body(sku, f"s{serial}.{tag}@bench.example")
         return client.expect(status, "POST", "/api/v1/orders", body, **headers)
 
@@ -204,6 +217,8 @@ async def rounds(client: Client, n: int, count: int) -> dict[str, list[tuple[flo
             await timed("flash_notify", pay(await timed("flash_create", create("FLASH", 201))))
         for _ in range(n):
             await timed("sold_out", create("GONE", 409))
+        for _ in range(n):
+            await timed("sold_out_keyed", create("GONE", 409, keyed=True))
         for step in STEPS:
             taken[step].append((sums[step][0] / n, sums[step][1] / n))
     return taken

@@ -91,12 +91,8 @@ def open_order(
         shop.gateways.get(data.gateway)
     except NotFound as exc:
         raise InvalidInput(exc.detail, where="gateway", slug="unknown-gateway") from None
-    if shop.recently_sold_out(data.sku) and (
-        idempotency_key is None or _key_unused(shop, data, idempotency_key, device_id)
-    ):
-        if shop.sold_out_just_now(data.sku, data.quantity):
-            raise sold_out_of(data.sku)
-        _refuse_early(shop, data)
+    if shop.recently_sold_out(data.sku):
+        _refuse_early(shop, data, idempotency_key)
     # SQLite: the SKU's own terms are checked from a read, before the write lock is queued for:
     # the writer is the whole database's, and every statement it holds it for is one that every
     # other checkout and payment waits behind. PostgreSQL: the write transaction's first
@@ -157,35 +153,8 @@ def request_payment(shop: Shop, opened: OpenedOrder) -> PlacedOrder:
     return PlacedOrder(order, token, payment, opened.created)
 
 
-def _key_unused(shop: Shop, data: orders.OrderIn, key: str, device_id: str | None) -> bool:
-    """Whether a checkout with an Idempotency-Key may be answered "sold out" before the write
-    path: only if its key has placed nothing, and no checkout of the same buyer is being placed
-    at this moment (it may be this one's first try, still in flight, whose order a retry must
-    get back, as the write path gives it once the first try commits). After a flash sale sold
-    out, every buyer of the storefront's form (which sends a key with every order) otherwise
-    took the write path with the buyer's locks: measured, a sale of 1,000 keys to 20,000 buyers
-    took 12–18 s instead of 2 s (PostgreSQL).
-
-    On PostgreSQL a checkout in flight holds the buyer's advisory locks (decision 0019): they
-    are probed, then the key looked up. On SQLite it holds the writer: the key is looked up
-    holding the writer, for that one statement, where the first try has either committed or
-    not begun (measured: the sale of 1,000 keys to 20,000 keyed buyers took 14 s, every refusal
-    a whole checkout attempt in the writer).
-
-    Either way a first try that has not reached its transaction yet is not seen; it then meets
-    the same sold-out SKU, as every other buyer does."""
-    if shop.db.dialect != "postgresql":
-        # Rolled back, not committed: the checkout that may follow is still refused, not made
-        # to wait on the event loop, if another process holds the writer then.
-        with shop.db.write(undo=True) as s:
-            return orders.find_idempotent_each(s, [(key, data)])[0] is None
-    locks = orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
-    with shop.db.read() as s:
-        return orders.nothing_placed_for(s, locks, key)
-
-
-def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
-    """Answer "sold out" from a read, without queueing for the write lock.
+def _refuse_early(shop: Shop, data: orders.OrderIn, idempotency_key: str | None) -> None:
+    """Answer "sold out" from memory or a read, without queueing for the write lock.
 
     After a flash sale is gone, thousands of buyers still arrive; each would otherwise take a
     write transaction (on SQLite, the database's one writer) just to be told no. The check is
@@ -195,7 +164,25 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
     sale as a stall of up to a second whenever another process held it). The mark also lets
     the next SOLD_OUT_ANSWER seconds' buyers have the same answer from memory, but never past
     the moment the SKU's first unpaid order runs out of time and gives its goods back.
+
+    A checkout with an Idempotency-Key (the storefront's form sends one with every order) may
+    be a retry of an order placed: it is answered "sold out" only if its key has placed nothing
+    as of a moment no earlier than the one the SKU was seen sold out, and otherwise goes to
+    the write path, which gives the order back (or the 409 of a different body). That look is
+    enough, without waiting for the buyer's checkouts in flight: a first try that took goods
+    either committed before the SKU was seen with none left (then its order is found by its
+    key), or had not committed then, and the goods it holds were still counted as there. A
+    first try that has not taken goods yet meets the same sold-out SKU as everyone else,
+    unless goods come back meanwhile, the same moment's race every buyer has. See decision
+    0023: looking the key up holding SQLite's writer, or probing the buyer's advisory locks on
+    PostgreSQL, made a keyed refusal cost three to five times a keyless one.
     """
+    if shop.sold_out_just_now(data.sku, data.quantity):
+        if idempotency_key is not None:
+            with shop.db.read() as s:
+                if orders.idempotency_key_used(s, idempotency_key):
+                    return  # the write path answers a retry
+        raise sold_out_of(data.sku)
     now = utcnow()
     with shop.db.read() as s:
         found = catalog.find_sku_on_sale(s, data.sku)
@@ -215,8 +202,11 @@ def _refuse_early(shop: Shop, data: orders.OrderIn) -> None:
         if not quota_gone and vault.has_stock(s, sku.id, data.quantity, now):
             return
         due = orders.next_expiry(s, sku.id)
-    if due is not None and due <= now:
-        return  # a lapsed reservation: the write path puts it back on sale and sells it
+        if due is not None and due <= now:
+            return  # a lapsed reservation: the write path puts it back on sale and sells it
+        # After the stock was read: on SQLite in the same snapshot, on PostgreSQL a later one.
+        if idempotency_key is not None and orders.idempotency_key_used(s, idempotency_key):
+            return  # the write path answers a retry
     until_due = (due - now).total_seconds() if due is not None else None
     shop.mark_sold_out(data.sku, data.quantity, answer_for=until_due)
     raise _sold_out(sku)

@@ -83,7 +83,7 @@ class _Kept:
         self._busy_timeout: int | None = None  # SQLite: the same for its busy handler
 
     @contextmanager
-    def transaction(self, *, undo: bool = False) -> Iterator[Session]:
+    def transaction(self) -> Iterator[Session]:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._engine.connect()
@@ -115,7 +115,7 @@ class _Kept:
         try:
             yield session
             # A read's transaction (SQLite) is only its snapshot: ending it is all there is.
-            (session.commit if self._write and not undo else session.rollback)()
+            (session.commit if self._write else session.rollback)()
         except BaseException as exc:
             failure = exc
             raise
@@ -271,13 +271,8 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self, *, undo: bool = False) -> Iterator[Session]:
-        """A write transaction: committed when the block ends, rolled back if it raises.
-
-        `undo`: rolled back when the block ends too; for a look that must hold the writer
-        (SQLite: no write of Kami's is in flight meanwhile, and what it reads is all that is
-        committed) and commit nothing. A call that must not wait (`kernel.waiting`) is then
-        still refused at its next wait, as before any commit."""
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
         writers = self._writers
         # A call that must not wait asks once: the event loop waits for the writer in
         # `WriterQueue.run_held`, doing other work meanwhile, and runs the call again.
@@ -289,7 +284,7 @@ class Database:
             with self._admission.enter(counted=writers is None) as slot:
                 kept = self._writer if slot is None else self._slot_writers[slot]
                 if kept is not None:
-                    with kept.transaction(undo=undo) as session:
+                    with kept.transaction() as session:
                         yield session
                     return
                 # Nested in another transaction of this thread (PostgreSQL): a pooled one.
@@ -301,11 +296,8 @@ class Database:
                                 text(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
                             )
                         yield session
-                        if undo:
-                            session.rollback()
-                        else:
-                            session.commit()
-                            waiting.committed()
+                        session.commit()
+                        waiting.committed()
                     except BaseException:
                         session.rollback()
                         raise

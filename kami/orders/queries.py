@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -12,7 +11,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Dialect,
     String,
     Table,
@@ -28,7 +26,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
-from kami.kernel.prepared import Prepared, run_all
+from kami.kernel.prepared import Prepared
 from kami.orders.models import PENDING_ONLY, Order
 from kami.orders.schemas import OrderView
 from kami.orders.states import HOLDING, OrderStatus
@@ -190,21 +188,12 @@ def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
     return sorted({_lock_key(f"{sku_code}:{ident}") for ident in identities})
 
 
-@functools.cache
-def _locks_free(n: int) -> Prepared:
-    tries = (func.pg_try_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
-    return Prepared(select(and_(*tries)))
+_KEY_USED = Prepared(select(_T.c.id).where(_T.c.idempotency_key == bindparam("key")).limit(1))
 
 
-def nothing_placed_for(session: Session, lock_keys: Sequence[int], idempotency_key: str) -> bool:
-    """PostgreSQL, in a read (autocommit): whether no transaction holds any of the buyer's lock
-    keys now (so no checkout of that buyer is being placed; each lock is taken and let go in
-    the same statement), and then, once that is known, whether `idempotency_key` has placed
-    nothing, with whatever body. Both in one round trip: the second statement starts
-    when the first has finished, so a checkout that commits in between is found by its key."""
-    probe = _locks_free(len(lock_keys)), {f"k{i}": k for i, k in enumerate(lock_keys)}
-    free, by_key = run_all(session, [probe, (BY_IDEMPOTENCY_KEY, {"key": idempotency_key})])
-    return bool(free.scalar_one()) and by_key.first() is None
+def idempotency_key_used(session: Session, idempotency_key: str) -> bool:
+    """Whether an order was placed with this Idempotency-Key, with whatever body."""
+    return _KEY_USED.run(session, {"key": idempotency_key}).first() is not None
 
 
 def _lock_key(text: str) -> int:

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from kami import catalog, fulfilment, orders
 from kami.fulfilment import checkout
+from kami.fulfilment.goods import stock
 from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
 from kami.kernel import waiting
 from kami.kernel.clock import utcnow
@@ -516,14 +517,14 @@ def test_the_read_path_keeps_a_sold_out_skus_buyers_off_the_writer(
         assert _problem(place, shop, sku.code, 1, email=f"r{n}@example.com") == "sold-out"
 
 
-def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
+def test_a_keyed_checkout_after_sold_out_is_answered_early_unless_its_key_placed_an_order(
     shop: fulfilment.Shop, clock: _Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A checkout with an Idempotency-Key (the storefront's form sends one with every order)
-    after a SKU sold out: on PostgreSQL answered "sold out" as a keyless one is, without the
-    write path, if its key placed nothing and no checkout of the buyer is in flight (it may be
-    this one's first try); a retry of an order placed gets it back. On SQLite the key is looked
-    up holding the writer, where a first try has committed or not begun."""
+    after a SKU sold out is answered "sold out" as a keyless one is, from a read, without a
+    write transaction, if its key placed nothing; a retry of an order placed gets it back,
+    and a different body with that key its 409. Both from the read that finds the SKU sold
+    out and from the memory of that answer."""
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, ["K-1"])
     open_flash_sale(shop, "FLASH", quota=1, limit=1)
@@ -532,94 +533,99 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_only_when_safe(
         shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
     )
     assert _problem(place, shop, "FLASH", 1, email="b@example.com") == "sold-out"
-    assert shop.recently_sold_out("FLASH")
+    assert shop.recently_sold_out("FLASH") and not shop.sold_out_just_now("FLASH", 1)
     writes = []
     real_write = shop.db.write
 
-    def counted_write(**kwargs: Any) -> object:
+    def counted_write() -> object:
         writes.append(1)
-        return real_write(**kwargs)
+        return real_write()
 
     monkeypatch.setattr(shop.db, "write", counted_write)
-    attempts = []  # whole checkout attempts, in the write transaction
-    real_place = checkout._place
-
-    def counted_place(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(1)
-        return real_place(*args, **kwargs)
-
-    monkeypatch.setattr(checkout, "_place", counted_place)
     late = orders.OrderIn(email="c@example.com", **data)
-    assert _problem(fulfilment.open_order, shop, late, idempotency_key="key-c") == "sold-out"
-    assert attempts == []
-    # PostgreSQL: no write transaction at all; SQLite: the writer for the key's look-up.
-    assert len(writes) == (0 if shop.db.dialect == "postgresql" else 1)
-    again = fulfilment.open_order(
-        shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
-    )
-    assert (again.order.order_no, again.created) == (first.order.order_no, False)
-    other_body = orders.OrderIn(email="z@example.com", **data)
-    assert (
-        _problem(fulfilment.open_order, shop, other_body, idempotency_key="key-a")
-        == "idempotency-key-reused"
-    )
-    if shop.db.dialect != "postgresql":
-        return
-    # A checkout of the same buyer in flight (its lock held): the write path, which waits.
-    (lock,) = orders.buyer_lock_keys("FLASH", ["e:c@example.com"])
-    with shop.db.read() as s:
-        assert orders.nothing_placed_for(s, [lock], "key-c")
-    with shop.db.engine.connect() as other:
-        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock})
-        with shop.db.read() as s:
-            assert not orders.nothing_placed_for(s, [lock], "key-c")
+    for memory in (False, True):  # the read finds it sold out; then memory says so
+        assert shop.sold_out_just_now("FLASH", 1) is memory
+        assert _problem(fulfilment.open_order, shop, late, idempotency_key="key-c") == "sold-out"
+        assert writes == []
+        again = fulfilment.open_order(
+            shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="key-a"
+        )
+        assert (again.order.order_no, again.created) == (first.order.order_no, False)
+        other_body = orders.OrderIn(email="z@example.com", **data)
+        assert (
+            _problem(fulfilment.open_order, shop, other_body, idempotency_key="key-a")
+            == "idempotency-key-reused"
+        )
         writes.clear()
-        with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
-            fulfilment.open_order(shop, late, idempotency_key="key-c")
-        assert writes == [1]  # the whole checkout, waiting for the buyer's lock
-        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
-    with shop.db.read() as s:  # the probe took nothing for itself
-        assert orders.nothing_placed_for(s, [lock], "key-c")
-        assert orders.nothing_placed_for(s, [lock], "key-c")
+        # The keyless read that refuses next puts the answer in memory for a moment.
+        assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "sold-out"
+    with shop.db.read() as s:
+        assert orders.idempotency_key_used(s, "key-a")
+        assert not orders.idempotency_key_used(s, "key-c")
 
 
-@pytest.mark.parametrize("key", ["placed-key", "fresh-key"])
-def test_a_keyed_checkout_not_answered_early_is_still_refused_rather_than_made_to_wait(
-    shop: fulfilment.Shop, clock: _Clock, monkeypatch: pytest.MonkeyPatch, key: str
+@pytest.mark.parametrize("first_try", ["holding", "committing"])
+def test_a_retry_whose_first_try_took_the_last_goods_is_never_told_sold_out(
+    shop: fulfilment.Shop, clock: _Clock, monkeypatch: pytest.MonkeyPatch, first_try: str
 ) -> None:
-    """SQLite: the look at the key holds the writer but commits nothing, so when another
-    thread then has the writer, the checkout on the event loop is refused (WouldWait: it waits
-    off the loop and runs again) instead of waiting there with every request of the process."""
-    if shop.db.dialect != "sqlite":
-        pytest.skip("the key is looked up holding SQLite's writer")
-    sku = make_sku(shop, "FLASH", max_quantity=3)
-    add_keys(shop, sku, [f"K-{n}" for n in range(5)])
-    open_flash_sale(shop, "FLASH", quota=5, limit=3)
-    data = orders.OrderIn(sku="FLASH", quantity=1, email="a@example.com", gateway="sandbox")
-    fulfilment.open_order(shop, data, idempotency_key="placed-key")
-    shop.mark_sold_out("FLASH", 3)  # three refused a moment ago; one is still to be had
-    held, done = threading.Event(), threading.Event()
+    """The early answer to a keyed checkout needs no wait for the buyer's checkouts in flight,
+    because the key is looked up after the stock was read (decision 0023). A first try that
+    holds the last key, not yet committed, leaves the key counted as there, so its retry goes
+    to the write path ("holding"); one that commits while the retry reads, between the SKU and
+    the stock, has its order found by the key read after the stock on PostgreSQL, while on
+    SQLite the whole read is one snapshot that still counts the key ("committing"). Either way
+    the retry ends with the order first placed, never "sold out"."""
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, ["K-1", "K-2"])
+    open_flash_sale(shop, "FLASH", quota=2, limit=1)
+    place(shop, "FLASH", 1, email="a@example.com")
+    data = orders.OrderIn(sku="FLASH", quantity=1, email="t@example.com", gateway="sandbox")
+    reserved, go_on = threading.Event(), threading.Event()
+    real_reserve = stock.reserve
+    first_thread: list[threading.Thread] = []
 
-    def holder() -> None:
-        with shop.db.write():
-            held.set()
-            done.wait(10)
+    def reserve_then_hold(*args: Any, **kwargs: Any) -> Any:
+        done = real_reserve(*args, **kwargs)
+        if threading.current_thread() in first_thread:
+            reserved.set()
+            assert go_on.wait(10)
+        return done
 
-    real = catalog.get_sku_on_sale
-
-    def then_another_writer(*args: Any, **kwargs: Any) -> Any:
-        if not held.is_set():
-            threading.Thread(target=holder, daemon=True).start()
-            assert held.wait(5)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(catalog, "get_sku_on_sale", then_another_writer)
+    monkeypatch.setattr("kami.fulfilment.checkout.reserve", reserve_then_hold)
+    opened: list[checkout.OpenedOrder] = []
+    t = threading.Thread(
+        target=lambda: opened.append(fulfilment.open_order(shop, data, idempotency_key="key-t"))
+    )
+    first_thread.append(t)
+    t.start()
     try:
-        with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
-            fulfilment.open_order(shop, data, idempotency_key=key)
+        assert reserved.wait(10)
+        shop.mark_sold_out("FLASH", 1)  # another buyer was just refused
+        if first_try == "holding":
+            with waiting.no_waiting(), pytest.raises(waiting.WouldWait):
+                fulfilment.open_order(shop, data, idempotency_key="key-t")  # the write path
+        else:
+            real_find = catalog.find_sku_on_sale
+
+            def first_try_commits_meanwhile(*args: Any, **kwargs: Any) -> Any:
+                found = real_find(*args, **kwargs)
+                if threading.current_thread() is not t and not go_on.is_set():
+                    go_on.set()
+                    t.join(10)
+                    assert opened  # committed
+                return found
+
+            monkeypatch.setattr(catalog, "find_sku_on_sale", first_try_commits_meanwhile)
+            with waiting.no_waiting():
+                again = fulfilment.open_order(shop, data, idempotency_key="key-t")
+            assert go_on.is_set()
+            assert (again.order.order_no, again.created) == (opened[0].order.order_no, False)
     finally:
-        done.set()
-    assert held.is_set()
+        go_on.set()
+        t.join(10)
+    again = fulfilment.open_order(shop, data, idempotency_key="key-t")
+    assert (again.order.order_no, again.created) == (opened[0].order.order_no, False)
+    assert _keys(shop) == {"reserved": 2}
 
 
 def test_flash_sales_are_known_to_the_shop(shop: fulfilment.Shop, clock: _Clock) -> None:

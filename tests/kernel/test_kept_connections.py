@@ -13,7 +13,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from kami.fulfilment import Shop
-from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.outbox import OutboxJob, enqueue
 from kami.kernel.prepared import Prepared
@@ -139,25 +138,3 @@ def test_a_connection_the_server_dropped_fails_once_then_the_next_is_fresh(shop:
         assert s.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
         _BUMP.run(s, {"ref": "h"})
     assert _attempts(shop, "h") == 1
-
-
-def test_a_write_undone_commits_nothing_and_leaves_a_call_refusable(shop: Shop) -> None:
-    """`Database.write(undo=True)`: the writer held for a look, rolled back at the end, so a
-    call that must not wait is still refused at its next wait, as before any commit (a commit
-    lets it wait from then on, since it can no longer run again). Kept and, on PostgreSQL,
-    nested (a pooled session) alike."""
-    for nested in (False, True) if BACKEND == "postgresql" else (False,):
-        with waiting.no_waiting():
-            with shop.db.write(undo=True) as s:
-                enqueue(s, "k", {}, ref=f"undone-{nested}")
-                if nested:
-                    with shop.db.write(undo=True) as inner:
-                        enqueue(inner, "k", {}, ref=f"undone-inner-{nested}")
-            assert waiting.lock_wait() is not None
-            with shop.db.write() as s:
-                enqueue(s, "k", {}, ref=f"done-{nested}")
-            assert waiting.lock_wait() is None
-    with shop.db.read() as s:
-        refs = set(s.execute(select(OutboxJob.ref)).scalars())
-    assert "done-False" in refs
-    assert not {r for r in refs if r.startswith("undone")}
