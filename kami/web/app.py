@@ -152,8 +152,8 @@ def create_app(
         stop = None
         if run_worker:
             _thread, stop = runner.start_thread(container)
-        if server and container.db.dialect == "postgresql":
-            # Flash-sale checkouts placed together (decision 0020): their statements, now.
+        if server:
+            # Flash-sale checkouts placed together (decisions 0020, 0023): their statements, now.
             fulfilment.ready_together(container.db.engine.dialect)
         if server:
             settle_heap()

@@ -37,7 +37,7 @@ async def place_order(
             device_id=device_id,
         )
 
-    if on_sale and shop.db.dialect == "postgresql":
+    if on_sale:
         # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
         opened = await running.run_together(
             ("checkout", body.sku),

@@ -217,8 +217,9 @@ def test_the_checkouts_of_a_sku_on_flash_sale_are_run_first(
 def test_the_checkout_forms_orders_go_the_way_the_apis_do(
     client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The storefront's form runs its checkout on the loop, a flash sale's first (and on
-    PostgreSQL in a group), with its Idempotency-Key: the same form sent twice is one order."""
+    """The storefront's form runs its checkout on the loop, a flash sale's first (in a group
+    with the checkouts read in the same pass), with its Idempotency-Key: the same form sent
+    twice is one order."""
     used = _checkouts_run_by(monkeypatch)
     _plain_and_flash(shop)
     locations = []
@@ -576,6 +577,80 @@ def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
         assert run_async(lambda: scene(fails)) == ["a alone", "b alone"]
     assert "run together failed (RuntimeError)" in caplog.text
     assert "secret-token-123" not in caplog.text
+
+
+def _insert_group(shop: Shop, items: list[int], groups: list[tuple[list[int], int]]) -> list[int]:
+    with shop.db.write() as s:
+        for n in items:
+            s.execute(text("INSERT INTO t_scratch VALUES (:n)"), {"n": n})
+    groups.append((items, threading.get_ident()))
+    return [n * 10 for n in items]
+
+
+def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
+    shop: Shop, scratch_table: str, writer_held: threading.Event
+) -> None:
+    """Decision 0023: on SQLite a group refused for the writer waits for it as one call
+    (`run_held`), while the loop goes on, and then runs on the loop as one group. A caller
+    that went away meanwhile is left alone; the others get their outcomes."""
+    groups: list[tuple[list[int], int]] = []
+
+    async def scene() -> tuple[int, list[object], int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        async def one(n: int) -> object:
+            async def alone() -> object:
+                return -n
+
+            return await running.run_together(
+                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
+            )
+
+        tick = asyncio.create_task(ticker())
+        calls = [asyncio.create_task(one(n)) for n in range(1, 5)]
+        await asyncio.sleep(0.2)
+        ticks_while_held, done_while_held = ticks, sum(c.done() for c in calls)
+        calls[1].cancel()  # its client hung up
+        writer_held.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        tick.cancel()
+        return threading.get_ident(), results, ticks_while_held, done_while_held
+
+    loop_thread, results, ticks, done_while_held = run_async(scene)
+    assert done_while_held == 0
+    assert ticks >= 5  # the loop was not blocked while the group waited
+    assert results[0] == 10 and results[2:] == [30, 40]
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert groups == [([1, 2, 3, 4], loop_thread)]  # one group, on the loop
+    assert _rows(shop) == 4  # the order of the caller that left was placed all the same
+
+
+def test_a_group_that_waits_too_long_for_the_writer_runs_each_call_alone(
+    shop: Shop, scratch_table: str, writer_held: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(running, "WRITER_WAIT", 0.05)
+    groups: list[tuple[list[int], int]] = []
+
+    async def scene() -> list[object]:
+        async def one(n: int) -> object:
+            async def alone() -> object:
+                return -n
+
+            return await running.run_together(
+                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
+            )
+
+        return list(await asyncio.gather(one(1), one(2)))
+
+    assert run_async(scene) == [-1, -2]
+    writer_held.set()
+    assert groups == [] and _rows(shop) == 0
 
 
 def test_payments_read_in_one_pass_run_as_one_group_after_their_turn(

@@ -136,17 +136,14 @@ async def answer_notification(gateway: str, request: Request) -> Response:
         remote_addr=client_ip(request),
     )
     shop = request.app.state.container.shop
-    if shop.db.dialect == "postgresql":
-        # Applied together with the notifications read in the same pass (decision 0022).
-        outcome = await running.run_payment_together(
-            "notify",
-            raw,
-            partial(fulfilment.handle_notifications_together, shop),
-            partial(running.run_now, fulfilment.handle_notification, shop, raw),
-            most=fulfilment.paid_together.MAX_GROUP,
-        )
-    else:
-        outcome = await running.run_payment(fulfilment.handle_notification, shop, raw)
+    # Applied together with the notifications read in the same pass (decisions 0022, 0023).
+    outcome = await running.run_payment_together(
+        "notify",
+        raw,
+        partial(fulfilment.handle_notifications_together, shop),
+        partial(running.run_now, fulfilment.handle_notification, shop, raw),
+        most=fulfilment.paid_together.MAX_GROUP,
+    )
     ack = outcome.ack
     return Response(
         ack.body,
