@@ -180,7 +180,7 @@ def _refuse_early(shop: Shop, data: orders.OrderIn, idempotency_key: str | None)
     if shop.sold_out_just_now(data.sku, data.quantity):
         if idempotency_key is not None:
             with shop.db.read() as s:
-                if orders.idempotency_key_used(s, idempotency_key):
+                if orders.idempotency_keys_used(s, [idempotency_key])[0]:
                     return  # the write path answers a retry
         raise sold_out_of(data.sku)
     now = utcnow()
@@ -205,7 +205,7 @@ def _refuse_early(shop: Shop, data: orders.OrderIn, idempotency_key: str | None)
         if due is not None and due <= now:
             return  # a lapsed reservation: the write path puts it back on sale and sells it
         # After the stock was read: on SQLite in the same snapshot, on PostgreSQL a later one.
-        if idempotency_key is not None and orders.idempotency_key_used(s, idempotency_key):
+        if idempotency_key is not None and orders.idempotency_keys_used(s, [idempotency_key])[0]:
             return  # the write path answers a retry
     until_due = (due - now).total_seconds() if due is not None else None
     shop.mark_sold_out(data.sku, data.quantity, answer_for=until_due)

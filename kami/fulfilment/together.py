@@ -17,6 +17,9 @@ the quota taken meanwhile by another process, an SKU not sold as card keys, an
 Idempotency-Key taken meanwhile by another process), the transaction is rolled back, nothing
 is written, and each checkout is placed alone (`None`). A key that comes twice in one group is
 placed alone the second time, after the group.
+
+After the SKU sold out, the group is answered from the process's memory of that answer, the
+keyed checkouts after one look at all their keys (decision 0023).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from sqlalchemy.orm import Session
 from kami import catalog, orders, vault
 from kami.fulfilment.checkout import OpenedOrder, key_fits
 from kami.fulfilment.delivering import release_expired
-from kami.fulfilment.goods.stock import sold_out
+from kami.fulfilment.goods.stock import sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
 from kami.fulfilment.terms import (
     buyer_identities,
@@ -92,7 +95,7 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         return alone
     code = checkouts[0].data.sku
     if shop.recently_sold_out(code):
-        return alone  # each is answered from a read (`checkout._refuse_early`)
+        return _refused_from_memory(shop, code, checkouts)
     outcomes: list[Outcome] = list(alone)
     members: list[int] = []
     units = 0
@@ -138,6 +141,41 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         return alone
     for quantity in sold_out_units:
         shop.mark_sold_out(code, quantity)
+    return outcomes
+
+
+def _refused_from_memory(shop: Shop, code: str, checkouts: Sequence[Checkout]) -> list[Outcome]:
+    """After the SKU sold out: "sold out" for each checkout of it that this process's memory
+    of the answer covers (`Shop.sold_out_just_now`), as `checkout._refuse_early` answers one
+    alone, but with the keyed ones' keys looked up in one read for all of them (one round trip
+    on PostgreSQL, where alone each waited for its own: decision 0023). A key that placed an
+    order goes alone, to be given it back; so does everything the memory does not cover (the
+    first alone reads the stock again, and the memory with it)."""
+    outcomes: list[Outcome] = [None] * len(checkouts)
+    keyed: list[int] = []
+    for i, c in enumerate(checkouts):
+        if c.data.sku != code or not shop.sold_out_just_now(code, c.data.quantity):
+            continue
+        if c.idempotency_key is not None and not key_fits(c.idempotency_key):
+            continue  # alone refuses it (422)
+        try:
+            shop.gateways.get(c.data.gateway)
+        except NotFound as exc:
+            outcomes[i] = InvalidInput(exc.detail, where="gateway", slug="unknown-gateway")
+            continue
+        if c.idempotency_key is None:
+            outcomes[i] = sold_out_of(code)
+        else:
+            keyed.append(i)
+    if keyed:
+        # After the memory was read, so after the stock was seen gone (`_refuse_early`).
+        with shop.db.read() as s:
+            used = orders.idempotency_keys_used(
+                s, [cast(str, checkouts[i].idempotency_key) for i in keyed]
+            )
+        for i, placed in zip(keyed, used, strict=True):
+            if not placed:
+                outcomes[i] = sold_out_of(code)
     return outcomes
 
 

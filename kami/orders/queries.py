@@ -191,9 +191,11 @@ def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
 _KEY_USED = Prepared(select(_T.c.id).where(_T.c.idempotency_key == bindparam("key")).limit(1))
 
 
-def idempotency_key_used(session: Session, idempotency_key: str) -> bool:
-    """Whether an order was placed with this Idempotency-Key, with whatever body."""
-    return _KEY_USED.run(session, {"key": idempotency_key}).first() is not None
+def idempotency_keys_used(session: Session, idempotency_keys: Sequence[str]) -> list[bool]:
+    """For each Idempotency-Key, whether an order was placed with it, with whatever body; in
+    one round trip on PostgreSQL."""
+    found = _KEY_USED.run_each(session, [{"key": key} for key in idempotency_keys])
+    return [rows.first() is not None for rows in found]
 
 
 def _lock_key(text: str) -> int:

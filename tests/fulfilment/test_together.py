@@ -7,6 +7,7 @@ import dataclasses
 import threading
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -296,6 +297,60 @@ def test_a_key_taken_meanwhile_sends_the_group_alone(
     ]
     assert fulfilment.open_orders_together(shop, group) == [None, None]
     assert _state(shop) == before
+
+
+def test_after_a_sellout_a_group_is_answered_from_memory_and_one_read_of_its_keys(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0023: while this process remembers the SKU sold out, a group's checkouts are
+    answered "sold out" as alone, without a write; the keyed ones after one read of all their
+    keys, and a key that placed an order goes alone to be given it back."""
+    sku = make_sku(shop, "FLASH", max_quantity=3)
+    add_keys(shop, sku, ["K-1"])
+    open_flash_sale(shop, "FLASH", quota=1, limit=3)
+    fulfilment.open_order(shop, _checkout("a@example.com").data, idempotency_key="key-a")
+    for email in ("b@example.com", "c@example.com"):  # the write path, then the read
+        with pytest.raises(KamiError):
+            fulfilment.open_order(shop, _checkout(email).data)
+    assert shop.sold_out_just_now("FLASH", 1)
+    calls: list[str] = []
+    for name in ("read", "write"):
+
+        def counted(real: Any = getattr(shop.db, name), name: str = name) -> Any:
+            calls.append(name)
+            return real()
+
+        monkeypatch.setattr(shop.db, name, counted)
+
+    def keyed(email: str, key: str) -> fulfilment.Checkout:
+        return dataclasses.replace(_checkout(email), idempotency_key=key)
+
+    group = [
+        _checkout("d@example.com"),
+        keyed("e@example.com", "key-e"),  # placed nothing
+        keyed("a@example.com", "key-a"),  # a retry: alone, to be given its order back
+        keyed("f@example.com", ""),  # alone refuses it (422)
+        _checkout("g@example.com", gateway="nowhere"),
+        _checkout("h@example.com", sku="OTHER"),
+        keyed("i@example.com", "key-i"),
+    ]
+    outcomes = fulfilment.open_orders_together(shop, group)
+    assert [_answer(o) for o in outcomes] == [
+        "sold-out",
+        "sold-out",
+        "alone",
+        "alone",
+        "unknown-gateway",
+        "alone",
+        "sold-out",
+    ]
+    assert calls == ["read"]
+    again = fulfilment.open_order(shop, group[2].data, idempotency_key="key-a")
+    assert not again.created
+    # Without keys to look up, nothing is read at all.
+    calls.clear()
+    outcomes = fulfilment.open_orders_together(shop, [_checkout("j@example.com")] * 2)
+    assert [_answer(o) for o in outcomes] == ["sold-out", "sold-out"] and calls == []
 
 
 @pytest.mark.parametrize("case", ["no-sale", "not-card-keys", "one", "sold-out-memory"])
