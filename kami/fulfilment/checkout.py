@@ -7,6 +7,7 @@ at order time whether they got one and no money is ever asked for a key that is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -162,32 +163,37 @@ def _refuse_early(shop: Shop, data: orders.OrderIn, idempotency_key: str | None)
     keeps the SKU marked, so that the next buyers read too: when the mark lapsed, every checkout
     in flight went to the write path at once and queued for the writer (seen in the flash
     sale as a stall of up to a second whenever another process held it). The mark also lets
-    the next SOLD_OUT_ANSWER seconds' buyers have the same answer from memory, but never past
-    the moment the SKU's first unpaid order runs out of time and gives its goods back.
+    the next SOLD_OUT_ANSWER seconds' keyless buyers have the same answer from memory, but
+    never past the moment the SKU's first unpaid order runs out of time and gives its goods
+    back. A keyed one always reads (`sold_out_for`)."""
+    if idempotency_key is None and shop.sold_out_just_now(data.sku, data.quantity):
+        raise sold_out_of(data.sku)
+    placed = sold_out_for(shop, data, [] if idempotency_key is None else [idempotency_key])
+    if placed is None or any(placed):
+        return  # the write path: an order, its precise problem, or a retry's order back
+    raise sold_out_of(data.sku)
+
+
+def sold_out_for(shop: Shop, data: orders.OrderIn, keys: Sequence[str]) -> list[bool] | None:
+    """One read: None if `data.quantity` of the SKU may still be had (or only the write path
+    can say why not); if it is gone, for each of `keys` (Idempotency-Keys), whether an order was
+    placed with it. Gone marks the SKU sold out in this process (`Shop.mark_sold_out`).
 
     A checkout with an Idempotency-Key (the storefront's form sends one with every order) may
-    be a retry of an order placed: it is answered "sold out" only if its key has placed nothing
-    as of a moment no earlier than the one the SKU was seen sold out, and otherwise goes to
-    the write path, which gives the order back (or the 409 of a different body). That look is
-    enough, without waiting for the buyer's checkouts in flight: a first try that took goods
-    either committed before the SKU was seen with none left (then its order is found by its
-    key), or had not committed then, and the goods it holds were still counted as there. A
-    first try that has not taken goods yet meets the same sold-out SKU as everyone else,
-    unless goods come back meanwhile, the same moment's race every buyer has. See decision
-    0023: looking the key up holding SQLite's writer, or probing the buyer's advisory locks on
-    PostgreSQL, made a keyed refusal cost three to five times a keyless one.
-    """
-    if shop.sold_out_just_now(data.sku, data.quantity):
-        if idempotency_key is not None:
-            with shop.db.read() as s:
-                if orders.idempotency_keys_used(s, [idempotency_key])[0]:
-                    return  # the write path answers a retry
-        raise sold_out_of(data.sku)
+    be a retry of an order placed, which must get that order back. So it is answered "sold out"
+    only if its key placed nothing, looked up after the stock was seen gone (on SQLite in the
+    same snapshot, on PostgreSQL a later statement). That look is enough, without waiting for
+    the buyer's checkouts in flight (decision 0023): a first try that took goods either
+    committed before the stock was read (its order is then found by its key), or had not,
+    and the goods it holds were still counted as there. A first try that has not taken goods
+    yet meets the same sold-out SKU as everyone else, unless goods come back in that instant.
+    The stock is read again for each keyed checkout, never taken from the memory of an answer,
+    which would widen that instant to SOLD_OUT_ANSWER."""
     now = utcnow()
     with shop.db.read() as s:
         found = catalog.find_sku_on_sale(s, data.sku)
         if found is None:
-            return  # the write path gives the precise problem
+            return None  # the write path gives the precise problem
         mark_flash_sale(shop, data, found)
         sku, sale = found
         if (
@@ -195,21 +201,19 @@ def _refuse_early(shop: Shop, data: orders.OrderIn, idempotency_key: str | None)
             or not sku.min_quantity <= data.quantity <= sku.max_quantity
             or sku.delivery_kind != catalog.DeliveryKind.CARD_KEY
         ):
-            return  # the write path gives the precise problem
+            return None  # the write path gives the precise problem
         if sale is not None and not sale.starts_at <= now < sale.ends_at:
-            return  # "not started" / "ended" come from the write path
+            return None  # "not started" / "ended" come from the write path
         quota_gone = sale is not None and sale.taken + data.quantity > sale.quota
         if not quota_gone and vault.has_stock(s, sku.id, data.quantity, now):
-            return
+            return None
         due = orders.next_expiry(s, sku.id)
         if due is not None and due <= now:
-            return  # a lapsed reservation: the write path puts it back on sale and sells it
-        # After the stock was read: on SQLite in the same snapshot, on PostgreSQL a later one.
-        if idempotency_key is not None and orders.idempotency_keys_used(s, [idempotency_key])[0]:
-            return  # the write path answers a retry
+            return None  # a lapsed reservation: the write path puts it back on sale and sells it
+        placed = orders.idempotency_keys_used(s, keys) if keys else []
     until_due = (due - now).total_seconds() if due is not None else None
     shop.mark_sold_out(data.sku, data.quantity, answer_for=until_due)
-    raise _sold_out(sku)
+    return placed
 
 
 def _place(

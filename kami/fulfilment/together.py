@@ -19,7 +19,7 @@ is written, and each checkout is placed alone (`None`). A key that comes twice i
 placed alone the second time, after the group.
 
 After the SKU sold out, the group is answered from the process's memory of that answer, the
-keyed checkouts after one look at all their keys (decision 0023).
+keyed checkouts from one read of the stock and of all their keys (decision 0023).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami import catalog, orders, vault
-from kami.fulfilment.checkout import OpenedOrder, key_fits
+from kami.fulfilment.checkout import OpenedOrder, key_fits, sold_out_for
 from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
@@ -73,12 +73,13 @@ Outcome = OpenedOrder | KamiError | None
 
 
 def ready(dialect: Dialect) -> None:
-    """Compile the group's statements of every size now: a server process on PostgreSQL does
-    it as it starts, so that a flash sale's first buyers do not wait for it (a group of 32
-    compiled its statements in 0.2 s)."""
+    """Compile the group's statements of every size now: a server process does it as it
+    starts, so that a flash sale's first buyers do not wait for it (a group of 32 compiled its
+    statements in 0.2 s). The buyers' locks are PostgreSQL's only."""
     orders.ready_many(dialect, MAX_GROUP)
     vault.ready_reserve_keys_for(dialect, MAX_UNITS)
-    catalog.ready_sku_and_sale_locking(dialect, 2 * MAX_GROUP)
+    if dialect.name == "postgresql":
+        catalog.ready_sku_and_sale_locking(dialect, 2 * MAX_GROUP)
 
 
 class _Alone(Exception):
@@ -95,7 +96,7 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         return alone
     code = checkouts[0].data.sku
     if shop.recently_sold_out(code):
-        return _refused_from_memory(shop, code, checkouts)
+        return _refused_after_sellout(shop, code, checkouts)
     outcomes: list[Outcome] = list(alone)
     members: list[int] = []
     units = 0
@@ -144,17 +145,18 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
     return outcomes
 
 
-def _refused_from_memory(shop: Shop, code: str, checkouts: Sequence[Checkout]) -> list[Outcome]:
-    """After the SKU sold out: "sold out" for each checkout of it that this process's memory
-    of the answer covers (`Shop.sold_out_just_now`), as `checkout._refuse_early` answers one
-    alone, but with the keyed ones' keys looked up in one read for all of them (one round trip
-    on PostgreSQL, where alone each waited for its own: decision 0023). A key that placed an
-    order goes alone, to be given it back; so does everything the memory does not cover (the
-    first alone reads the stock again, and the memory with it)."""
+def _refused_after_sellout(shop: Shop, code: str, checkouts: Sequence[Checkout]) -> list[Outcome]:
+    """After the SKU sold out, "sold out" for each checkout of it as `checkout._refuse_early`
+    answers one alone: a keyless one the process's memory of that answer covers
+    (`Shop.sold_out_just_now`) from memory; the keyed ones (of the first keyed one's quantity)
+    from one read of the stock and then of all their keys (`checkout.sold_out_for`: one read
+    for the group, where alone each made its own: decision 0023). A key that placed an order
+    goes alone, to be given it back; so does everything else (the first alone reads the stock
+    again, and the memory with it)."""
     outcomes: list[Outcome] = [None] * len(checkouts)
     keyed: list[int] = []
     for i, c in enumerate(checkouts):
-        if c.data.sku != code or not shop.sold_out_just_now(code, c.data.quantity):
+        if c.data.sku != code:
             continue
         if c.idempotency_key is not None and not key_fits(c.idempotency_key):
             continue  # alone refuses it (422)
@@ -163,19 +165,18 @@ def _refused_from_memory(shop: Shop, code: str, checkouts: Sequence[Checkout]) -
         except NotFound as exc:
             outcomes[i] = InvalidInput(exc.detail, where="gateway", slug="unknown-gateway")
             continue
-        if c.idempotency_key is None:
+        if c.idempotency_key is not None:
+            if not keyed or c.data.quantity == checkouts[keyed[0]].data.quantity:
+                keyed.append(i)
+        elif shop.sold_out_just_now(code, c.data.quantity):
             outcomes[i] = sold_out_of(code)
-        else:
-            keyed.append(i)
     if keyed:
-        # After the memory was read, so after the stock was seen gone (`_refuse_early`).
-        with shop.db.read() as s:
-            used = orders.idempotency_keys_used(
-                s, [cast(str, checkouts[i].idempotency_key) for i in keyed]
-            )
-        for i, placed in zip(keyed, used, strict=True):
-            if not placed:
-                outcomes[i] = sold_out_of(code)
+        keys = [cast(str, checkouts[i].idempotency_key) for i in keyed]
+        placed = sold_out_for(shop, checkouts[keyed[0]].data, keys)
+        if placed is not None:
+            for i, used in zip(keyed, placed, strict=True):
+                if not used:
+                    outcomes[i] = sold_out_of(code)
     return outcomes
 
 

@@ -39,12 +39,14 @@ T = TypeVar("T")
 class WaitsOnLoop(Protocol):
     """What a refused call met, if the call can wait for it without blocking the event loop.
 
-    `run_held(call, within, rank=)` runs `call` on the loop once it is held, and returns what
-    `call` returns (or raises what it raises); if it was not had within `within` seconds, it
-    raises WouldWait without having run `call`. `rank`: ahead of the calls waiting with a lower
-    one."""
+    `run_held(call, within, rank=, weight=)` runs `call` on the loop once it is held, and
+    returns what `call` returns (or raises what it raises); if it was not had within `within`
+    seconds, it raises WouldWait without having run `call`. `rank`: ahead of the calls waiting
+    with a lower one. `weight`: how many calls `call` stands for."""
 
-    async def run_held(self, call: Callable[[], T], within: float, *, rank: int = 0) -> T: ...
+    async def run_held(
+        self, call: Callable[[], T], within: float, *, rank: int = 0, weight: int = 1
+    ) -> T: ...
 
 
 class WouldWait(BaseException):

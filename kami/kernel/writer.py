@@ -70,6 +70,7 @@ class _LoopCall:
     call: Callable[[], Any]
     rank: int
     caller: asyncio.Task[Any] | None
+    weight: int = 1  # the calls it stands for (a group, decision 0023)
 
     def wanted(self) -> bool:
         """Not given up on: neither timed out nor its caller cancelled (a client that hung up;
@@ -153,11 +154,15 @@ class WriterQueue:
         self._threads.release()
         return False
 
-    async def run_held(self, call: Callable[[], T], within: float, *, rank: int = 0) -> T:
+    async def run_held(
+        self, call: Callable[[], T], within: float, *, rank: int = 0, weight: int = 1
+    ) -> T:
         """On an event loop: run `call` there once this process has the writer, without
         blocking the loop meanwhile; WouldWait (and `call` not run) if not within `within` s.
         `rank`: ahead of the calls waiting with a lower rank, behind those of its own rank or
         higher (payment notifications go before checkouts, a flash sale's before both).
+        `weight`: how many calls `call` stands for (a group of them), counted against
+        LOOP_BATCH; a call heavier than that runs in a hold of its own.
 
         A call on the loop that finds the writer busy is refused at once (it asks with no
         wait) and waits here while the loop answers other requests. Waiting on the loop
@@ -178,7 +183,7 @@ class WriterQueue:
             place = next(
                 (n for n, c in enumerate(self._on_loops) if c.rank < rank), len(self._on_loops)
             )
-            entry = _LoopCall(loop, done, call, rank, asyncio.current_task())
+            entry = _LoopCall(loop, done, call, rank, asyncio.current_task(), weight)
             self._on_loops.insert(place, entry)
             self._loop_calls.notify()
         try:
@@ -250,11 +255,16 @@ class WriterQueue:
                 return  # the writer went back; this loop's calls wait for the next offer
             offer.taken.set()
             rest: deque[_LoopCall] = deque()
+            weight, full = 0, False
             for entry in self._on_loops:
                 if entry.loop is loop and not entry.wanted():
                     entry.done.cancel()  # given up on: dropped, not counted
                     continue
-                mine = entry.loop is loop and len(batch) < self.LOOP_BATCH
+                mine = entry.loop is loop and not full
+                if mine and batch and weight + entry.weight > self.LOOP_BATCH:
+                    mine, full = False, True  # the rest of this loop's calls wait, in order
+                if mine:
+                    weight += entry.weight
                 (batch if mine else rest).append(entry)
             self._on_loops = rest
         self._holder = threading.get_ident()

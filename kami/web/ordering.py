@@ -1,10 +1,10 @@
 """Placing an order from a request, the way every buyer's checkout goes: the JSON API's and the
-storefront's form alike (decisions 0010, 0018, 0020).
+storefront's form alike (decisions 0010, 0018, 0020, 0023).
 
 A checkout runs on the event loop when nothing would make it wait. A flash sale's runs first,
-ahead of every other call, and on PostgreSQL joins the checkouts of its SKU that the loop
-reads in the same pass, placed together in one transaction. Then, in a call of its own, the
-channel is asked how the buyer pays.
+ahead of every other call, and joins the checkouts of its SKU that the loop reads in the same
+pass, placed together in one transaction. Then, in a call of its own, the channel is asked
+how the buyer pays.
 """
 
 from __future__ import annotations

@@ -162,7 +162,8 @@ class _Gathering:
     at its calls' rank), while the loop goes on with other requests, and runs when the writer
     is had for it. Split into calls each waiting alone, as before, a group on SQLite was
     placed together only when the other process happened not to be writing; together, a
-    flash sale's checkout cost a fifth of one placed alone (decision 0023)."""
+    flash sale's checkout cost a fifth of one placed alone (decision 0023). When it runs, it
+    runs for the calls whose callers still wait (`_GroupRun`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -191,69 +192,89 @@ class _Gathering:
     ) -> None:
         if self._open.get(key) is group:
             del self._open[key]
-        live = [(item, joined) for item, joined in group if not joined.done()]  # not hung up
-        if len(live) < 2:
-            _settle(live, None)
-            return
-        items = [item for item, _ in live]
-
-        def call() -> list[Any]:
-            with waiting.no_waiting(PAYMENT_LOCK_WAIT):
-                return list(together(items))
-
+        run = _GroupRun(group, together)
         try:
-            outcomes = call()
+            run()
         except waiting.WouldWait as refused:
-            if refused.ahead is None or refused.after_commit:
-                _settle(live, None)  # each on its own, where it may wait
+            if refused.ahead is not None and not refused.after_commit:
+                held = self._loop.create_task(self._run_held(refused.ahead, run, rank))
+                self._held.add(held)
+                held.add_done_callback(self._held.discard)
                 return
-            held = self._loop.create_task(self._run_held(refused.ahead, call, live, rank))
-            self._held.add(held)
-            held.add_done_callback(self._held.discard)
-            return
+            run.refused(refused)
         except Exception as exc:
-            _failed(exc)
-            outcomes = None
-        _settle(live, outcomes)
+            run.failed(exc)
+        run.settle()
 
-    async def _run_held(
-        self,
-        ahead: waiting.WaitsOnLoop,
-        call: Callable[[], list[Any]],
-        live: list[tuple[Any, asyncio.Future[Any]]],
-        rank: int,
-    ) -> None:
-        outcomes: list[Any] | None = None
+    async def _run_held(self, ahead: waiting.WaitsOnLoop, run: _GroupRun, rank: int) -> None:
         try:
-            outcomes = await ahead.run_held(call, WRITER_WAIT, rank=rank)
-        except waiting.WouldWait:
-            pass  # each on its own, where it may wait
+            await ahead.run_held(run, WRITER_WAIT, rank=rank, weight=len(run.members))
+        except waiting.WouldWait as refused:
+            run.refused(refused)
         except Exception as exc:
-            _failed(exc)
-        _settle(live, outcomes)
+            run.failed(exc)
+        finally:  # whatever ended the wait (the loop shutting down too), nobody is left waiting
+            run.settle()
 
 
-def _failed(exc: Exception) -> None:
-    # By its type only, as a failure that leaves the app (invariant 5): a payment
-    # notification's error may quote what the channel sent.
-    log.error("calls run together failed (%s); each runs alone", type(exc).__name__)
+class _GroupRun:
+    """One group's call, and what each of its calls is answered: its outcome from the call,
+    or None (run alone), or, if the call cannot be run again, the error that says so.
 
+    The members are the calls whose callers still wait when the call runs: one that went away
+    while its group waited for the writer is left out, as a single call that gave up waiting
+    is not run (`_LoopCall.wanted`)."""
 
-def _settle(live: list[tuple[Any, asyncio.Future[Any]]], outcomes: list[Any] | None) -> None:
-    """Each call of a group gets its outcome; with None, each runs alone."""
-    if outcomes is not None and len(outcomes) != len(live):
-        log.error(
-            "calls run together gave %d outcomes for %d; each runs alone", len(outcomes), len(live)
-        )
-        outcomes = None
-    for n, (_, joined) in enumerate(live):
-        if joined.done():  # its caller went away while the group waited for the writer
-            continue
-        outcome = None if outcomes is None else outcomes[n]
-        if isinstance(outcome, BaseException):
-            joined.set_exception(outcome)
-        else:
-            joined.set_result(_ALONE if outcome is None else outcome)
+    def __init__(
+        self, group: list[tuple[Any, asyncio.Future[Any]]], together: Callable[[list[Any]], Any]
+    ) -> None:
+        self._group = group
+        self._together = together
+        self.members: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._outcomes: list[Any] | None = None
+        self._error: str | None = None
+
+    def __call__(self) -> None:
+        self.members = [(item, joined) for item, joined in self._group if not joined.done()]
+        self._outcomes = None
+        if len(self.members) < 2:
+            return  # each on its own
+        with waiting.no_waiting(PAYMENT_LOCK_WAIT):
+            self._outcomes = list(self._together([item for item, _ in self.members]))
+
+    def refused(self, refused: waiting.WouldWait) -> None:
+        """Refused for a wait: each call runs alone, where it may wait; but not if the group
+        reached for it after its commit, which a run of each again would repeat."""
+        if refused.after_commit:
+            self._error = (
+                f"{getattr(self._together, '__qualname__', 'a group')} reached for "
+                f"{refused.what} after it committed, so it cannot run again"
+            )
+
+    def failed(self, exc: Exception) -> None:
+        # By its type only, as a failure that leaves the app (invariant 5): a payment
+        # notification's error may quote what the channel sent.
+        log.error("calls run together failed (%s); each runs alone", type(exc).__name__)
+
+    def settle(self) -> None:
+        outcomes = self._outcomes
+        if outcomes is not None and len(outcomes) != len(self.members):
+            log.error(
+                "calls run together gave %d outcomes for %d; each runs alone",
+                len(outcomes),
+                len(self.members),
+            )
+            outcomes = None
+        for n, (_, joined) in enumerate(self.members):
+            if joined.done():  # its caller went away meanwhile
+                continue
+            outcome = None if outcomes is None else outcomes[n]
+            if self._error is not None:
+                joined.set_exception(RuntimeError(self._error))
+            elif isinstance(outcome, BaseException):
+                joined.set_exception(outcome)
+            else:
+                joined.set_result(_ALONE if outcome is None else outcome)
 
 
 def _gathering() -> _Gathering:

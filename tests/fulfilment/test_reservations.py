@@ -523,8 +523,8 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_unless_its_key_placed
     """A checkout with an Idempotency-Key (the storefront's form sends one with every order)
     after a SKU sold out is answered "sold out" as a keyless one is, from a read, without a
     write transaction, if its key placed nothing; a retry of an order placed gets it back,
-    and a different body with that key its 409. Both from the read that finds the SKU sold
-    out and from the memory of that answer."""
+    and a different body with that key its 409. Whether or not the process remembers the SKU
+    sold out: a keyed checkout reads the stock, then its key."""
     sku = make_sku(shop, "FLASH")
     add_keys(shop, sku, ["K-1"])
     open_flash_sale(shop, "FLASH", quota=1, limit=1)
@@ -561,6 +561,37 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_unless_its_key_placed
         assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "sold-out"
     with shop.db.read() as s:
         assert orders.idempotency_keys_used(s, ["key-a", "key-c", "key-a"]) == [True, False, True]
+
+
+def test_a_keyed_checkout_is_not_answered_from_the_memory_of_sold_out(
+    shop: fulfilment.Shop, clock: _Clock
+) -> None:
+    """Goods back on sale behind this process's back (another process's cancellation) while
+    it remembers the SKU sold out: a keyless buyer of that moment is told "sold out" from
+    memory, the race every buyer has; a keyed one reads the stock and gets the key. Its
+    retry's first try could be the one that takes it (decision 0023)."""
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, ["K-1"])
+    open_flash_sale(shop, "FLASH", quota=2, limit=1)
+    a = place(shop, "FLASH", 1, email="a@example.com")
+    for email in ("b@example.com", "c@example.com"):  # the write path, then the read
+        assert _problem(place, shop, "FLASH", 1, email=email) == "sold-out"
+    assert shop.sold_out_just_now("FLASH", 1)
+    with shop.db.write() as s:  # as another process's cancellation writes it
+        s.execute(
+            text("UPDATE orders_order SET status = 'cancelled' WHERE id = :o"), {"o": a.order.id}
+        )
+        s.execute(
+            text("UPDATE vault_key SET status = 'available', order_id = NULL WHERE order_id = :o"),
+            {"o": a.order.id},
+        )
+    assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "sold-out"
+    keyed = fulfilment.open_order(
+        shop,
+        orders.OrderIn(sku="FLASH", quantity=1, email="e@example.com", gateway="sandbox"),
+        idempotency_key="key-e",
+    )
+    assert keyed.created
 
 
 @pytest.mark.parametrize("first_try", ["holding", "committing"])

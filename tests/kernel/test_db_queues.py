@@ -327,3 +327,42 @@ def test_a_batch_runs_at_most_its_share_and_each_call_once(tmp_path: Path) -> No
     assert isinstance(outcomes[2], RuntimeError)
     assert [o for n, o in enumerate(outcomes) if n != 2] == list(range(WriterQueue.LOOP_BATCH + 3))
     assert sorted(ran) == [-1, *range(WriterQueue.LOOP_BATCH + 3)]  # each once
+
+
+def test_a_batch_counts_a_group_as_the_calls_it_stands_for(tmp_path: Path) -> None:
+    """Decision 0023: a call that stands for a group (`weight`) counts that many against
+    LOOP_BATCH; one heavier than the batch runs in a hold of its own, and the calls behind it
+    keep their order."""
+    writers = WriterQueue(str(tmp_path / "db-writer.lock"))
+    ran: list[str] = []
+    batches: list[list[str]] = []
+    batch = writers._run_batch
+
+    def recorded(*args: Any) -> None:
+        before = len(ran)
+        batch(*args)
+        if len(ran) > before:
+            batches.append(ran[before:])
+
+    writers._run_batch = recorded  # type: ignore[method-assign]
+    light = WriterQueue.LOOP_BATCH - 2
+    names = ["a", "b", "c", "group", "d", "e", *(f"x{n}" for n in range(light))]
+
+    async def main() -> None:
+        assert writers.acquire(None)
+        calls = []
+        for name in names:
+            weight = WriterQueue.LOOP_BATCH * 4 if name == "group" else 1
+            calls.append(
+                asyncio.create_task(
+                    writers.run_held(lambda name=name: ran.append(name), 5, weight=weight)
+                )
+            )
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        writers.release()
+        await asyncio.gather(*calls)
+
+    _in_a_loop_thread(main)
+    assert ran == names  # in order, each once
+    assert batches == [["a", "b", "c"], ["group"], names[4:]]  # the last: LOOP_BATCH calls

@@ -592,7 +592,8 @@ def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
 ) -> None:
     """Decision 0023: on SQLite a group refused for the writer waits for it as one call
     (`run_held`), while the loop goes on, and then runs on the loop as one group. A caller
-    that went away meanwhile is left alone; the others get their outcomes."""
+    that went away meanwhile is left out of it, as a single call that gave up is not run;
+    the others get their outcomes."""
     groups: list[tuple[list[int], int]] = []
 
     async def scene() -> tuple[int, list[object], int, int]:
@@ -627,8 +628,8 @@ def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
     assert ticks >= 5  # the loop was not blocked while the group waited
     assert results[0] == 10 and results[2:] == [30, 40]
     assert isinstance(results[1], asyncio.CancelledError)
-    assert groups == [([1, 2, 3, 4], loop_thread)]  # one group, on the loop
-    assert _rows(shop) == 4  # the order of the caller that left was placed all the same
+    assert groups == [([1, 3, 4], loop_thread)]  # one group, on the loop
+    assert _rows(shop) == 3
 
 
 def test_a_group_that_waits_too_long_for_the_writer_runs_each_call_alone(
@@ -651,6 +652,60 @@ def test_a_group_that_waits_too_long_for_the_writer_runs_each_call_alone(
     assert run_async(scene) == [-1, -2]
     writer_held.set()
     assert groups == [] and _rows(shop) == 0
+
+
+@pytest.mark.parametrize("leave", [2, 3])
+def test_a_group_whose_callers_left_while_it_waited_for_the_writer_is_not_run(
+    shop: Shop, scratch_table: str, writer_held: threading.Event, leave: int
+) -> None:
+    """All but one gone: the one left runs alone; all gone: nothing runs."""
+    groups: list[tuple[list[int], int]] = []
+
+    async def scene() -> list[object]:
+        async def one(n: int) -> object:
+            async def alone() -> object:
+                return -n
+
+            return await running.run_together(
+                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
+            )
+
+        calls = [asyncio.create_task(one(n)) for n in range(1, 4)]
+        await asyncio.sleep(0.1)
+        for call in calls[:leave]:
+            call.cancel()
+        await asyncio.sleep(0.05)
+        writer_held.set()
+        left = list(await asyncio.gather(*calls[leave:]))
+        await asyncio.sleep(0.2)  # time for a group that would still run
+        return left
+
+    assert run_async(scene) == ([] if leave == 3 else [-3])
+    assert groups == [] and _rows(shop) == 0
+
+
+def test_a_group_that_reached_for_a_wait_after_its_commit_is_not_run_again() -> None:
+    """As a single call (`_not_after_commit`): its callers get the error, not a second run of
+    each that would repeat what it committed."""
+    runs: list[list[str]] = []
+
+    def together(items: list[str]) -> list[object]:
+        runs.append(items)
+        raise waiting.WouldWait("the network", after_commit=True)
+
+    async def scene() -> list[object]:
+        async def one(item: str) -> object:
+            async def alone() -> object:
+                runs.append([f"{item} alone"])
+                return item
+
+            return await running.run_together("k", item, together, alone, most=8)
+
+        return list(await asyncio.gather(one("a"), one("b"), return_exceptions=True))
+
+    outcomes = run_async(scene)
+    assert all(isinstance(o, RuntimeError) and "after it committed" in str(o) for o in outcomes)
+    assert runs == [["a", "b"]]
 
 
 def test_payments_read_in_one_pass_run_as_one_group_after_their_turn(
