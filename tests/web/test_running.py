@@ -587,6 +587,17 @@ def _insert_group(shop: Shop, items: list[int], groups: list[tuple[list[int], in
     return [n * 10 for n in items]
 
 
+async def _grouped(shop: Shop, n: int, groups: list[tuple[list[int], int]]) -> object:
+    """Call `n` of a group of `_insert_group`; alone, it answers -n."""
+
+    async def alone() -> object:
+        return -n
+
+    return await running.run_together(
+        "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
+    )
+
+
 def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
     shop: Shop, scratch_table: str, writer_held: threading.Event
 ) -> None:
@@ -605,16 +616,8 @@ def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
                 ticks += 1
                 await asyncio.sleep(0.005)
 
-        async def one(n: int) -> object:
-            async def alone() -> object:
-                return -n
-
-            return await running.run_together(
-                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
-            )
-
         tick = asyncio.create_task(ticker())
-        calls = [asyncio.create_task(one(n)) for n in range(1, 5)]
+        calls = [asyncio.create_task(_grouped(shop, n, groups)) for n in range(1, 5)]
         await asyncio.sleep(0.2)
         ticks_while_held, done_while_held = ticks, sum(c.done() for c in calls)
         calls[1].cancel()  # its client hung up
@@ -639,15 +642,7 @@ def test_a_group_that_waits_too_long_for_the_writer_runs_each_call_alone(
     groups: list[tuple[list[int], int]] = []
 
     async def scene() -> list[object]:
-        async def one(n: int) -> object:
-            async def alone() -> object:
-                return -n
-
-            return await running.run_together(
-                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
-            )
-
-        return list(await asyncio.gather(one(1), one(2)))
+        return list(await asyncio.gather(_grouped(shop, 1, groups), _grouped(shop, 2, groups)))
 
     assert run_async(scene) == [-1, -2]
     writer_held.set()
@@ -662,15 +657,7 @@ def test_a_group_whose_callers_left_while_it_waited_for_the_writer_is_not_run(
     groups: list[tuple[list[int], int]] = []
 
     async def scene() -> list[object]:
-        async def one(n: int) -> object:
-            async def alone() -> object:
-                return -n
-
-            return await running.run_together(
-                "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
-            )
-
-        calls = [asyncio.create_task(one(n)) for n in range(1, 4)]
+        calls = [asyncio.create_task(_grouped(shop, n, groups)) for n in range(1, 4)]
         await asyncio.sleep(0.1)
         for call in calls[:leave]:
             call.cancel()
