@@ -5,7 +5,8 @@ server process's event loop waits with it. In a flash sale the winners pay in th
 seconds, and while each payment waited for its own answers the checkouts behind it waited too.
 Here the notifications a process reads in one pass of its loop are applied together: each
 statement of `notify.apply_notice` goes out once for all of them, in one round trip
-(`Prepared.run_each`), so a group of eight waits for the six round trips of one.
+(`Prepared.run_each`), so a group of eight waits for the six round trips of one. On SQLite
+(decision 0023) a group is one transaction and one hold of the writer instead of eight.
 
 Only the plain case is applied together: a verified notice that pays a pending card-key order
 in full whose reservation is whole, a trade not seen before. Each one gets exactly what it
