@@ -188,13 +188,10 @@ def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
     return sorted({_lock_key(f"{sku_code}:{ident}") for ident in identities})
 
 
-_KEY_USED = Prepared(select(_T.c.id).where(_T.c.idempotency_key == bindparam("key")).limit(1))
-
-
 def idempotency_keys_used(session: Session, idempotency_keys: Sequence[str]) -> list[bool]:
     """For each Idempotency-Key, whether an order was placed with it, with whatever body; in
     one round trip on PostgreSQL."""
-    found = _KEY_USED.run_each(session, [{"key": key} for key in idempotency_keys])
+    found = BY_IDEMPOTENCY_KEY.run_each(session, [{"key": key} for key in idempotency_keys])
     return [rows.first() is not None for rows in found]
 
 

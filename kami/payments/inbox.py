@@ -113,15 +113,7 @@ def record_inbox(session: Session, notice: PaymentNotice, order_id: int) -> int 
     its row (PostgreSQL), or find it after the first commit (SQLite serialises writers), instead
     of failing with an error.
     """
-    inserted = _INBOX.run(
-        session,
-        gateway=notice.gateway,
-        trade_no=notice.trade_no,
-        order_id=order_id,
-        amount_minor=notice.amount_minor,
-        currency=notice.currency,
-        applied_at=utcnow(),
-    )
+    inserted = _INBOX.run(session, **_inbox_row(notice, order_id, utcnow()))
     if inserted.first() is not None:
         return None
     found = _INBOX_ORDER.run(session, {"gateway": notice.gateway, "trade_no": notice.trade_no})
@@ -134,20 +126,20 @@ def record_inbox_each(session: Session, paid: Sequence[tuple[PaymentNotice, int]
     caller that cannot go on with it rolls back and applies the notices one by one."""
     applied_at = utcnow()
     inserted = _INBOX.run_each(
-        session,
-        [
-            {
-                "gateway": notice.gateway,
-                "trade_no": notice.trade_no,
-                "order_id": order_id,
-                "amount_minor": notice.amount_minor,
-                "currency": notice.currency,
-                "applied_at": applied_at,
-            }
-            for notice, order_id in paid
-        ],
+        session, [_inbox_row(notice, order_id, applied_at) for notice, order_id in paid]
     )
     return [rows.first() is not None for rows in inserted]
+
+
+def _inbox_row(notice: PaymentNotice, order_id: int, applied_at: datetime) -> dict[str, object]:
+    return {
+        "gateway": notice.gateway,
+        "trade_no": notice.trade_no,
+        "order_id": order_id,
+        "amount_minor": notice.amount_minor,
+        "currency": notice.currency,
+        "applied_at": applied_at,
+    }
 
 
 def _view(n: Notification) -> NotificationView:

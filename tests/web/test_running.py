@@ -320,6 +320,18 @@ def _insert(shop: Shop, n: int, ran: list[tuple[int, int]]) -> int:
     return n
 
 
+def _ticking() -> tuple[asyncio.Task[None], list[int]]:
+    """A task on the running loop that counts every 5 ms: whether the loop was left free."""
+    ticks = [0]
+
+    async def ticker() -> None:
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0.005)
+
+    return asyncio.create_task(ticker()), ticks
+
+
 def test_calls_that_find_the_writer_busy_wait_for_it_without_blocking_the_loop(
     shop: Shop, scratch_table: str, writer_held: threading.Event
 ) -> None:
@@ -328,18 +340,10 @@ def test_calls_that_find_the_writer_busy_wait_for_it_without_blocking_the_loop(
     ran: list[tuple[int, int]] = []
 
     async def scene() -> tuple[int, list[int], int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        tick = asyncio.create_task(ticker())
+        tick, ticks = _ticking()
         calls = [asyncio.create_task(running.run(_insert, shop, n, ran)) for n in range(5)]
         await asyncio.sleep(0.2)
-        ticks_while_held, done_while_held = ticks, sum(c.done() for c in calls)
+        ticks_while_held, done_while_held = ticks[0], sum(c.done() for c in calls)
         writer_held.set()
         results = await asyncio.gather(*calls)
         tick.cancel()
@@ -608,18 +612,10 @@ def test_a_group_that_finds_the_writer_busy_waits_for_it_as_one_group(
     groups: list[tuple[list[int], int]] = []
 
     async def scene() -> tuple[int, list[object], int, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        tick = asyncio.create_task(ticker())
+        tick, ticks = _ticking()
         calls = [asyncio.create_task(_grouped(shop, n, groups)) for n in range(1, 5)]
         await asyncio.sleep(0.2)
-        ticks_while_held, done_while_held = ticks, sum(c.done() for c in calls)
+        ticks_while_held, done_while_held = ticks[0], sum(c.done() for c in calls)
         calls[1].cancel()  # its client hung up
         writer_held.set()
         results = await asyncio.gather(*calls, return_exceptions=True)

@@ -90,7 +90,7 @@ def _problem_text(t: Translator, sku: catalog.PublicSku, where: str, slug: str) 
 @router.post("/checkout/{sku_code}", response_class=HTMLResponse)
 async def checkout_submit(sku_code: str, request: Request, shop: ShopDep) -> Response:
     """The form's checkout goes the way the JSON API's does (`web.ordering`): on the event loop,
-    a flash sale's first and, on PostgreSQL, placed together with the others of its pass. The
+    a flash sale's first and placed together with the others of its pass. The
     pages themselves are built on a worker thread, as every page is."""
     form = await request.form()
     fields = {k: check_text(str(v), k) for k, v in form.items() if isinstance(v, str)}
