@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kami import __version__, bootstrap, fulfilment
 from kami.config import Settings
+from kami.kernel import prepared
 from kami.web import problems
 from kami.web.admin.aftersales import router as admin_aftersales_router
 from kami.web.admin.api import router as admin_router
@@ -153,9 +154,10 @@ def create_app(
         if run_worker:
             _thread, stop = runner.start_thread(container)
         if server:
-            # Flash-sale checkouts placed together (decisions 0020, 0023): their statements, now.
+            # Flash-sale checkouts placed together (decisions 0020, 0023), and every other
+            # statement: compiled now, not in the first buyers' requests (decision 0024).
             fulfilment.ready_together(container.db.engine.dialect)
-        if server:
+            prepared.ready_all(container.db.engine.dialect)
             settle_heap()
         try:
             yield

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from kami import catalog
 from kami.config import Settings
 from kami.fulfilment import Shop
-from kami.kernel import waiting
+from kami.kernel import prepared, waiting
 from kami.kernel.clock import utcnow
 from kami.payments.gateways.transport import opener
 from kami.web import app as web_app
@@ -490,6 +490,29 @@ def test_a_server_process_freezes_its_start_up_heap(
     assert frozen > 50_000
 
 
+def test_a_server_process_compiles_every_statement_as_it_starts(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0024: compiled on first use, a flash sale's first payments spent twice the CPU of
+    the next ones while every buyer of the process waited. A server process compiles all the
+    statements (`prepared.ready_all`) before it answers anyone."""
+    monkeypatch.setattr(web_app, "Settings", lambda: settings)
+    monkeypatch.setattr(web_app.logging, "basicConfig", lambda **_: None)
+    app = web_app.create_app_from_env()
+    dialect = app.state.container.db.engine.dialect.name
+    for statement in prepared._MADE:
+        statement._plans.pop(dialect, None)  # as a process that has run none of them yet
+    try:
+        with TestClient(app):
+            unready = [s for s in prepared._MADE if dialect not in s._plans]
+    finally:
+        gc.unfreeze()
+        app.state.container.close()
+        logging.getLogger("uvicorn.error").removeFilter(web_app.keep_traces_out_of_logs())
+    assert len(prepared._MADE) > 20
+    assert unready == []
+
+
 def test_apps_built_for_tests_leave_the_heap_alone(client: TestClient) -> None:
     assert gc.get_freeze_count() == 0
 
@@ -556,6 +579,53 @@ def test_calls_that_join_together_in_one_pass_run_as_one_group() -> None:
         "e by itself",
     ]
     assert groups == [["a", "b alone", "c bad"]]
+
+
+def test_a_group_that_held_the_loop_lets_its_callers_answer_before_the_next_group_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decision 0024: groups run in the order they started; once those run in one pass have
+    held the loop for GROUPS_PER_PASS, the next waits for the next pass, and the callers of the
+    groups that ran go on first. Groups quicker than that run together in one pass."""
+
+    def scene() -> list[str]:
+        events: list[str] = []
+
+        def together(items: list[str]) -> list[object]:
+            events.append("group " + "".join(items))
+            return [i.upper() for i in items]
+
+        async def one(item: str) -> None:
+            async def alone() -> object:
+                return item
+
+            await running.run_together("k", item, together, alone, most=2)
+            events.append("answered " + item)
+
+        async def calls() -> None:
+            await asyncio.gather(*(one(i) for i in "abcd"))
+
+        run_async(calls)
+        return events
+
+    monkeypatch.setattr(running, "GROUPS_PER_PASS", 0.0)  # every group takes its time
+    assert scene() == [
+        "group ab",
+        "answered a",
+        "answered b",
+        "group cd",
+        "answered c",
+        "answered d",
+    ]
+    monkeypatch.setattr(running, "GROUPS_PER_PASS", 60.0)  # every group is quick
+    assert scene() == [
+        "group ab",
+        "group cd",
+        "answered a",
+        "answered b",
+        "answered c",
+        "answered d",
+    ]
 
 
 def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
