@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -164,23 +163,12 @@ class _Gathering:
     is had for it. Split into calls each waiting alone, as before, a group on SQLite was
     placed together only when the other process happened not to be writing; together, a
     flash sale's checkout cost a fifth of one placed alone (decision 0023). When it runs, it
-    runs for the calls whose callers still wait (`_GroupRun`).
-
-    Groups run in the order they started, and once those run in one pass have held the loop for
-    GROUPS_PER_PASS, the rest wait for the next pass: the callers of the groups that ran are
-    answered first (decision 0024). A flash sale's first few hundred buyers make groups of 32
-    that take 5 to 10 ms each on PostgreSQL; run back to back in one pass, no buyer of the first
-    group was answered before the last group had placed its orders. Groups answered from
-    memory (after a sellout) take a fraction of a millisecond and still run many to a pass."""
+    runs for the calls whose callers still wait (`_GroupRun`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._open: dict[Hashable, list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._held: set[asyncio.Task[None]] = set()  # groups waiting for the writer
-        # Groups waiting to run, in the order they started (`_next`); each still takes the
-        # calls of its key that join until it runs.
-        self._ready: deque[tuple[Hashable, list[Any], Callable[[list[Any]], Any], int]] = deque()
-        self._running = False
 
     def join(
         self, key: Hashable, item: Any, together: Callable[[list[Any]], Any], most: int, rank: int
@@ -189,29 +177,11 @@ class _Gathering:
         group = self._open.get(key)
         if group is None:
             group = self._open[key] = []
-            self._ready.append((key, group, together, rank))
-            if not self._running:
-                self._running = True
-                self._loop.call_soon(self._next)
+            self._loop.call_soon(self._run, key, group, together, rank)
         group.append((item, joined))
         if len(group) >= most:
             del self._open[key]  # full: it runs as it is, and the next call starts another
         return joined
-
-    def _next(self) -> None:
-        """Run the groups in line, until they have held the loop for GROUPS_PER_PASS seconds;
-        the rest run in the loop's next pass, after the callers of these have been answered."""
-        until = time.perf_counter() + GROUPS_PER_PASS
-        try:
-            while self._ready:
-                self._run(*self._ready.popleft())
-                if time.perf_counter() >= until:
-                    break
-        finally:
-            if self._ready:
-                self._loop.call_soon(self._next)
-            else:
-                self._running = False
 
     def _run(
         self,
@@ -312,11 +282,6 @@ def _gathering() -> _Gathering:
 
 
 PAYMENT_LOCK_WAIT = 0.025
-
-# How long the groups of `run_together` run in one pass of the loop before the next ones wait
-# for the next pass (`_Gathering._next`): more than a group answered from memory takes, less
-# than one that writes.
-GROUPS_PER_PASS = 0.002
 
 # How long after a flash sale's checkout the payments on its loop take turns, and how many of
 # them one pass of the loop lets run (decision 0018).
