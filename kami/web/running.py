@@ -34,6 +34,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -146,12 +147,24 @@ async def _joined(
     outcome = await _gathering().join(key, item, together, most, rank)
     if outcome is _ALONE:
         return await alone()
+    if outcome is _ALONE_WAITED:
+        # Its group waited WRITER_WAIT for the writer already: if this call alone would wait
+        # for it too, it does so on a worker thread at once, not on the loop a second time.
+        waited = _WAITED_FOR_WRITER.set(True)
+        try:
+            return await alone()
+        finally:
+            _WAITED_FOR_WRITER.reset(waited)
     if isinstance(outcome, BaseException):
         raise outcome
     return cast(R, outcome)
 
 
 _ALONE = object()
+_ALONE_WAITED = object()  # alone, after its group waited for SQLite's writer in vain
+
+# Set while a call runs whose group waited for SQLite's writer in vain (`_joined`).
+_WAITED_FOR_WRITER: ContextVar[bool] = ContextVar("kami_waited_for_writer", default=False)
 
 
 class _Gathering:
@@ -210,7 +223,7 @@ class _Gathering:
         try:
             await ahead.run_held(run, WRITER_WAIT, rank=rank, weight=len(run.members))
         except waiting.WouldWait as refused:
-            run.refused(refused)
+            run.refused(refused, waited=True)
         except Exception as exc:
             run.failed(exc)
         finally:  # whatever ended the wait (the loop shutting down too), nobody is left waiting
@@ -233,6 +246,7 @@ class _GroupRun:
         self.members: list[tuple[Any, asyncio.Future[Any]]] = []
         self._outcomes: list[Any] | None = None
         self._error: str | None = None
+        self._alone: object = _ALONE  # what a call to be run alone is answered
 
     def __call__(self) -> None:
         self.members = [(item, joined) for item, joined in self._group if not joined.done()]
@@ -242,9 +256,15 @@ class _GroupRun:
         with waiting.no_waiting(PAYMENT_LOCK_WAIT):
             self._outcomes = list(self._together([item for item, _ in self.members]))
 
-    def refused(self, refused: waiting.WouldWait) -> None:
+    def refused(self, refused: waiting.WouldWait, *, waited: bool = False) -> None:
         """Refused for a wait: each call runs alone, where it may wait; but not if the group
-        reached for it after its commit, which a run of each again would repeat."""
+        reached for it after its commit, which a run of each again would repeat. `waited`: the
+        group waited for SQLite's writer and did not get it (or its run there was refused), so
+        a call alone that would wait for the writer waits on a worker thread at once
+        (`_ALONE_WAITED`): it has waited WRITER_WAIT on the loop already, and waiting there
+        again, as before, took up to twice that before a thread was tried."""
+        if waited:
+            self._alone = _ALONE_WAITED
         if refused.after_commit:
             self._error = (
                 f"{getattr(self._together, '__qualname__', 'a group')} reached for "
@@ -274,7 +294,7 @@ class _GroupRun:
             elif isinstance(outcome, BaseException):
                 joined.set_exception(outcome)
             else:
-                joined.set_result(_ALONE if outcome is None else outcome)
+                joined.set_result(self._alone if outcome is None else outcome)
 
 
 def _gathering() -> _Gathering:
@@ -306,7 +326,7 @@ async def _run(
     except waiting.WouldWait as refused:
         _not_after_commit(fn, refused)
         ahead = refused.ahead
-    if ahead is not None:
+    if ahead is not None and not _WAITED_FOR_WRITER.get():
         try:
             return await ahead.run_held(call, WRITER_WAIT, rank=rank)
         except waiting.WouldWait as refused:

@@ -669,6 +669,48 @@ def test_a_group_that_waits_too_long_for_the_writer_runs_each_call_alone(
     assert groups == [] and _rows(shop) == 0
 
 
+def test_the_calls_of_a_group_that_waited_too_long_for_the_writer_wait_for_it_on_threads(
+    shop: Shop, scratch_table: str, writer_held: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group that waited WRITER_WAIT for the writer in vain has its calls run alone; one that
+    finds the writer still busy waits for it on a worker thread at once, not on the loop a
+    second time (which made up to twice WRITER_WAIT before a thread was tried)."""
+    monkeypatch.setattr(running, "WRITER_WAIT", 0.05)
+    writers = shop.db._writers
+    assert writers is not None
+    held_waits: list[int] = []
+    run_held = type(writers).run_held
+
+    async def counted(self: object, call: object, within: float, **kw: int) -> object:
+        held_waits.append(kw.get("weight", 1))
+        return await run_held(self, call, within, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(writers), "run_held", counted)
+    groups: list[tuple[list[int], int]] = []
+    ran: list[tuple[int, int]] = []
+
+    async def one(n: int) -> object:
+        async def alone() -> object:
+            return await running.run_first(_insert, shop, n, ran)
+
+        return await running.run_together(
+            "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
+        )
+
+    async def scene() -> tuple[int, list[object]]:
+        calls = [asyncio.create_task(one(n)) for n in (1, 2)]
+        await asyncio.sleep(0.3)  # the group has given up; its calls wait on threads
+        writer_held.set()
+        return threading.get_ident(), list(await asyncio.gather(*calls))
+
+    loop_thread, results = run_async(scene)
+    assert results == [1, 2]
+    assert held_waits == [2]  # the group's wait on the loop, and no other
+    assert groups == [] and sorted(n for n, _ in ran) == [1, 2]
+    assert all(thread != loop_thread for _, thread in ran)
+    assert _rows(shop) == 2
+
+
 @pytest.mark.parametrize("leave", [2, 3])
 def test_a_group_whose_callers_left_while_it_waited_for_the_writer_is_not_run(
     shop: Shop, scratch_table: str, writer_held: threading.Event, leave: int
