@@ -16,6 +16,7 @@ from kami.fulfilment.checkout import (
     open_order,
     place_order,
     request_payment,
+    sold_out_from_memory,
 )
 from kami.fulfilment.delivering import (
     deliver_paid,
@@ -147,6 +148,7 @@ __all__ = [
     "serve_awaiting_stock",
     "settle_by_hand",
     "settle_open_purchases",
+    "sold_out_from_memory",
     "sync_due",
     "sync_order",
     "sync_refund",

@@ -1,5 +1,5 @@
 """Placing an order from a request, the way every buyer's checkout goes: the JSON API's and the
-storefront's form alike (decisions 0010, 0018, 0020, 0023).
+storefront's form alike (decisions 0010, 0018, 0020, 0023, 0024).
 
 A checkout runs on the event loop when nothing would make it wait. A flash sale's runs first,
 ahead of every other call, and joins the checkouts of its SKU that the loop reads in the same
@@ -23,6 +23,12 @@ async def place_order(
     buyer_ip: str | None,
     device_id: str | None,
 ) -> fulfilment.PlacedOrder:
+    # After a sellout a buyer without an Idempotency-Key is told "sold out" at once, from the
+    # answer the process remembers, without joining a group or waiting for a turn (decision
+    # 0024).
+    refused = fulfilment.sold_out_from_memory(shop, body, idempotency_key)
+    if refused is not None:
+        raise refused
     if shop.flash_sales_stale():
         await running.run_now(shop.read_flash_sales)
     on_sale = shop.on_flash_sale(body.sku)

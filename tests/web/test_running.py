@@ -23,6 +23,7 @@ from sqlalchemy import text
 from kami import catalog
 from kami.config import Settings
 from kami.fulfilment import Shop
+from kami.fulfilment import shop as fulfilment_shop
 from kami.kernel import prepared, waiting
 from kami.kernel.clock import utcnow
 from kami.payments.gateways.transport import opener
@@ -238,6 +239,45 @@ def test_the_checkout_forms_orders_go_the_way_the_apis_do(
     with shop.db.read() as s:
         count = s.execute(text("SELECT count(*) FROM orders_order")).scalar_one()
     assert count == 3
+
+
+def test_after_a_sellout_a_keyless_checkout_is_answered_from_memory_at_once(
+    client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0024: the "sold out" the process remembers is given before the checkout joins a
+    group or waits for a turn, to a buyer without an Idempotency-Key; a keyed one still goes
+    the checkout's way (its key is looked up), and so does an unknown channel (its 422)."""
+    monkeypatch.setattr(fulfilment_shop, "SOLD_OUT_ANSWER", 600.0)  # no lapse mid-test
+    _plain_and_flash(shop)
+    for n in range(3):  # the flash sale's quota
+        order = dict(ORDER, sku="FLASH", email=f"w{n}@example.com")
+        assert client.post("/api/v1/orders", json=order).status_code == 201
+    late = dict(ORDER, sku="FLASH", email="late@example.com")
+    for n in range(2):  # the write path says so, then a read that is remembered
+        r = client.post("/api/v1/orders", json=dict(late, email=f"d{n}@example.com"))
+        assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
+    used = _checkouts_run_by(monkeypatch)
+    gathered: list[object] = []
+    run_together = running.run_together
+
+    def recorded(key: object, *args: object, **kw: object) -> Awaitable[object]:
+        gathered.append(key)
+        return run_together(key, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(running, "run_together", recorded)
+    for n in range(3):
+        r = client.post("/api/v1/orders", json=dict(late, email=f"l{n}@example.com"))
+        assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
+    assert used == [] and gathered == []
+    r = client.post(
+        "/api/v1/orders", json=dict(late, email="k@example.com"), headers={"Idempotency-Key": "k1"}
+    )
+    assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
+    assert used == ["run_first"] and len(gathered) == 1
+    r = client.post("/api/v1/orders", json=dict(late, gateway="nowhere"))
+    assert r.status_code == 422 and r.json()["type"].endswith("/unknown-gateway")
+    with shop.db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM orders_order")).scalar_one() == 3
 
 
 def test_turns_skip_a_caller_that_went_away() -> None:

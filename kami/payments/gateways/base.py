@@ -206,6 +206,9 @@ class GatewayRegistry:
                 slug="unknown-gateway",
             ) from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._gateways
+
     def names(self) -> list[str]:
         return sorted(self._gateways)
 
