@@ -28,6 +28,8 @@ async def place_order(
     # 0024).
     refused = fulfilment.sold_out_from_memory(shop, body, idempotency_key)
     if refused is not None:
+        if shop.on_flash_sale(body.sku):
+            running.flash_sale_answered()
         raise refused
     if shop.flash_sales_stale():
         await running.run_now(shop.read_flash_sales)

@@ -90,6 +90,13 @@ async def run_first(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await _run(PAYMENT_LOCK_WAIT, FLASH, fn, *args, **kwargs)
 
 
+def flash_sale_answered() -> None:
+    """A flash sale's checkout was answered without running (from memory, decision 0024): the
+    sale is still busy on this loop, so for STORM seconds its payments take turns and are
+    gathered, as after any of its checkouts (decisions 0018, 0022)."""
+    _turns().storm()
+
+
 async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """As `run_payment`, never with a turn: for the short second step of a request that has had
     its turn (asking the channel for a new order's payment instruction), which would otherwise

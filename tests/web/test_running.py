@@ -245,8 +245,9 @@ def test_after_a_sellout_a_keyless_checkout_is_answered_from_memory_at_once(
     client: TestClient, shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Decision 0024: the "sold out" the process remembers is given before the checkout joins a
-    group or waits for a turn, to a buyer without an Idempotency-Key; a keyed one still goes
-    the checkout's way (its key is looked up), and so does an unknown channel (its 422)."""
+    group or waits for a turn, to a buyer without an Idempotency-Key, and a flash sale's still
+    counts as its checkout for the payments' turns; a keyed one still goes the checkout's way
+    (its key is looked up), and so does an unknown channel (its 422)."""
     monkeypatch.setattr(fulfilment_shop, "SOLD_OUT_ANSWER", 600.0)  # no lapse mid-test
     _plain_and_flash(shop)
     for n in range(3):  # the flash sale's quota
@@ -265,10 +266,12 @@ def test_after_a_sellout_a_keyless_checkout_is_answered_from_memory_at_once(
         return run_together(key, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(running, "run_together", recorded)
+    busy: list[int] = []  # the sale is still busy on the loop: its payments keep taking turns
+    monkeypatch.setattr(running, "flash_sale_answered", lambda: busy.append(1))
     for n in range(3):
         r = client.post("/api/v1/orders", json=dict(late, email=f"l{n}@example.com"))
         assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
-    assert used == [] and gathered == []
+    assert used == [] and gathered == [] and len(busy) == 3
     r = client.post(
         "/api/v1/orders", json=dict(late, email="k@example.com"), headers={"Idempotency-Key": "k1"}
     )
