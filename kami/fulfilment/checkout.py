@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,7 @@ from kami.fulfilment.terms import (
 )
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, NotFound
+from kami.kernel.prepared import Ask, ask_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +224,16 @@ def sold_out_for(shop: Shop, data: orders.OrderIn, keys: Sequence[str]) -> list[
         if sale is not None and not sale.starts_at <= now < sale.ends_at:
             return None  # "not started" / "ended" come from the write path
         quota_gone = sale is not None and sale.taken + data.quantity > sale.quota
-        if not quota_gone and vault.has_stock(s, sku.id, data.quantity, now):
+        # The stock, then when the next unpaid order lapses, then the keys, each read after
+        # the one before (in one snapshot on SQLite; on PostgreSQL in one round trip).
+        asks: list[Ask[Any]] = [] if quota_gone else [vault.stock_ask(sku.id, data.quantity, now)]
+        asks += [orders.next_expiry_ask(sku.id), *orders.idempotency_key_asks(keys)]
+        answers = ask_all(s, asks)
+        if not quota_gone and answers.pop(0):
             return None
-        due = orders.next_expiry(s, sku.id)
+        due, placed = answers[0], answers[1:]
         if due is not None and due <= now:
             return None  # a lapsed reservation: the write path puts it back on sale and sells it
-        placed = orders.idempotency_keys_used(s, keys) if keys else []
     until_due = (due - now).total_seconds() if due is not None else None
     shop.mark_sold_out(data.sku, data.quantity, answer_for=until_due)
     return placed

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
@@ -322,6 +323,32 @@ def run_all(session: Session, runs: Sequence[tuple[Prepared, Mapping[str, Any]]]
         Rows(plan.rows(raw) if raw else raw, count)
         for plan, (raw, count) in zip(plans, answers, strict=True)
     ]
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Ask(Generic[T]):
+    """A read that can go out with others (`ask_all`): its statement, its values, and what its
+    rows come to. A domain hands one out where a caller may want the answer together with
+    other domains' reads, in one round trip on PostgreSQL."""
+
+    statement: Prepared
+    values: Mapping[str, Any]
+    answer: Callable[[Rows], T]
+
+    def run(self, session: Session) -> T:
+        """The answer, asked alone."""
+        return self.answer(self.statement.run(session, self.values))
+
+
+def ask_all(session: Session, asks: Sequence[Ask[Any]]) -> list[Any]:
+    """Each ask's answer, in order: on PostgreSQL all in one round trip, each statement
+    starting once the one before has finished, so a read placed after another sees at least
+    what that one saw (`run_all`)."""
+    answers = run_all(session, [(ask.statement, ask.values) for ask in asks])
+    return [ask.answer(rows) for ask, rows in zip(asks, answers, strict=True)]
 
 
 # At most this many rows of one `run_many_later` are kept for later; more run at once.

@@ -26,7 +26,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from kami.kernel.errors import NotFound
-from kami.kernel.prepared import Prepared
+from kami.kernel.prepared import Ask, Prepared, Rows, ask_all
 from kami.orders.models import PENDING_ONLY, Order
 from kami.orders.schemas import OrderView
 from kami.orders.states import HOLDING, OrderStatus
@@ -191,8 +191,16 @@ def buyer_lock_keys(sku_code: str, identities: list[str]) -> list[int]:
 def idempotency_keys_used(session: Session, idempotency_keys: Sequence[str]) -> list[bool]:
     """For each Idempotency-Key, whether an order was placed with it, with whatever body; in
     one round trip on PostgreSQL."""
-    found = BY_IDEMPOTENCY_KEY.run_each(session, [{"key": key} for key in idempotency_keys])
-    return [rows.first() is not None for rows in found]
+    return ask_all(session, idempotency_key_asks(idempotency_keys))
+
+
+def idempotency_key_asks(idempotency_keys: Sequence[str]) -> list[Ask[bool]]:
+    """`idempotency_keys_used` as reads to go out with others (`prepared.ask_all`)."""
+    return [Ask(BY_IDEMPOTENCY_KEY, {"key": key}, _found) for key in idempotency_keys]
+
+
+def _found(rows: Rows) -> bool:
+    return rows.first() is not None
 
 
 def _lock_key(text: str) -> int:
@@ -218,7 +226,16 @@ _NEXT_EXPIRY = Prepared(
 
 def next_expiry(session: Session, sku_id: int) -> datetime | None:
     """When the first of the SKU's pending orders runs out of time (its goods then return)."""
-    row = _NEXT_EXPIRY.run(session, {"sku_id": sku_id}).first()
+    return next_expiry_ask(sku_id).run(session)
+
+
+def next_expiry_ask(sku_id: int) -> Ask[datetime | None]:
+    """`next_expiry` as a read to go out with others (`prepared.ask_all`)."""
+    return Ask(_NEXT_EXPIRY, {"sku_id": sku_id}, _first_value)
+
+
+def _first_value(rows: Rows) -> datetime | None:
+    row = rows.first()
     return None if row is None else cast(datetime, row[0])
 
 

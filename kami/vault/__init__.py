@@ -7,6 +7,7 @@ from kami.vault.claims import (
     has_stock,
     ready_reserve_keys_for,
     reserve_keys_for,
+    stock_ask,
     take_keys,
 )
 from kami.vault.defects import (
@@ -87,6 +88,7 @@ __all__ = [
     "sell_reserved",
     "sell_reserved_each",
     "shared_key",
+    "stock_ask",
     "stock_by_batch",
     "store_delivered",
     "take_keys",

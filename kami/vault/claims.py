@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from kami.kernel.prepared import Prepared, shape_size, shapes
+from kami.kernel.prepared import Ask, Prepared, shape_size, shapes
 from kami.vault.models import Key
 from kami.vault.selling import put_back
 from kami.vault.states import KeyStatus
@@ -287,5 +287,13 @@ _STOCK = Prepared(
 
 def has_stock(session: Session, sku_id: int, quantity: int, now: datetime) -> bool:
     """Whether `quantity` keys are sellable now; reads at most `quantity` index entries."""
-    params = {"sku_id": sku_id, "now": now, "n": quantity}
-    return len(_STOCK.run(session, params).all()) >= quantity
+    return stock_ask(sku_id, quantity, now).run(session)
+
+
+def stock_ask(sku_id: int, quantity: int, now: datetime) -> Ask[bool]:
+    """`has_stock` as a read to go out with others (`prepared.ask_all`)."""
+    return Ask(
+        _STOCK,
+        {"sku_id": sku_id, "now": now, "n": quantity},
+        lambda rows: len(rows.all()) >= quantity,
+    )

@@ -17,7 +17,9 @@ from kami.fulfilment.shop import FLASH_MEMO, SOLD_OUT_ANSWER, SOLD_OUT_MEMO
 from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
+from kami.kernel.pgcursor import LeanCursor
 from tests.conftest import (
+    BACKEND,
     add_keys,
     make_sku,
     open_flash_sale,
@@ -561,6 +563,33 @@ def test_a_keyed_checkout_after_sold_out_is_answered_early_unless_its_key_placed
         assert _problem(place, shop, "FLASH", 1, email="d@example.com") == "sold-out"
     with shop.db.read() as s:
         assert orders.idempotency_keys_used(s, ["key-a", "key-c", "key-a"]) == [True, False, True]
+
+
+def test_a_keyed_refusal_reads_the_sku_then_the_rest_in_one_round_trip(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0024: after the SKU's row, `sold_out_for` reads the stock, when the next unpaid
+    order lapses and the buyers' keys in one round trip on PostgreSQL, in that order (the keys
+    after the stock, decision 0023); four round trips before."""
+    if BACKEND != "postgresql":
+        pytest.skip("round trips are PostgreSQL's")
+    add_keys(shop, make_sku(shop, "FLASH"), ["K-1"])
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
+    data = {"sku": "FLASH", "quantity": 1, "gateway": "sandbox"}
+    fulfilment.open_order(shop, orders.OrderIn(email="a@example.com", **data), idempotency_key="a")
+    late = orders.OrderIn(email="c@example.com", **data)
+    assert checkout.sold_out_for(shop, late, ["c"]) == [False]  # its statements prepared
+    trips: list[str] = []
+    for name in ("execute", "execute_all"):
+        real = getattr(LeanCursor, name)
+
+        def counted(self: LeanCursor, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            trips.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(LeanCursor, name, counted)
+    assert checkout.sold_out_for(shop, late, ["c", "a"]) == [False, True]
+    assert trips == ["execute", "execute_all"]
 
 
 def test_a_keyed_checkout_is_not_answered_from_the_memory_of_sold_out(

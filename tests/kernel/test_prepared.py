@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from kami.fulfilment import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.outbox import OutboxJob, enqueue
-from kami.kernel.prepared import Prepared, _positional
+from kami.kernel.pgcursor import LeanCursor
+from kami.kernel.prepared import Ask, Prepared, _positional, ask_all
 from kami.kernel.prepared_insert import PreparedInsert
 from kami.orders.queries import _BY_NO, _BY_NO_SELECT, find_order
 from kami.payments.models import Inbox
@@ -140,3 +141,32 @@ def test_a_repeated_parameter_and_a_literal_percent_on_the_driver(shop: Shop) ->
     with shop.db.read() as s:
         rows = both.run(s, {"ref": "50%-off", "not status.x": "dead"}).all()
     assert [tuple(r) for r in rows] == [("50%-off", "100%")]
+
+
+def test_asks_answer_in_order_each_seeing_what_the_one_before_saw(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ask_all`: several domains' reads, each with what its rows come to, answered in order;
+    on PostgreSQL in one round trip (`checkout.sold_out_for` reads the stock, the next expiry
+    and the buyers' keys so, decision 0024)."""
+    with shop.db.write() as s:
+        enqueue(s, "k", {}, ref="first")
+    asks: list[Ask[object]] = [
+        Ask(_JOB, {"ref": "first"}, lambda rows: rows.first().ref),
+        Ask(_JOB, {"ref": "none"}, lambda rows: rows.first()),
+        Ask(_JOB, {"ref": "first"}, lambda rows: len(rows.all())),
+    ]
+    trips: list[int] = []
+    for name in ("execute", "execute_all"):
+        real = getattr(LeanCursor, name)
+
+        def counted(self: LeanCursor, *args: object, _real: object = real) -> object:
+            trips.append(1)
+            return _real(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(LeanCursor, name, counted)
+    with shop.db.read() as s:
+        assert ask_all(s, asks) == ["first", None, 1]
+        assert asks[2].run(s) == 1
+    if shop.db.dialect == "postgresql":
+        assert len(trips) == 2  # all three, then the one asked alone
