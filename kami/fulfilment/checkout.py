@@ -200,9 +200,10 @@ def sold_out_for(shop: Shop, data: orders.OrderIn, keys: Sequence[str]) -> list[
 
     A checkout with an Idempotency-Key (the storefront's form sends one with every order) may
     be a retry of an order placed, which must get that order back. So it is answered "sold out"
-    only if its key placed nothing, looked up after the stock was seen gone (on SQLite in the
-    same snapshot, on PostgreSQL a later statement). That look is enough, without waiting for
-    the buyer's checkouts in flight (decision 0023): a first try that took goods either
+    only if its key placed nothing, looked up after the stock was read and found gone (on
+    SQLite in the same snapshot, on PostgreSQL a later statement of the same round trip).
+    That look is enough, without waiting for the buyer's checkouts in flight (decision
+    0023): a first try that took goods either
     committed before the stock was read (its order is then found by its key), or had not,
     and the goods it holds were still counted as there. A first try that has not taken goods
     yet meets the same sold-out SKU as everyone else, unless goods come back in that instant.
@@ -224,8 +225,9 @@ def sold_out_for(shop: Shop, data: orders.OrderIn, keys: Sequence[str]) -> list[
         if sale is not None and not sale.starts_at <= now < sale.ends_at:
             return None  # "not started" / "ended" come from the write path
         quota_gone = sale is not None and sale.taken + data.quantity > sale.quota
-        # The stock, then when the next unpaid order lapses, then the keys, each read after
-        # the one before (in one snapshot on SQLite; on PostgreSQL in one round trip).
+        # The stock (unless the quota is gone), then when the next unpaid order lapses, then
+        # the keys, each read after the one before (in one snapshot on SQLite; on PostgreSQL
+        # in one round trip, decision 0024).
         asks: list[Ask[Any]] = [] if quota_gone else [vault.stock_ask(sku.id, data.quantity, now)]
         asks += [orders.next_expiry_ask(sku.id), *orders.idempotency_key_asks(keys)]
         answers = ask_all(s, asks)

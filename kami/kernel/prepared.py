@@ -209,7 +209,8 @@ class Prepared:
             dict(statement) if isinstance(statement, dict) else dict.fromkeys(_DIALECTS, statement)
         )
         # Compiled now against default dialects, so a statement that cannot be prepared fails
-        # at import; compiled again on first use against the live engine's dialect.
+        # at import; compiled again against the live engine's dialect on first use, or as a
+        # server process starts (`ready_all`).
         self.keys = frozenset().union(
             *(_Plan(self._statements[n], d).keys for n, d in _DIALECTS.items())
         )

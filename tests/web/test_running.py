@@ -279,8 +279,16 @@ def test_after_a_sellout_a_keyless_checkout_is_answered_from_memory_at_once(
     assert used == ["run_first"] and len(gathered) == 1
     r = client.post("/api/v1/orders", json=dict(late, gateway="nowhere"))
     assert r.status_code == 422 and r.json()["type"].endswith("/unknown-gateway")
+    used.clear()
+    for n in range(5):  # a SKU not on sale: its three keys, then the database, then memory
+        r = client.post("/api/v1/orders", json=dict(ORDER, sku="PLAIN", email=f"p{n}@example.com"))
+        assert r.status_code == (201 if n < 3 else 409)
+    r = client.post("/api/v1/orders", json=dict(ORDER, sku="PLAIN", email="p@example.com"))
+    assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
+    assert used == ["run"] * 5  # the last one took no turn
+    assert len(busy) == 3  # nor counts for a flash sale's payments
     with shop.db.read() as s:
-        assert s.execute(text("SELECT count(*) FROM orders_order")).scalar_one() == 3
+        assert s.execute(text("SELECT count(*) FROM orders_order")).scalar_one() == 6
 
 
 def test_turns_skip_a_caller_that_went_away() -> None:
@@ -736,9 +744,11 @@ def test_the_calls_of_a_group_that_waited_too_long_for_the_writer_wait_for_it_on
         async def alone() -> object:
             return await running.run_first(_insert, shop, n, ran)
 
-        return await running.run_together(
+        got = await running.run_together(
             "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
         )
+        assert not running._WAITED_FOR_WRITER.get()  # the caller's next call waits as any does
+        return got
 
     async def scene() -> tuple[int, list[object]]:
         calls = [asyncio.create_task(one(n)) for n in (1, 2)]
