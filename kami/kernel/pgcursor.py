@@ -13,8 +13,10 @@ SQLAlchemy registered on the connection), its error classes report failures
 `commit()` and `rollback()` see what happened. libpq lets go of the GIL while it waits.
 
 A statement is prepared on its connection the first time it is run there, under a name of its
-own, for the parameter types it is run with (psycopg keys its own cache the same way).
-`executemany` goes to psycopg's cursor.
+own, for the parameter types it is run with (psycopg keys its own cache the same way), in the
+same round trip as that first run: a server process's first minute (a flash sale's first
+wave, on a fresh start) made two dozen such preparations per process, each a round trip of its
+own that the event loop waited for (decision 0024). `executemany` goes to psycopg's cursor.
 
 A transaction's BEGIN goes out with its first statement, in one round trip (libpq's pipeline
 mode), where it was a round trip of its own: one of the eight to ten that a checkout or a
@@ -96,6 +98,7 @@ class LeanCursor:
         "_encoding",
         "_kept",
         "_names",
+        "_pending",
         "_queries",
         "_result",
         "_tx",
@@ -116,6 +119,9 @@ class LeanCursor:
         self._queries: dict[str, tuple[bytes, list[PyFormat]]] = {}
         # The names live as long as the connection, which the pool may hand to another cursor.
         self._names = _PREPARED.setdefault(conn, {})
+        # Statements bound but not yet prepared on the server: they are prepared in the round
+        # trip that first runs them (`_together`), and named in `_names` once that succeeded.
+        self._pending: dict[tuple[bytes, tuple[int, ...]], tuple[bytes, str]] = {}
         self._result: pq.abc.PGresult | None = None
         self.rowcount = -1
         self._kept: list[_Bound] = []  # `execute_later`'s, in order
@@ -136,9 +142,9 @@ class LeanCursor:
         idle = pgconn.transaction_status == pq.TransactionStatus.IDLE
         # A plain BEGIN: Kami sets no isolation level, read-only or deferrable on a connection.
         begin = idle and not self._conn.autocommit
-        alone = not self._kept  # nothing kept goes out with it
+        alone = not self._kept  # no statement kept for later goes out with it
         try:
-            if begin or not alone:
+            if begin or not alone or self._pending:  # with its BEGIN, or its preparation
                 result = self._together([bound])[0]
             else:
                 result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
@@ -146,17 +152,15 @@ class LeanCursor:
             # Deallocated behind our back (DEALLOCATE or DISCARD ALL sent by someone else): all
             # are prepared again. Outside a transaction nothing was spoilt, and a transaction
             # this statement began had nothing else in it (BEGIN and the statement: it is rolled
-            # back), so it runs again, once. Inside a transaction begun before, it cannot.
+            # back; preparations that went with it are not part of it), so it runs again, once.
+            # Inside a transaction begun before, it cannot.
             self._names.clear()
+            self._pending.clear()
             if not (idle and alone):
                 raise
             if begin:  # before preparing again, which a failed transaction would refuse
                 self._check(pgconn.exec_(b"ROLLBACK"))
-            _, name, values, formats = bound = self._bind(sql, params)
-            if begin:
-                result = self._together([bound])[0]
-            else:
-                result = self._check(pgconn.exec_prepared(name, values, param_formats=formats))
+            result = self._together([self._bind(sql, params)])[0]  # prepared with it
         assert result is not None
         self._set(result)
 
@@ -212,7 +216,8 @@ class LeanCursor:
         return True
 
     def forget_kept(self) -> None:
-        """The transaction is rolled back: what was kept for it is dropped."""
+        """The transaction is rolled back: what was kept for it is dropped (statements bound
+        but not yet prepared stay pending: preparing one is not part of the transaction)."""
         self._kept.clear()
 
     def _bind(self, sql: str, params: Sequence[Any]) -> _Bound:
@@ -224,7 +229,12 @@ class LeanCursor:
         values = tx.dump_sequence(params, formats)
         types = tx.types or ()  # set by dump_sequence
         key = (text, types)
-        name = self._names.get(key) or self._prepare(key)
+        name = self._names.get(key)
+        if name is None:
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = (f"kami_{next(_NAMES)}".encode(), sql)
+            name = pending[0]
         return sql, name, values, list(tx.formats) if tx.formats is not None else None
 
     def _set(self, result: pq.abc.PGresult) -> None:
@@ -237,18 +247,25 @@ class LeanCursor:
 
     def _together(self, last: Sequence[_Bound], *, commit: bool = False) -> list[pq.abc.PGresult]:
         """In one round trip (libpq's pipeline mode): BEGIN if no transaction is open and the
-        connection is not in autocommit, the statements kept for later, then those of `last`,
+        connection is not in autocommit, the preparations of statements not yet prepared on
+        the connection, the statements kept for later, then those of `last`,
         then COMMIT if asked; the results of `last`'s. The first failure is raised, with
         `failed_sql` naming a kept statement that failed; what follows a failure is not run,
         and the transaction is left failed, as when they went one after the other."""
         kept, self._kept = self._kept, []
+        preparing, self._pending = self._pending, {}
         pgconn = self._conn.pgconn
-        sent: list[str | None] = []  # per statement: its SQL if kept for later, else None
+        sent: list[str | None] = []  # per statement: its SQL if kept or prepared, else None
         pgconn.enter_pipeline_mode()
         try:
             if pgconn.transaction_status == pq.TransactionStatus.IDLE and not self._conn.autocommit:
-                pgconn.send_query_params(b"BEGIN", None)
-                sent.append(None)
+                pgconn.send_query_params(b"BEGIN", None)  # first: before it, a preparation
+                sent.append(None)  # would open a transaction of its own, committed at the sync
+            # The preparations; one that succeeded stays, whatever becomes of the transaction
+            # (PostgreSQL does not roll a preparation back).
+            for (text, types), (name, sql) in preparing.items():
+                pgconn.send_prepare(name, text, param_types=types)
+                sent.append(sql)
             for sql, name, values, formats in kept:
                 pgconn.send_query_prepared(name, values, param_formats=formats)
                 sent.append(sql)
@@ -268,6 +285,11 @@ class LeanCursor:
                     pgconn.exit_pipeline_mode()
                 except errors.OperationalError:
                     pgconn.finish()  # stuck in pipeline mode: closed, so the pool drops it
+        began = len(sent) - len(preparing) - len(kept) - len(last) - commit  # 0 or 1: BEGIN
+        done = results[began : began + len(preparing)]
+        for key, (name, _), result in zip(preparing, preparing.values(), done, strict=False):
+            if result.status in _OK:
+                self._names[key] = name
         for what, result in zip(sent, results, strict=True):
             if result.status not in _OK:
                 self.failed_sql = what
@@ -324,12 +346,6 @@ class LeanCursor:
         with self._conn.cursor() as cursor:
             cursor.executemany(sql, params_seq)
             self.rowcount = cursor.rowcount
-
-    def _prepare(self, key: tuple[bytes, tuple[int, ...]]) -> bytes:
-        name = f"kami_{next(_NAMES)}".encode()
-        self._check(self._conn.pgconn.prepare(name, key[0], param_types=key[1]))
-        self._names[key] = name
-        return name
 
     def _check(self, result: pq.abc.PGresult) -> pq.abc.PGresult:
         if result.status not in _OK:

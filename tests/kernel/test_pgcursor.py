@@ -203,7 +203,8 @@ def test_a_connection_the_server_dropped_is_an_operational_error(shop: Shop) -> 
 
 class _Counted:
     """A psycopg connection whose libpq connection counts the exchanges that wait for the
-    server: each `exec_…` call, and each pipeline sync (one for all that went before it)."""
+    server: each `exec_…` or `prepare` call, and each pipeline sync (one for all that went
+    before it)."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -213,7 +214,7 @@ class _Counted:
         class PgConn:
             def __getattr__(self, name: str) -> Any:
                 found = getattr(conn.pgconn, name)
-                if name.startswith("exec_") or name == "pipeline_sync":
+                if name.startswith("exec_") or name in ("prepare", "pipeline_sync"):
                     counted.waits.append(name)
                 return found
 
@@ -260,6 +261,30 @@ def test_a_transactions_begin_goes_with_its_first_statement(shop: Shop) -> None:
         cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_100,))
         assert cursor.fetchall() == [(2,)]
         conn.rollback()
+
+
+def test_a_statement_is_prepared_in_the_round_trip_of_its_first_run(shop: Shop) -> None:
+    """Decision 0024: a statement new to the connection is prepared in the same round trip as
+    its first run, with BEGIN before both; a preparation that fails is the statement's error,
+    and nothing is taken as prepared. A preparation stays when its transaction rolls back."""
+    with _counted_cursor(shop) as (conn, counted, cursor, insert):
+        cursor.execute(*insert(10_301, "p1"))  # BEGIN, the preparation, the INSERT
+        assert counted.waits == ["pipeline_sync"]
+        conn.rollback()
+        counted.waits.clear()
+        cursor.execute(*insert(10_302, "p2"))
+        assert counted.waits == ["pipeline_sync"]  # BEGIN and the INSERT, prepared before
+        conn.commit()
+        with pytest.raises(psycopg_errors.SyntaxError):
+            cursor.execute("SELEC %s", (1,))
+        conn.rollback()
+        counted.waits.clear()
+        conn.autocommit = True
+        cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_300,))
+        assert cursor.fetchall() == [(1,)]  # the rolled-back INSERT is gone, the other stays
+        cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_300,))
+        assert counted.waits == ["pipeline_sync", "exec_prepared"]
+        conn.autocommit = False
 
 
 def test_a_first_statement_deallocated_behind_our_back_runs_again(shop: Shop) -> None:
