@@ -125,8 +125,8 @@ class LeanCursor:
         self._result: pq.abc.PGresult | None = None
         self.rowcount = -1
         self._kept: list[_Bound] = []  # `execute_later`'s, in order
-        # The SQL of the statement kept for later whose failure was raised last, None when it
-        # was the statement being executed (for the error's report).
+        # The SQL of the statement kept for later, or of the preparation, whose failure was
+        # raised last, None when it was the statement being executed (for the error's report).
         self.failed_sql: str | None = None
         _CURSORS[conn] = weakref.ref(self)
 
@@ -155,7 +155,6 @@ class LeanCursor:
             # back; preparations that went with it are not part of it), so it runs again, once.
             # Inside a transaction begun before, it cannot.
             self._names.clear()
-            self._pending.clear()
             if not (idle and alone):
                 raise
             if begin:  # before preparing again, which a failed transaction would refuse
@@ -216,9 +215,11 @@ class LeanCursor:
         return True
 
     def forget_kept(self) -> None:
-        """The transaction is rolled back: what was kept for it is dropped (statements bound
-        but not yet prepared stay pending: preparing one is not part of the transaction)."""
+        """The transaction is rolled back: what was kept for it is dropped, and so are the
+        preparations it would have sent with them (a statement bound again is prepared with
+        its next run; one prepared in a rolled-back transaction stays prepared)."""
         self._kept.clear()
+        self._pending.clear()
 
     def _bind(self, sql: str, params: Sequence[Any]) -> _Bound:
         query = self._queries.get(sql)
@@ -250,7 +251,8 @@ class LeanCursor:
         connection is not in autocommit, the preparations of statements not yet prepared on
         the connection, the statements kept for later, then those of `last`,
         then COMMIT if asked; the results of `last`'s. The first failure is raised, with
-        `failed_sql` naming a kept statement that failed; what follows a failure is not run,
+        `failed_sql` naming a kept statement or a preparation that failed; what follows a
+        failure is not run,
         and the transaction is left failed, as when they went one after the other."""
         kept, self._kept = self._kept, []
         preparing, self._pending = self._pending, {}
@@ -259,8 +261,8 @@ class LeanCursor:
         pgconn.enter_pipeline_mode()
         try:
             if pgconn.transaction_status == pq.TransactionStatus.IDLE and not self._conn.autocommit:
-                pgconn.send_query_params(b"BEGIN", None)  # first: before it, a preparation
-                sent.append(None)  # would open a transaction of its own, committed at the sync
+                pgconn.send_query_params(b"BEGIN", None)  # first: with a preparation before it,
+                sent.append(None)  # a rollback left the statements after it in place (tested)
             # The preparations; one that succeeded stays, whatever becomes of the transaction
             # (PostgreSQL does not roll a preparation back).
             for (text, types), (name, sql) in preparing.items():

@@ -269,7 +269,7 @@ class Prepared:
         try:
             for values in rows:
                 cursor.execute_later(plan.sql, plan.parameters(values))
-        except dialect.loaded_dbapi.Error as exc:  # preparing it, or in autocommit, running it
+        except dialect.loaded_dbapi.Error as exc:  # in autocommit, running it
             raise wrapped(session, dialect, _failed(cursor, plan.sql), exc) from exc
 
     def run_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:

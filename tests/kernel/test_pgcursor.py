@@ -277,7 +277,14 @@ def test_a_statement_is_prepared_in_the_round_trip_of_its_first_run(shop: Shop) 
         conn.commit()
         with pytest.raises(psycopg_errors.SyntaxError):
             cursor.execute("SELEC %s", (1,))
+        assert cursor.failed_sql == "SELEC %s"
+        assert not [key for key in cursor._names if key[0].startswith(b"SELEC ")]
         conn.rollback()
+        cursor.execute_later(*insert(10_303, "p3"))  # new to the connection: prepared with
+        cursor.execute_later("DELETE FROM kernel_outbox WHERE id = %s", (10_303,))
+        counted.waits.clear()
+        assert cursor.commit()  # BEGIN, two preparations, both statements, COMMIT: one wait
+        assert counted.waits == ["pipeline_sync"]
         counted.waits.clear()
         conn.autocommit = True
         cursor.execute("SELECT count(*) FROM kernel_outbox WHERE id > %s", (10_300,))
@@ -316,7 +323,7 @@ def test_a_first_statement_deallocated_behind_our_back_runs_again(shop: Shop) ->
 def test_statements_kept_for_later_go_with_the_next_one_or_the_commit(shop: Shop) -> None:
     with _counted_cursor(shop) as (conn, counted, cursor, insert):
         count = "SELECT count(*) FROM kernel_outbox WHERE id > %s"
-        cursor.execute(count, (10_200,))  # both prepared first: what follows counts statements
+        cursor.execute(count, (10_200,))  # prepared first; the INSERT's goes with its first run
         cursor.execute_later(*insert(10_201, "l1"))
         conn.rollback()
         cursor.forget_kept()
