@@ -11,19 +11,27 @@ of the claims, `last_decile_per_s` of the last tenth. The baseline is a trivial
 `UPDATE … SET n = n + 1 WHERE id = ?` by primary key through the same engine, driver, session
 handling and thread count, for `--baseline-seconds`. `double_claims` counts keys handed out
 twice (from the ids the claimers received and from the table). The last line is one JSON object.
+
+On SQLite a second reference, `bare_claims_per_s`: the same claim statement on a bare `sqlite3`
+connection, one thread, in a process of its own (`bare_claim.py`), on a second SKU of
+`--bare-keys` keys in the same table, run before the claimers. It is what SQLite alone does on
+this machine at this hour; `claims_vs_bare` is the shop's rate against it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -37,8 +45,9 @@ from kami.kernel.db import Database
 from kami.kernel.engine import make_engine
 
 
-def fill_pool(db: Database, n: int) -> int:
-    """A category, product and SKU, and `n` available keys, the fastest way each engine allows."""
+def fill_pool(db: Database, n: int, bare: int = 0) -> int:
+    """A category, product and SKU, and `n` available keys, the fastest way each engine allows;
+    and on SQLite a second SKU with `bare` keys for `bare_claims` (`BARE_SKU`)."""
     now = utcnow()
     with db.write() as s:
         s.execute(
@@ -101,6 +110,8 @@ def fill_pool(db: Database, n: int) -> int:
                 ),
                 {"n": n, "t": now.replace(tzinfo=None)},
             )
+        if bare and db.dialect == "sqlite":
+            _fill_bare_pool(s, bare, now)
         s.execute(text("CREATE TABLE bench_row (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
         s.execute(
             text(
@@ -113,6 +124,62 @@ def fill_pool(db: Database, n: int) -> int:
         if db.dialect == "postgresql":
             conn.execute(text("VACUUM (ANALYZE) vault_key"))
     return 1
+
+
+BARE_SKU = 2
+# The bare loop's orders are numbered from here, apart from the claimers' (1, 2, 3 …).
+BARE_FIRST_ORDER = 2_000_000_000
+
+
+def _fill_bare_pool(s: Any, n: int, now: Any) -> None:
+    """SKU `BARE_SKU`, its batch, and `n` available keys (SQLite), as `fill_pool` fills SKU 1."""
+    s.execute(
+        text(
+            "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
+            "delivery_kind, min_quantity, max_quantity, active, stock_display, "
+            "low_stock_threshold, position, created_at) VALUES ('BARE', 1, 'bare', 100, "
+            "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t)"
+        ),
+        {"t": now},
+    )
+    s.execute(
+        text(
+            "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
+            "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
+            "VALUES ('bare', :sku, 1, '', '', :n, 0, 0, 0, :t)"
+        ),
+        {"sku": BARE_SKU, "n": n, "t": now},
+    )
+    s.execute(
+        text(
+            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
+            "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
+            "masked, status, expires_at, created_at) "
+            "SELECT :sku, (SELECT id FROM vault_batch WHERE public_id = 'bare'), 1, "
+            "randomblob(32), randomblob(48), 'BA****RE', 'available', "
+            "'9999-12-31 00:00:00.000000', :t FROM seq"
+        ),
+        {"n": n, "sku": BARE_SKU, "t": now.replace(tzinfo=None)},
+    )
+
+
+def bare_claims(url: str, claims: int) -> dict[str, Any]:
+    """`bare_claim.py` on the database file, in a process of its own."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "bare_claim.py"),
+            url.split("///", 1)[1],
+            str(BARE_SKU),
+            str(claims),
+            str(BARE_FIRST_ORDER),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def baseline(db: Database, threads: int, seconds: float) -> float:
@@ -171,14 +238,16 @@ def claim(db: Database, sku_id: int, threads: int, claims: int) -> tuple[list[fl
 
 
 def run(
-    url: str, keys: int, threads: int, claims: int, baseline_seconds: float
+    url: str, keys: int, threads: int, claims: int, baseline_seconds: float, bare_keys: int = 0
 ) -> dict[str, object]:
     db = Database(make_engine(url, pool_size=threads), concurrency=threads)
     try:
         t0 = time.monotonic()
-        sku_id = fill_pool(db, keys)
+        bare_keys = bare_keys if db.dialect == "sqlite" else 0
+        sku_id = fill_pool(db, keys, bare_keys)
         fill_s = time.monotonic() - t0
         base = baseline(db, threads, baseline_seconds)
+        bare = bare_claims(url, bare_keys) if bare_keys else None
         start = time.monotonic()
         stamps, taken = claim(db, sku_id, threads, claims)
         elapsed = time.monotonic() - start
@@ -194,11 +263,13 @@ def run(
             table_doubles = s.execute(
                 text(
                     "SELECT count(*) FROM (SELECT order_id FROM vault_key WHERE status = 'sold' "
-                    "GROUP BY order_id HAVING count(*) > 1) AS d"
-                )
+                    "AND sku_id = :sku GROUP BY order_id HAVING count(*) > 1) AS d"
+                ),
+                {"sku": sku_id},
             ).scalar_one()
             sold = s.execute(
-                text("SELECT count(*) FROM vault_key WHERE status = 'sold'")
+                text("SELECT count(*) FROM vault_key WHERE status = 'sold' AND sku_id = :sku"),
+                {"sku": sku_id},
             ).scalar_one()
         double = (
             (len(taken) - len(set(taken))) + int(table_doubles) + abs(int(sold) - len(set(taken)))
@@ -207,7 +278,7 @@ def run(
         return {
             "bench": "claim",
             "db": db.dialect,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "keys": keys,
             "threads": threads,
             "claims": len(stamps),
@@ -220,6 +291,11 @@ def run(
             "claims_vs_baseline": round(claims_per_s / base, 2),
             "last_vs_first_decile": round(last / first, 2),
             "double_claims": double,
+            "bare_claims": None if bare is None else bare["claims"],
+            "bare_claims_per_s": None if bare is None else bare["claims_per_s"],
+            "claims_vs_bare": None
+            if bare is None
+            else round(claims_per_s / bare["claims_per_s"], 2),
         }
     finally:
         db.dispose()
@@ -236,13 +312,19 @@ def main(argv: list[str] | None = None) -> None:
         "--claims", type=int, default=0, help="stop after this many (default: drain the pool)"
     )
     p.add_argument("--baseline-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--bare-keys",
+        type=int,
+        default=200_000,
+        help="SQLite: keys of the bare loop's own SKU, all claimed by it (0: no bare loop)",
+    )
     a = p.parse_args(argv)
     claims = a.claims or a.keys
     with (
         tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp,
         scratch_database(a.db, Path(tmp)) as url,
     ):
-        result = run(url, a.keys, a.threads, claims, a.baseline_seconds)
+        result = run(url, a.keys, a.threads, claims, a.baseline_seconds, a.bare_keys)
     print(json.dumps(result))
 
 
