@@ -105,9 +105,16 @@ def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
         .limit(bindparam("p_quantity", type_=Integer))
     )
     if hinted:
+        # Typed as the column: a bind inside tuple_() takes no type from its counterpart, and
+        # untyped, sqlite3 wrote the aware datetime as its own text ('… 10:00:00.123456+00:00'),
+        # which sorts after the stored '… 10:00:00.123456': the hint then skipped the other keys
+        # of its own expiry, and a later-expiring key was sold first.
         pick = pick.where(
             tuple_(Key.expires_at, Key.id)
-            > tuple_(bindparam("p_start_at"), bindparam("p_start_id"))
+            > tuple_(
+                bindparam("p_start_at", type_=Key.__table__.c.expires_at.type),
+                bindparam("p_start_id", type_=Integer),
+            )
         )
     if dialect == "postgresql":
         pick = pick.with_for_update(skip_locked=True)

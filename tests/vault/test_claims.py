@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from kami import fulfilment, vault
 from kami.kernel.clock import utcnow
+from kami.vault.models import Key
 from tests.conftest import BACKEND, add_keys, make_sku
 
 
@@ -77,3 +79,32 @@ def test_scan_hint_lapses_and_a_rescan_renews_it(monkeypatch: object) -> None:
     # Regression: the rescan must restart the hint's clock, or every later claim rescans.
     hints.advance(1, t, 20, rescanned=True)
     assert hints.get(1) == (t, 20)
+
+
+def test_a_hinted_claim_takes_the_next_key_of_the_same_expiry(shop: fulfilment.Shop) -> None:
+    """The scan hint's expiry is compared as the column stores it. Regression: on SQLite it was
+    bound as the driver's own text for an aware datetime ('…123456+00:00'), which sorts after
+    the stored '…123456', so a hinted claim skipped the other keys of the hint's own expiry and
+    sold a key that expires a day later first."""
+    sku = make_sku(shop)
+    add_keys(shop, sku, ["SAME-1", "SAME-2", "SAME-3", "LATER-1"])
+    soon = utcnow().replace(microsecond=123456) + timedelta(days=1)
+    with shop.db.write() as s:
+        ids = list(
+            s.execute(text("SELECT id FROM vault_key ORDER BY id")).scalars()  # import order
+        )
+        same, later = ids[:3], ids[3]
+        for key_ids, expires_at in ((same, soon), ([later], soon + timedelta(days=1))):
+            s.execute(
+                update(Key)
+                .where(Key.id.in_(key_ids))
+                .values(expires_at=expires_at)
+                .execution_options(synchronize_session=False)
+            )
+    hints = vault.ClaimHints()
+    taken: list[int] = []
+    for order_id in (1, 2, 3):
+        with shop.db.write() as s:
+            taken += vault.take_keys(s, sku.id, order_id, 1, utcnow(), hints=hints)
+    assert hints.get(sku.id) is not None  # the second and third claims were hinted
+    assert taken == same
