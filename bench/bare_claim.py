@@ -1,4 +1,4 @@
-"""The shop's claim statement on a bare `sqlite3` connection: what SQLite alone does.
+"""The shop's claim statement on a bare `sqlite3` connection: SQLite without the shop around it.
 
     python bench/bare_claim.py DATABASE_FILE SKU_ID CLAIMS FIRST_ORDER_ID
 
@@ -6,8 +6,9 @@ Run by `claim.py` on SQLite, in a process of its own, against a SKU of its own i
 database file, so that the shop's claim rate has a reference measured in the same run and on
 the same table and indexes. One thread; each claim is BEGIN IMMEDIATE, the statement
 `vault.take_keys` runs (the hinted form, from the last key taken, laid out by Kami's own
-parameter conversion) and COMMIT, with the shop's pragmas. Nothing else: no writer queue, no
-Session, no scan hints object, no retries. Prints one JSON object.
+parameter conversion, its result converted back) and COMMIT, with the shop's pragmas. Nothing
+else: no writer queue, no Session, no scan hints object, no retries. What it measures is
+SQLite, the `sqlite3` module and those conversions. Prints one JSON object.
 
 It runs in a process of its own so that neither the claimers' threads nor the harness's heap
 touch it. A loop this bare in an interpreter that imports nothing else measures glibc too: on

@@ -12,10 +12,11 @@ of the claims, `last_decile_per_s` of the last tenth. The baseline is a trivial
 handling and thread count, for `--baseline-seconds`. `double_claims` counts keys handed out
 twice (from the ids the claimers received and from the table). The last line is one JSON object.
 
-On SQLite a second reference, `bare_claims_per_s`: the same claim statement on a bare `sqlite3`
-connection, one thread, in a process of its own (`bare_claim.py`), on a second SKU of
-`--bare-keys` keys in the same table, run before the claimers. It is what SQLite alone does on
-this machine at this hour; `claims_vs_bare` is the shop's rate against it.
+On SQLite a second reference, `bare_claims_per_s`: the same claim statement, with Kami's own
+parameter conversion, on a bare `sqlite3` connection, one thread, in a process of its own
+(`bare_claim.py`), on a second SKU of `--bare-keys` keys in the same table, run before the
+claimers: about what SQLite and its driver do on this machine at this hour without the shop's
+transaction around them. `claims_vs_bare` is the shop's rate against it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from kami.kernel.engine import make_engine
 
 def fill_pool(db: Database, n: int, bare: int = 0) -> int:
     """A category, product and SKU, and `n` available keys, the fastest way each engine allows;
-    and on SQLite a second SKU with `bare` keys for `bare_claims` (`BARE_SKU`)."""
+    and on SQLite a second SKU, code 'BARE', with `bare` keys for `bare_claims`."""
     now = utcnow()
     with db.write() as s:
         s.execute(
@@ -126,29 +127,28 @@ def fill_pool(db: Database, n: int, bare: int = 0) -> int:
     return 1
 
 
-BARE_SKU = 2
 # The bare loop's orders are numbered from here, apart from the claimers' (1, 2, 3 …).
 BARE_FIRST_ORDER = 2_000_000_000
 
 
 def _fill_bare_pool(s: Any, n: int, now: Any) -> None:
-    """SKU `BARE_SKU`, its batch, and `n` available keys (SQLite), as `fill_pool` fills SKU 1."""
-    s.execute(
+    """SKU 'BARE', its batch, and `n` available keys (SQLite), as `fill_pool` fills the first."""
+    sku = s.execute(
         text(
             "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
             "delivery_kind, min_quantity, max_quantity, active, stock_display, "
             "low_stock_threshold, position, created_at) VALUES ('BARE', 1, 'bare', 100, "
-            "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t)"
+            "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t) RETURNING id"
         ),
         {"t": now},
-    )
+    ).scalar_one()
     s.execute(
         text(
             "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
             "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
             "VALUES ('bare', :sku, 1, '', '', :n, 0, 0, 0, :t)"
         ),
-        {"sku": BARE_SKU, "n": n, "t": now},
+        {"sku": sku, "n": n, "t": now},
     )
     s.execute(
         text(
@@ -159,26 +159,33 @@ def _fill_bare_pool(s: Any, n: int, now: Any) -> None:
             "randomblob(32), randomblob(48), 'BA****RE', 'available', "
             "'9999-12-31 00:00:00.000000', :t FROM seq"
         ),
-        {"n": n, "sku": BARE_SKU, "t": now.replace(tzinfo=None)},
+        {"n": n, "sku": sku, "t": now.replace(tzinfo=None)},
     )
 
 
-def bare_claims(url: str, claims: int) -> dict[str, Any]:
+def bare_claims(db: Database, url: str, claims: int) -> dict[str, Any]:
     """`bare_claim.py` on the database file, in a process of its own."""
+    with db.read() as s:
+        sku = s.execute(text("SELECT id FROM catalog_sku WHERE code = 'BARE'")).scalar_one()
     done = subprocess.run(
         [
             sys.executable,
             str(Path(__file__).resolve().parent / "bare_claim.py"),
             url.split("///", 1)[1],
-            str(BARE_SKU),
+            str(sku),
             str(claims),
             str(BARE_FIRST_ORDER),
         ],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"bare_claim.py failed with exit status {done.returncode}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["claims"]:
+        raise SystemExit("bare_claim.py claimed nothing")
     return result
 
 
@@ -247,7 +254,7 @@ def run(
         sku_id = fill_pool(db, keys, bare_keys)
         fill_s = time.monotonic() - t0
         base = baseline(db, threads, baseline_seconds)
-        bare = bare_claims(url, bare_keys) if bare_keys else None
+        bare = bare_claims(db, url, bare_keys) if bare_keys else None
         start = time.monotonic()
         stamps, taken = claim(db, sku_id, threads, claims)
         elapsed = time.monotonic() - start
@@ -319,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         help="SQLite: keys of the bare loop's own SKU, all claimed by it (0: no bare loop)",
     )
     a = p.parse_args(argv)
+    if a.bare_keys < 0:
+        p.error("--bare-keys must be 0 or more")
     claims = a.claims or a.keys
     with (
         tempfile.TemporaryDirectory(prefix="kami-bench-") as tmp,

@@ -11,6 +11,9 @@ import typer
 
 from kami.cli.context import err
 
+# Modules of bench/ that the harnesses use, not harnesses themselves.
+_NOT_HARNESSES = frozenset({"scratch", "loadgen", "bare_claim"})
+
 
 def _bench_dir() -> Path | None:
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -36,8 +39,8 @@ def bench(
         raise typer.Exit(2)
     aliases = {"import": "import_keys"}
     script = folder / f"{aliases.get(name, name)}.py"
-    if not script.is_file():
-        known = sorted(p.stem for p in folder.glob("*.py") if p.stem != "scratch")
+    if name in _NOT_HARNESSES or not script.is_file():
+        known = sorted(p.stem for p in folder.glob("*.py") if p.stem not in _NOT_HARNESSES)
         err.print(f"error: no benchmark {name!r} (have: {', '.join(known)})")
         raise typer.Exit(2)
     sys.argv = [str(script), *ctx.args]
