@@ -25,7 +25,7 @@ class Token(Base):
     __tablename__ = "accounts_token"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    admin_id: Mapped[int] = mapped_column(ForeignKey("accounts_admin.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(Integer, ForeignKey("accounts_admin.id"), index=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -37,7 +37,9 @@ class AdminTotp(Base):
 
     __tablename__ = "accounts_totp"
 
-    admin_id: Mapped[int] = mapped_column(ForeignKey("accounts_admin.id"), primary_key=True)
+    admin_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("accounts_admin.id"), primary_key=True
+    )
     sealed: Mapped[bytes] = mapped_column(LargeBinary(128))
     confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -50,7 +52,7 @@ class ConsoleSession(Base):
     __tablename__ = "accounts_console_session"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    admin_id: Mapped[int] = mapped_column(ForeignKey("accounts_admin.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(Integer, ForeignKey("accounts_admin.id"), index=True)
     session_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)

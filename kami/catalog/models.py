@@ -72,7 +72,7 @@ class FlashSale(Base):
     __tablename__ = "catalog_flash_sale"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), unique=True)
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"), unique=True)
     starts_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
     price_minor: Mapped[int] = mapped_column(Integer)

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
 
 from kami.kernel.dberrors import wrapped
 from kami.kernel.pgcursor import LeanCursor
@@ -76,6 +77,13 @@ class _Plan:
                 )
             if bind.callable is not None:
                 raise TypeError(f"{name}: a bind computed per call cannot be prepared once")
+            if isinstance(bind.type, NullType):
+                # Its value would reach the driver unconverted: a datetime as the driver's own
+                # text on SQLite, a dict refused. Seen twice (decisions 0005 and 0020): a bind
+                # inside tuple_() and the rows after the first of a multi-row VALUES take no
+                # type from their columns, nor does a column whose type comes from a foreign
+                # key not yet resolved.
+                raise TypeError(f"{name}: a bind without a type; give it the column's (type_=)")
             if bind.required:
                 names[name] = bind.key
             else:

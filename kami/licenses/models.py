@@ -15,7 +15,7 @@ class Policy(Base):
     __tablename__ = "licenses_policy"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), unique=True)
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"), unique=True)
     pattern: Mapped[str] = mapped_column(String(64))
     activation_limit: Mapped[int] = mapped_column(Integer)
     validity_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -31,9 +31,9 @@ class License(Base):
     __tablename__ = "licenses_license"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), index=True)
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"), index=True)
     order_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    data_key_id: Mapped[int] = mapped_column(ForeignKey("vault_data_key.id"))
+    data_key_id: Mapped[int] = mapped_column(Integer, ForeignKey("vault_data_key.id"))
     fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     masked: Mapped[str] = mapped_column(String(64))
@@ -63,7 +63,7 @@ class Activation(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    license_id: Mapped[int] = mapped_column(ForeignKey("licenses_license.id"), index=True)
+    license_id: Mapped[int] = mapped_column(Integer, ForeignKey("licenses_license.id"), index=True)
     machine_id: Mapped[str] = mapped_column(String(128))
     activated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)

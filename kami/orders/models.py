@@ -37,7 +37,7 @@ class Order(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     order_no: Mapped[str] = mapped_column(String(32), unique=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"))
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"))
     # What was bought, as it was at the time: later catalog edits do not rewrite history.
     sku_code: Mapped[str] = mapped_column(String(64))
     title: Mapped[str] = mapped_column(String(420))

@@ -247,7 +247,10 @@ def _take_each_for(dialect: str, hinted: bool, n: int) -> Update:
         func.row_number().over(order_by=(picked.c.expires_at, picked.c.id)).label("rn"),
     ).cte("numbered")
     order_of_unit = case(
-        *((numbered.c.rn == i + 1, sql_cast(bindparam(f"p_order_{i}"), Integer)) for i in range(n))
+        *(
+            (numbered.c.rn == i + 1, sql_cast(bindparam(f"p_order_{i}", type_=Integer), Integer))
+            for i in range(n)
+        )
     )
     return (
         update(Key)
@@ -288,7 +291,7 @@ _STOCK = Prepared(
         Key.__table__.c.status == KeyStatus.AVAILABLE.value,
         Key.__table__.c.expires_at > bindparam("now"),
     )
-    .limit(bindparam("n"))
+    .limit(bindparam("n", type_=Integer))
 )
 
 

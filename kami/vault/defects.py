@@ -25,8 +25,8 @@ class Defect(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # A key is found defective once: it is voided then, so it is never sold (or reported) again.
-    key_id: Mapped[int] = mapped_column(ForeignKey("vault_key.id"), unique=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("vault_batch.id"), index=True)
+    key_id: Mapped[int] = mapped_column(Integer, ForeignKey("vault_key.id"), unique=True)
+    batch_id: Mapped[int] = mapped_column(Integer, ForeignKey("vault_batch.id"), index=True)
     sku_id: Mapped[int] = mapped_column(Integer, index=True)
     order_id: Mapped[int] = mapped_column(Integer, index=True)
     reason: Mapped[str] = mapped_column(String(500))

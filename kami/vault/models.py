@@ -38,8 +38,8 @@ class Batch(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
-    sku_id: Mapped[int] = mapped_column(ForeignKey("catalog_sku.id"), index=True)
-    data_key_id: Mapped[int] = mapped_column(ForeignKey("vault_data_key.id"))
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"), index=True)
+    data_key_id: Mapped[int] = mapped_column(Integer, ForeignKey("vault_data_key.id"))
     supplier: Mapped[str] = mapped_column(String(200), default="")
     unit_cost_minor: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cost_currency: Mapped[str | None] = mapped_column(String(3), nullable=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import Integer, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from kami.kernel.clock import utcnow
@@ -123,7 +123,9 @@ _SEALED_ANY = select(*_SEALED_COLUMNS).where(_K.c.id.in_(bindparam("ids", expand
 def _sealed(n: int) -> Prepared:
     """Keys by id, for exactly `n` ids (`id IN (?, ?, …)` with its own parameters)."""
     return Prepared(
-        select(*_SEALED_COLUMNS).where(_K.c.id.in_([bindparam(f"id{i}") for i in range(n)]))
+        select(*_SEALED_COLUMNS).where(
+            _K.c.id.in_([bindparam(f"id{i}", type_=Integer) for i in range(n)])
+        )
     )
 
 

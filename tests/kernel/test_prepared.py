@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import bindparam, insert, literal_column, or_, select, text, update
+from sqlalchemy import bindparam, insert, literal_column, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from kami.fulfilment import Shop
@@ -97,6 +97,26 @@ def test_parameters_must_be_exactly_the_statements(shop: Shop) -> None:
 def test_an_expanding_in_cannot_be_prepared() -> None:
     with pytest.raises(TypeError, match="expanding IN"):
         Prepared(select(_J.c.id).where(_J.c.id.in_(bindparam("ids", expanding=True))))
+
+
+def test_a_bind_without_a_type_cannot_be_prepared() -> None:
+    """Its value would reach the driver unconverted (on SQLite an aware datetime as the
+    driver's own text, which compares wrongly with the column's). Both shapes met in the shop:
+    a bind inside tuple_(), and the rows after the first of a multi-row VALUES."""
+    with pytest.raises(TypeError, match="p_at: a bind without a type"):
+        Prepared(
+            select(_J.c.id).where(
+                tuple_(_J.c.run_after, _J.c.id) > tuple_(bindparam("p_at"), bindparam("p_id"))
+            )
+        )
+    rows = [{"ref": bindparam(f"r{i}"), "run_after": bindparam(f"at{i}")} for i in range(2)]
+    with pytest.raises(TypeError, match=r"(r1|at1): a bind without a type"):
+        Prepared(insert(_J).values(rows))
+    typed = [
+        {c: bindparam(f"{c}{i}", type_=_J.c[c].type) for c in ("ref", "run_after")}
+        for i in range(2)
+    ]
+    Prepared(insert(_J).values(typed))  # every row typed as its column: accepted
 
 
 def test_a_driver_error_is_sqlalchemys_and_hides_the_values(shop: Shop) -> None:
