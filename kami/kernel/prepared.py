@@ -207,7 +207,9 @@ class Prepared:
     driver error arrives as SQLAlchemy's exception (IntegrityError, OperationalError …) with its
     parameters hidden. A write through a `Database.read()` session is refused.
 
-    Not for statements whose IN lists vary per call (compare with = or OR instead).
+    Not for statements whose IN lists vary per call (compare with = or OR instead), and every
+    bind must have a type (the column's, `type_=`): one without is refused when the statement is
+    built, since its values would reach the driver unconverted.
     """
 
     def __init__(self, statement: Any) -> None:
