@@ -16,7 +16,7 @@ class Category(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("catalog_category.id", ondelete="RESTRICT"), nullable=True, index=True
+        Integer, ForeignKey("catalog_category.id", ondelete="RESTRICT"), nullable=True, index=True
     )
     position: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -28,7 +28,7 @@ class Product(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     category_id: Mapped[int] = mapped_column(
-        ForeignKey("catalog_category.id", ondelete="RESTRICT"), index=True
+        Integer, ForeignKey("catalog_category.id", ondelete="RESTRICT"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -46,7 +46,7 @@ class Sku(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     product_id: Mapped[int] = mapped_column(
-        ForeignKey("catalog_product.id", ondelete="RESTRICT"), index=True
+        Integer, ForeignKey("catalog_product.id", ondelete="RESTRICT"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
     price_minor: Mapped[int] = mapped_column(Integer)

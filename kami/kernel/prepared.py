@@ -209,7 +209,9 @@ class Prepared:
 
     Not for statements whose IN lists vary per call (compare with = or OR instead), and every
     bind must have a type (the column's, `type_=`): one without is refused when the statement is
-    built, since its values would reach the driver unconverted.
+    built (at import, or for a shape made on demand at its first use or `ready_*`), since its
+    values would reach the driver unconverted. The check sees a missing type only: a bind typed
+    from its value (`bindparam("t", value=dt)`, plain DateTime, not UtcDateTime) passes it.
     """
 
     def __init__(self, statement: Any) -> None:
