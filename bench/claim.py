@@ -46,9 +46,9 @@ from kami.kernel.db import Database
 from kami.kernel.engine import make_engine
 
 
-def fill_pool(db: Database, n: int, bare: int = 0) -> int:
+def fill_pool(db: Database, n: int, bare: int = 0) -> tuple[int, int | None]:
     """A category, product and SKU, and `n` available keys, the fastest way each engine allows;
-    and on SQLite a second SKU, code 'BARE', with `bare` keys for `bare_claims`."""
+    and a second SKU with `bare` keys for `bare_claims` if `bare`. Returns both SKUs' ids."""
     now = utcnow()
     with db.write() as s:
         s.execute(
@@ -68,51 +68,13 @@ def fill_pool(db: Database, n: int, bare: int = 0) -> int:
         )
         s.execute(
             text(
-                "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
-                "delivery_kind, min_quantity, max_quantity, active, stock_display, "
-                "low_stock_threshold, position, created_at) VALUES ('BENCH', 1, 'bench', 100, "
-                "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t)"
-            ),
-            {"t": now},
-        )
-        s.execute(
-            text(
                 "INSERT INTO vault_data_key (master_version, wrapped, created_at) "
                 "VALUES (1, :w, :t)"
             ),
             {"w": b"x" * 60, "t": now},
         )
-        s.execute(
-            text(
-                "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
-                "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
-                "VALUES ('bench', 1, 1, '', '', :n, 0, 0, 0, :t)"
-            ),
-            {"n": n, "t": now},
-        )
-        if db.dialect == "postgresql":
-            s.execute(
-                text(
-                    "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
-                    "masked, status, expires_at, created_at) "
-                    "SELECT 1, 1, 1, sha256(i::text::bytea), sha256(('c' || i)::bytea), 'BE****CH', "
-                    "'available', '9999-12-31 00:00:00+00', :t FROM generate_series(1, :n) AS i"
-                ),
-                {"n": n, "t": now},
-            )
-        else:
-            s.execute(
-                text(
-                    "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
-                    "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
-                    "masked, status, expires_at, created_at) "
-                    "SELECT 1, 1, 1, randomblob(32), randomblob(48), 'BE****CH', 'available', "
-                    "'9999-12-31 00:00:00.000000', :t FROM seq"
-                ),
-                {"n": n, "t": now.replace(tzinfo=None)},
-            )
-        if bare and db.dialect == "sqlite":
-            _fill_bare_pool(s, bare, now)
+        sku = _sku_with_keys(s, db.dialect, "BENCH", n, now)
+        bare_sku = _sku_with_keys(s, db.dialect, "BARE", bare, now) if bare else None
         s.execute(text("CREATE TABLE bench_row (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
         s.execute(
             text(
@@ -124,49 +86,61 @@ def fill_pool(db: Database, n: int, bare: int = 0) -> int:
         conn.execute(text("ANALYZE"))
         if db.dialect == "postgresql":
             conn.execute(text("VACUUM (ANALYZE) vault_key"))
-    return 1
+    return sku, bare_sku
+
+
+def _sku_with_keys(s: Any, dialect: str, code: str, n: int, now: Any) -> int:
+    """A SKU `code` of product 1, a batch sealed with data key 1, and `n` available keys in it
+    (dummy ciphertext: the claim never decrypts). Returns the SKU's id."""
+    sku = s.execute(
+        text(
+            "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
+            "delivery_kind, min_quantity, max_quantity, active, stock_display, "
+            "low_stock_threshold, position, created_at) VALUES (:code, 1, :code, 100, "
+            "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t) RETURNING id"
+        ),
+        {"code": code, "t": now},
+    ).scalar_one()
+    batch = s.execute(
+        text(
+            "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
+            "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
+            "VALUES (:code, :sku, 1, '', '', :n, 0, 0, 0, :t) RETURNING id"
+        ),
+        {"code": code.lower(), "sku": sku, "n": n, "t": now},
+    ).scalar_one()
+    keys = {"sku": sku, "batch": batch, "n": n, "masked": f"{code[:2]}****{code[-2:]}"}
+    if dialect == "postgresql":
+        s.execute(
+            text(
+                "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
+                "masked, status, expires_at, created_at) "
+                "SELECT :sku, :batch, 1, sha256(i::text::bytea), sha256(('c' || i)::bytea), "
+                ":masked, 'available', '9999-12-31 00:00:00+00', :t "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {**keys, "t": now},
+        )
+    else:
+        s.execute(
+            text(
+                "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
+                "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
+                "masked, status, expires_at, created_at) "
+                "SELECT :sku, :batch, 1, randomblob(32), randomblob(48), :masked, 'available', "
+                "'9999-12-31 00:00:00.000000', :t FROM seq"
+            ),
+            {**keys, "t": now.replace(tzinfo=None)},
+        )
+    return int(sku)
 
 
 # The bare loop's orders are numbered from here, apart from the claimers' (1, 2, 3 …).
 BARE_FIRST_ORDER = 2_000_000_000
 
 
-def _fill_bare_pool(s: Any, n: int, now: Any) -> None:
-    """SKU 'BARE', its batch, and `n` available keys (SQLite), as `fill_pool` fills the first."""
-    sku = s.execute(
-        text(
-            "INSERT INTO catalog_sku (code, product_id, name, price_minor, currency, "
-            "delivery_kind, min_quantity, max_quantity, active, stock_display, "
-            "low_stock_threshold, position, created_at) VALUES ('BARE', 1, 'bare', 100, "
-            "'CNY', 'card_key', 1, 10, true, 'exact', 0, 0, :t) RETURNING id"
-        ),
-        {"t": now},
-    ).scalar_one()
-    s.execute(
-        text(
-            "INSERT INTO vault_batch (public_id, sku_id, data_key_id, supplier, source_name, "
-            "imported, duplicates_in_file, duplicates_in_stock, invalid, created_at) "
-            "VALUES ('bare', :sku, 1, '', '', :n, 0, 0, 0, :t)"
-        ),
-        {"sku": sku, "n": n, "t": now},
-    )
-    s.execute(
-        text(
-            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n) "
-            "INSERT INTO vault_key (sku_id, batch_id, data_key_id, fingerprint, ciphertext, "
-            "masked, status, expires_at, created_at) "
-            "SELECT :sku, (SELECT id FROM vault_batch WHERE public_id = 'bare'), 1, "
-            "randomblob(32), randomblob(48), 'BA****RE', 'available', "
-            "'9999-12-31 00:00:00.000000', :t FROM seq"
-        ),
-        {"n": n, "sku": sku, "t": now.replace(tzinfo=None)},
-    )
-
-
-def bare_claims(db: Database, url: str, claims: int) -> dict[str, Any]:
-    """`bare_claim.py` on the database file, in a process of its own."""
-    with db.read() as s:
-        sku = s.execute(text("SELECT id FROM catalog_sku WHERE code = 'BARE'")).scalar_one()
+def bare_claims(url: str, sku: int, claims: int) -> dict[str, Any]:
+    """`bare_claim.py` on the database file, in a process of its own, on SKU `sku`."""
     done = subprocess.run(
         [
             sys.executable,
@@ -251,10 +225,10 @@ def run(
     try:
         t0 = time.monotonic()
         bare_keys = bare_keys if db.dialect == "sqlite" else 0
-        sku_id = fill_pool(db, keys, bare_keys)
+        sku_id, bare_sku = fill_pool(db, keys, bare_keys)
         fill_s = time.monotonic() - t0
         base = baseline(db, threads, baseline_seconds)
-        bare = bare_claims(db, url, bare_keys) if bare_keys else None
+        bare = bare_claims(url, bare_sku, bare_keys) if bare_sku is not None else None
         start = time.monotonic()
         stamps, taken = claim(db, sku_id, threads, claims)
         elapsed = time.monotonic() - start
