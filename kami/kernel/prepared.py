@@ -77,12 +77,7 @@ class _Plan:
                 )
             if bind.callable is not None:
                 raise TypeError(f"{name}: a bind computed per call cannot be prepared once")
-            if isinstance(bind.type, NullType):
-                # Its value would reach the driver unconverted: a datetime as the driver's own
-                # text on SQLite, a dict refused. Seen twice (decisions 0005 and 0020): a bind
-                # inside tuple_() and the rows after the first of a multi-row VALUES take no
-                # type from their columns, nor does a column whose type comes from a foreign
-                # key not yet resolved.
+            if isinstance(bind.type, NullType):  # decisions 0005, 0020
                 raise TypeError(f"{name}: a bind without a type; give it the column's (type_=)")
             if bind.required:
                 names[name] = bind.key
@@ -207,11 +202,8 @@ class Prepared:
     driver error arrives as SQLAlchemy's exception (IntegrityError, OperationalError …) with its
     parameters hidden. A write through a `Database.read()` session is refused.
 
-    Not for statements whose IN lists vary per call (compare with = or OR instead), and every
-    bind must have a type (the column's, `type_=`): one without is refused when the statement is
-    built (at import, or for a shape made on demand at its first use or `ready_*`), since its
-    values would reach the driver unconverted. The check sees a missing type only: a bind typed
-    from its value (`bindparam("t", value=dt)`, plain DateTime, not UtcDateTime) passes it.
+    Not for IN lists that vary per call (compare with = or OR instead), nor for a bind without
+    a type (give it the column's, `type_=`): its values would reach the driver unconverted.
     """
 
     def __init__(self, statement: Any) -> None:

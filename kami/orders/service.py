@@ -175,10 +175,8 @@ def _new_row(
 
 @functools.cache
 def _insert_many(n: int) -> Prepared:
-    # Each bind typed as its column: in a multi-row VALUES only the first row's binds take
-    # the column's type. Untyped, the rows after it went to the driver as they were: on SQLite
-    # an aware datetime as sqlite3's own text ('… 12:02:50.125008+00:00', not the column's
-    # '… 12:02:50.125008'), and buyer input, a dict, not at all.
+    # Typed: in a multi-row VALUES only the first row's binds take their columns' types
+    # (decision 0020).
     return Prepared(
         insert(_T)
         .values(

@@ -105,10 +105,7 @@ def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
         .limit(bindparam("p_quantity", type_=Integer))
     )
     if hinted:
-        # Typed as the column: a bind inside tuple_() takes no type from its counterpart, and
-        # untyped, sqlite3 wrote the aware datetime as its own text ('… 10:00:00.123456+00:00'),
-        # which sorts after the stored '… 10:00:00.123456': the hint then skipped the other keys
-        # of its own expiry, and a later-expiring key was sold first.
+        # Typed: a bind inside tuple_() takes no type from its counterpart (decision 0005).
         pick = pick.where(
             tuple_(Key.expires_at, Key.id)
             > tuple_(
