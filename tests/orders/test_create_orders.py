@@ -11,11 +11,39 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from kami import fulfilment, orders
+from kami import catalog, fulfilment, orders
 from kami.kernel.clock import utcnow
 from kami.orders.models import Order
 from kami.orders.schemas import OrderIn
 from tests.conftest import BACKEND, make_sku
+
+TTL = timedelta(minutes=15)
+
+
+def _priced(sku: catalog.SkuView, buyer_input: dict[str, str] | None = None) -> orders.Priced:
+    return orders.Priced(
+        sku_id=sku.id,
+        sku_code=sku.code,
+        title="t",
+        redemption="",
+        validity_days=None,
+        unit_price_minor=1000,
+        currency="CNY",
+        buyer_input=buyer_input,
+    )
+
+
+def _three_orders(priced: orders.Priced) -> list[orders.NewOrder]:
+    """Three new orders: statements of 2 and 1 rows, so a row after the first in one of them."""
+    return [
+        orders.NewOrder(
+            OrderIn(sku=priced.sku_code, email=f"b{n}@example.com", gateway="sandbox"),
+            priced,
+            buyer_ip="192.0.2.1",
+            device_id=None,
+        )
+        for n in range(3)
+    ]
 
 
 @pytest.mark.parametrize("buyer_input", [None, {"account": "player-7"}])
@@ -28,33 +56,15 @@ def test_every_row_of_a_group_insert_is_stored_like_an_order_inserted_alone(
     both drivers."""
     sku = make_sku(shop)
     now = utcnow().replace(microsecond=125008)
-    priced = orders.Priced(
-        sku_id=sku.id,
-        sku_code=sku.code,
-        title="t",
-        redemption="",
-        validity_days=None,
-        unit_price_minor=1000,
-        currency="CNY",
-        buyer_input=buyer_input,
-    )
-    new = [
-        orders.NewOrder(
-            OrderIn(sku=sku.code, email=f"b{n}@example.com", gateway="sandbox"),
-            priced,
-            buyer_ip="192.0.2.1",
-            device_id=None,
-        )
-        for n in range(3)  # shapes of 2 and 1: a row after the first in each
-    ]
+    priced = _priced(sku, buyer_input)
     with shop.db.write() as s:
-        placed = orders.create_orders(s, new, now=now, ttl=timedelta(minutes=15))
+        placed = orders.create_orders(s, _three_orders(priced), now=now, ttl=TTL)
         alone, _ = orders.create_order(
             s,
             OrderIn(sku=sku.code, email="alone@example.com", gateway="sandbox"),
             priced,
             now=now,
-            ttl=timedelta(minutes=15),
+            ttl=TTL,
             idempotency_key=None,
             buyer_ip="192.0.2.1",
         )
@@ -81,33 +91,15 @@ def test_every_row_of_a_group_insert_is_stored_like_an_order_inserted_alone(
         assert {k: v for k, v in row.items() if k not in apart} == alone_row
     for order in read:
         assert order.created_at == now
-        assert order.expires_at == now + timedelta(minutes=15)
+        assert order.expires_at == now + TTL
         assert order.buyer_input == buyer_input
 
 
 @pytest.mark.skipif(BACKEND != "sqlite", reason="PostgreSQL stored these times correctly")
 def test_migration_0016_rewrites_the_times_a_group_insert_stored(shop: fulfilment.Shop) -> None:
     sku = make_sku(shop)
-    priced = orders.Priced(
-        sku_id=sku.id,
-        sku_code=sku.code,
-        title="t",
-        redemption="",
-        validity_days=None,
-        unit_price_minor=1000,
-        currency="CNY",
-    )
-    new = [
-        orders.NewOrder(
-            OrderIn(sku=sku.code, email=f"b{n}@example.com", gateway="sandbox"),
-            priced,
-            buyer_ip=None,
-            device_id=None,
-        )
-        for n in range(3)
-    ]
     with shop.db.write() as s:
-        orders.create_orders(s, new, now=utcnow(), ttl=timedelta(minutes=15))
+        orders.create_orders(s, _three_orders(_priced(sku)), now=utcnow(), ttl=TTL)
         # As the insert before the fix stored the rows after a statement's first.
         s.execute(
             text(
