@@ -23,6 +23,11 @@ non-2xx answer or exception, to a creation or a payment; `errors_by_kind` says w
 `create_p50_ms` / `create_p99_ms` (client wall time of every answered creation, whatever the
 answer), `won_create_*` (those that got an order), `sold_out_after_s` (from the first request
 to the last order that got a key), `duration_s` (the whole buyer phase, payments included).
+Where the slowest creations come from: `first_wave_creates` are those sent before any creation
+was answered (the first `--concurrency` buyers, all in the same instant), and
+`first_wave_create_max_ms` the slowest of them; `after_first_wave_create_p99_ms` is the p99 of
+the creations sent after them; `slowest_hundredth_in_first_wave` counts how many of the slowest
+hundredth of all creations (the ones that make `create_p99_ms`) were of the first wave.
 `server_cpu_s` / `client_cpu_s`: CPU seconds of the server processes / the load generator
 during the buyer phase. `limit_breaches` counts buyers (by e-mail or device) holding more than
 one order in the database, which with distinct buyers must be 0.
@@ -92,6 +97,7 @@ async def load(
     answers: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     create_all: list[float] = []
+    create_sent: list[tuple[float, float]] = []  # (sent, took) of each answered creation
     create_won: list[float] = []
     create_refused: list[float] = []
     pay_all: list[float] = []
@@ -121,6 +127,7 @@ async def load(
             return
         took = time.perf_counter() - start
         create_all.append(took)
+        create_sent.append((start, took))
         if r.status != 201:
             create_refused.append(took)
             kind = problem(r)
@@ -170,6 +177,7 @@ async def load(
         "won_create_p99_ms": ms(percentile(create_won, 99)),
         "refused_create_p50_ms": ms(percentile(create_refused, 50)),
         "refused_create_p99_ms": ms(percentile(create_refused, 99)),
+        **where_the_tail_is(create_sent),
         "pay_p50_ms": ms(percentile(pay_all, 50)),
         "pay_p99_ms": ms(percentile(pay_all, 99)),
         "sold_out_after_s": round(last_win[0] - begin, 2) if last_win[0] else None,
@@ -177,6 +185,28 @@ async def load(
         "server_cpu_s": round(cpu_server, 1),
         "client_cpu_s": round(cpu_client, 1),
         "pg_activity": pg.summary(),
+    }
+
+
+def where_the_tail_is(creates: list[tuple[float, float]]) -> dict[str, object]:
+    """The first wave's share of the slowest creations; `creates` is (sent, took) in seconds
+    of each answered creation (see the module's docstring)."""
+    if not creates:
+        return {
+            "first_wave_creates": 0,
+            "first_wave_create_max_ms": None,
+            "after_first_wave_create_p99_ms": None,
+            "slowest_hundredth_in_first_wave": 0,
+        }
+    first_answer = min(sent + took for sent, took in creates)
+    wave = [took for sent, took in creates if sent < first_answer]
+    later = [took for sent, took in creates if sent >= first_answer]
+    slowest = sorted(creates, key=lambda c: c[1], reverse=True)[: max(1, len(creates) // 100)]
+    return {
+        "first_wave_creates": len(wave),
+        "first_wave_create_max_ms": ms(max(wave)),
+        "after_first_wave_create_p99_ms": ms(percentile(later, 99)),
+        "slowest_hundredth_in_first_wave": sum(1 for sent, _ in slowest if sent < first_answer),
     }
 
 
