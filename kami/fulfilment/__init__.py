@@ -49,7 +49,7 @@ from kami.fulfilment.goods.lines import buyer_parts, make_due
 from kami.fulfilment.goods.procurement import ORDER_SALT
 from kami.fulfilment.mail import build_email, send_order_mail
 from kami.fulfilment.notify import Outcome, handle_notification
-from kami.fulfilment.paid_together import handle_notifications_together
+from kami.fulfilment.paid_together import handle_notifications_together, notifications_together
 from kami.fulfilment.refund_settling import dispose_keys
 from kami.fulfilment.refunds import (
     KEY_ACTIONS,
@@ -128,6 +128,7 @@ __all__ = [
     "list_reports",
     "make_due",
     "manual_queue",
+    "notifications_together",
     "open_order",
     "open_orders_together",
     "place_order",

@@ -4,7 +4,10 @@ and a group that meets a surprise half-way writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
+from functools import partial
 from typing import Any
 
 import httpx
@@ -15,11 +18,13 @@ from kami import fulfilment, orders, payments
 from kami.kernel.errors import NotFound
 from kami.web import running
 from tests.conftest import (
+    BACKEND,
     add_keys,
     make_sku,
     open_flash_sale,
     place,
     raw_notification,
+    run_async,
     sandbox_body,
     sign,
 )
@@ -321,16 +326,16 @@ def test_the_server_applies_a_flash_sales_payments_read_at_once_as_one_group(
     served: str, shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
-    real = fulfilment.handle_notifications_together
+    real = fulfilment.paid_together.handle_notifications_together
 
     def counted(
-        shop: fulfilment.Shop, raws: list[payments.RawNotification]
+        shop: fulfilment.Shop, raws: list[payments.RawNotification], **kw: Any
     ) -> list[fulfilment.Outcome | None]:
-        outcomes = real(shop, raws)
+        outcomes = real(shop, raws, **kw)
         sizes.append(sum(o is not None for o in outcomes))
         return outcomes
 
-    monkeypatch.setattr(fulfilment, "handle_notifications_together", counted)
+    monkeypatch.setattr(fulfilment.paid_together, "handle_notifications_together", counted)
     monkeypatch.setattr(running, "STORM", 60.0)  # however slow the machine, still selling
     sku = make_sku(shop, "FLASH", price=990)
     add_keys(shop, sku, [f"K-{n}" for n in range(40)])
@@ -368,3 +373,76 @@ def test_the_server_applies_a_flash_sales_payments_read_at_once_as_one_group(
     assert state["notifications"] == {"accepted": len(paid)}
     assert len({k for o in paid for k in _reserved(shop, o)}) == len(paid)
     assert any(n > 1 for n in sizes), sizes
+
+
+def test_a_group_that_waited_for_the_writer_verifies_each_notification_once(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a group that finds the writer busy runs again once it has it (decision 0023);
+    as the server builds it (`notifications_together`), its second run verifies nothing again
+    (a channel's signature is an RSA verification: it was done twice for every member)."""
+    if BACKEND != "sqlite":
+        pytest.skip("SQLite's writer")
+    monkeypatch.setattr(running, "STORM", 60.0)  # however slow the machine, still selling
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, ["K-1", "K-2", "K-3"])
+    placed = [place(shop, sku.code, email=f"{n}@example.com").order for n in "abc"]
+    raws = [_raw(o) for o in placed]
+    gateway_type = type(shop.gateways.get("sandbox"))
+    verify = gateway_type.verify_notification
+    verified: list[str] = []
+
+    def counted_verify(self: Any, raw: payments.RawNotification) -> Any:
+        notice = verify(self, raw)
+        verified.append(notice.order_no or "")
+        return notice
+
+    monkeypatch.setattr(gateway_type, "verify_notification", counted_verify)
+    runs: list[int] = []
+    together = fulfilment.paid_together.handle_notifications_together
+
+    def counted_together(
+        shop: fulfilment.Shop, raws: list[payments.RawNotification], **kw: Any
+    ) -> list[fulfilment.Outcome | None]:
+        runs.append(len(raws))
+        return together(shop, raws, **kw)
+
+    monkeypatch.setattr(fulfilment.paid_together, "handle_notifications_together", counted_together)
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shop.db.write():
+            held.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+
+    async def scene() -> list[fulfilment.Outcome]:
+        running.flash_sale_answered()  # a flash sale is selling: its payments go in groups
+
+        async def pay(raw: payments.RawNotification) -> fulfilment.Outcome:
+            return await running.run_payment_together(
+                "notify",
+                raw,
+                fulfilment.notifications_together(shop),
+                partial(running.run_now, fulfilment.handle_notification, shop, raw),
+                most=8,
+            )
+
+        calls = [asyncio.create_task(pay(raw)) for raw in raws]
+        await asyncio.sleep(0.2)  # the group found the writer busy and waits for it
+        leave.set()
+        return list(await asyncio.gather(*calls))
+
+    try:
+        outcomes = run_async(scene)
+    finally:
+        leave.set()
+        holder.join(10)
+    assert runs == [3, 3]  # refused for the writer, then run once it was had
+    assert sorted(verified) == sorted(o.order_no for o in placed)  # once each
+    assert [o.order_no for o in outcomes] == [o.order_no for o in placed]
+    assert all(o.delivered and o.verdict is payments.Verdict.ACCEPTED for o in outcomes)
+    assert _state(shop)["orders"] == {"delivered": 3}

@@ -140,7 +140,7 @@ async def answer_notification(gateway: str, request: Request) -> Response:
     outcome = await running.run_payment_together(
         "notify",
         raw,
-        partial(fulfilment.handle_notifications_together, shop),
+        fulfilment.notifications_together(shop),
         partial(running.run_now, fulfilment.handle_notification, shop, raw),
         most=fulfilment.paid_together.MAX_GROUP,
     )
