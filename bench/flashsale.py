@@ -28,6 +28,10 @@ was answered (the first `--concurrency` buyers, all in the same instant), and
 `first_wave_create_max_ms` the slowest of them; `after_first_wave_create_p99_ms` is the p99 of
 the creations sent after them; `slowest_hundredth_in_first_wave` counts how many of the slowest
 hundredth of all creations (the ones that make `create_p99_ms`) were of the first wave.
+After the sale, with the same server and the same lanes: `hello_requests` GET /healthz (an
+endpoint that does no work) at the same concurrency, as many as there were buyers; `hello_rps`
+and `hello_p50_ms` / `hello_p99_ms` say what the machine answers at this concurrency in this
+run when the shop does nothing, and so how much of `create_p99_ms` is the shop's own.
 `server_cpu_s` / `client_cpu_s`: CPU seconds of the server processes / the load generator
 during the buyer phase. `limit_breaches` counts buyers (by e-mail or device) holding more than
 one order in the database, which with distinct buyers must be 0.
@@ -68,6 +72,7 @@ from loadgen import (
     cpu_self,
     database_counts,
     exit_on_signals,
+    hello,
     make_sku,
     ms,
     notification,
@@ -163,6 +168,7 @@ async def load(
         with PgSampler(url) as pg:
             duration = await bounded(lanes, buyers, seconds, buyer)
         cpu_server, cpu_client = server.cpu_seconds() - cpu_server, cpu_self() - cpu_client
+        greeting = await hello(lanes, seconds, count=buyers)
     return {
         "buyers_tried": answers["tried"],
         "orders_created": answers["created"],
@@ -178,6 +184,11 @@ async def load(
         "refused_create_p50_ms": ms(percentile(create_refused, 50)),
         "refused_create_p99_ms": ms(percentile(create_refused, 99)),
         **where_the_tail_is(create_sent),
+        "hello_requests": greeting["requests"],
+        "hello_errors": greeting["errors"],
+        "hello_rps": greeting["rps"],
+        "hello_p50_ms": greeting["p50_ms"],
+        "hello_p99_ms": greeting["p99_ms"],
         "pay_p50_ms": ms(percentile(pay_all, 50)),
         "pay_p99_ms": ms(percentile(pay_all, 99)),
         "sold_out_after_s": round(last_win[0] - begin, 2) if last_win[0] else None,

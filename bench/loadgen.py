@@ -565,23 +565,33 @@ async def _bounded(
     return time.perf_counter() - start
 
 
-async def hello(lanes: list[Lane], seconds: float) -> dict[str, int]:
-    """GET /healthz (no work) on every lane for `seconds`: requests per second."""
+async def hello(lanes: list[Lane], seconds: float, count: int = 10**7) -> dict[str, Any]:
+    """GET /healthz (no work) on every lane for `seconds`, or until `count` have been sent:
+    requests per second, and the p50 and p99 of the answered requests' latency."""
     done = [0]
     errors = [0]
+    took: list[float] = []
 
     async def one(lane: Lane, _i: int) -> None:
+        start = time.perf_counter()
         try:
             r = await lane.request("GET", "/healthz")
             if r.status == 200:
                 done[0] += 1
+                took.append(time.perf_counter() - start)
             else:
                 errors[0] += 1
         except LaneError:
             errors[0] += 1
 
-    elapsed = await bounded(lanes, 10**7, seconds, one)
-    return {"rps": round(done[0] / elapsed), "requests": done[0], "errors": errors[0]}
+    elapsed = await bounded(lanes, count, seconds, one)
+    return {
+        "rps": round(done[0] / elapsed),
+        "requests": done[0],
+        "errors": errors[0],
+        "p50_ms": ms(percentile(took, 50)),
+        "p99_ms": ms(percentile(took, 99)),
+    }
 
 
 def problem(reply: Reply) -> str:
