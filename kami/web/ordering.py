@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from kami import fulfilment, orders
-from kami.web import running
+from kami.web import groups, running
 
 
 async def place_order(
@@ -47,7 +47,7 @@ async def place_order(
 
     if on_sale:
         # Placed together with the checkouts of the SKU that arrive with it (decision 0020).
-        opened = await running.run_together(
+        opened = await groups.run_together(
             ("checkout", body.sku),
             fulfilment.Checkout(body, buyer_ip, device_id, idempotency_key=idempotency_key),
             partial(fulfilment.open_orders_together, shop),

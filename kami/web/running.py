@@ -33,7 +33,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -43,15 +43,11 @@ from kami.kernel import waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Item = TypeVar("Item")
-R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-
-# A group's call (`run_together`): the items in the order they joined, to an outcome for each
-# (a value, an exception to raise, or None: run alone).
-Together = Callable[[list[Item]], Sequence[R | BaseException | None]]
+# Set while a call runs whose group waited for SQLite's writer in vain (`groups._joined`).
+WAITED_FOR_WRITER: ContextVar[bool] = ContextVar("kami_waited_for_writer", default=False)
 
 # Ranks in SQLite's writer queue (`WriterQueue.run_held`): a higher one goes first.
 OTHER, PAYMENT, FLASH = 0, 1, 2
@@ -63,7 +59,7 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     `fn` must be safe to start again after a refusal: everything it does before its first
     commit must be undone by the rollback (no counters bumped, no mail sent).
     """
-    await _turns().take(OTHER)
+    await turns().take(OTHER)
     return await _run(waiting.LOCK_WAIT, OTHER, fn, *args, **kwargs)
 
 
@@ -77,16 +73,16 @@ async def run_payment(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> 
     there for the interpreter, and those were the slowest hundredth of notifications (measured:
     1.2 % of them refused at 5 ms, SQLite). For SQLite's own writer it goes ahead of the other
     calls waiting in the writer's queue instead (decision 0015)."""
-    turns = _turns()
-    if turns.storming():
-        await turns.take(PAYMENT)
+    mine = turns()
+    if mine.storming():
+        await mine.take(PAYMENT)
     return await _run(PAYMENT_LOCK_WAIT, PAYMENT, fn, *args, **kwargs)
 
 
 async def run_first(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """As `run`, for a flash sale's checkout: without a turn, first in SQLite's writer queue,
     and for STORM seconds after it the payments on this loop take turns (decision 0018)."""
-    _turns().storm()
+    turns().storm()
     return await _run(PAYMENT_LOCK_WAIT, FLASH, fn, *args, **kwargs)
 
 
@@ -94,7 +90,7 @@ def flash_sale_answered() -> None:
     """A flash sale's checkout was answered without running (from memory, decision 0024): the
     sale is still busy on this loop, so for STORM seconds its payments take turns and are
     gathered, as after any of its checkouts (decisions 0018, 0022)."""
-    _turns().storm()
+    turns().storm()
 
 
 async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -102,210 +98,6 @@ async def run_now(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     its turn (asking the channel for a new order's payment instruction), which would otherwise
     queue a second time behind every waiting request."""
     return await _run(PAYMENT_LOCK_WAIT, PAYMENT, fn, *args, **kwargs)
-
-
-async def run_together(
-    key: Hashable,
-    item: Item,
-    together: Together[Item, R],
-    alone: Callable[[], Awaitable[R]],
-    *,
-    most: int,
-) -> R:
-    """For a flash sale's checkout (decision 0020): the calls with the same `key` that join in
-    the same pass of the event loop run as one call of `together` on the loop, in the order
-    they joined, and each gets its own outcome from it (a value, or an exception to raise).
-    Each call whose outcome is None runs `alone` instead; so do all of them when `together`
-    would wait for a lock, or fails. A group holds `most` calls at most; the next to join
-    starts another. As `run_first`, without a turn."""
-    _turns().storm()
-    return await _joined(key, item, together, alone, most, FLASH)
-
-
-async def run_payment_together(
-    key: Hashable,
-    item: Item,
-    together: Together[Item, R],
-    alone: Callable[[], Awaitable[R]],
-    *,
-    most: int,
-) -> R:
-    """As `run_payment`, for payment notifications while a flash sale is selling on this loop
-    (decision 0022): each takes its turn, and those whose turns come in the same pass of the
-    event loop run as one call of `together`. Outside a sale it is `alone()` at once: a
-    notification gathered for a pass waited a pass longer (measured on the purchase benchmark:
-    notify p50 4–5 ms became 10 ms), and few arrive together. `alone` takes no turn
-    (`run_now`)."""
-    turns = _turns()
-    if not turns.storming():
-        return await alone()
-    await turns.take(PAYMENT)
-    return await _joined(key, item, together, alone, most, PAYMENT)
-
-
-async def _joined(
-    key: Hashable,
-    item: Item,
-    together: Together[Item, R],
-    alone: Callable[[], Awaitable[R]],
-    most: int,
-    rank: int,
-) -> R:
-    outcome = await _gathering().join(key, item, together, most, rank)
-    if outcome is _ALONE:
-        return await alone()
-    if outcome is _ALONE_WAITED:
-        # Its group waited WRITER_WAIT for the writer already: if this call alone would wait
-        # for it too, it does so on a worker thread at once, not on the loop a second time.
-        waited = _WAITED_FOR_WRITER.set(True)
-        try:
-            return await alone()
-        finally:
-            _WAITED_FOR_WRITER.reset(waited)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return cast(R, outcome)
-
-
-_ALONE = object()
-_ALONE_WAITED = object()  # alone, after its group waited for SQLite's writer in vain
-
-# Set while a call runs whose group waited for SQLite's writer in vain (`_joined`).
-_WAITED_FOR_WRITER: ContextVar[bool] = ContextVar("kami_waited_for_writer", default=False)
-
-
-class _Gathering:
-    """The groups of `run_together` forming on one event loop. A group runs in the pass after
-    its first call joined, so every call that joins meanwhile runs with it.
-
-    A group that finds SQLite's writer busy waits for it as one call (`WriterQueue.run_held`,
-    at its calls' rank), while the loop goes on with other requests, and runs when the writer
-    is had for it. Split into calls each waiting alone, as before, a group on SQLite was
-    placed together only when the other process happened not to be writing; together, a
-    flash sale's checkout cost a fifth of one placed alone (decision 0023). When it runs, it
-    runs for the calls whose callers still wait (`_GroupRun`)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._open: dict[Hashable, list[tuple[Any, asyncio.Future[Any]]]] = {}
-        self._held: set[asyncio.Task[None]] = set()  # groups waiting for the writer
-
-    def join(
-        self, key: Hashable, item: Any, together: Callable[[list[Any]], Any], most: int, rank: int
-    ) -> asyncio.Future[Any]:
-        joined: asyncio.Future[Any] = self._loop.create_future()
-        group = self._open.get(key)
-        if group is None:
-            group = self._open[key] = []
-            self._loop.call_soon(self._run, key, group, together, rank)
-        group.append((item, joined))
-        if len(group) >= most:
-            del self._open[key]  # full: it runs as it is, and the next call starts another
-        return joined
-
-    def _run(
-        self,
-        key: Hashable,
-        group: list[tuple[Any, asyncio.Future[Any]]],
-        together: Callable[[list[Any]], Any],
-        rank: int,
-    ) -> None:
-        if self._open.get(key) is group:
-            del self._open[key]
-        run = _GroupRun(group, together)
-        try:
-            run()
-        except waiting.WouldWait as refused:
-            if refused.ahead is not None and not refused.after_commit:
-                held = self._loop.create_task(self._run_held(refused.ahead, run, rank))
-                self._held.add(held)
-                held.add_done_callback(self._held.discard)
-                return
-            run.refused(refused)
-        except Exception as exc:
-            run.failed(exc)
-        run.settle()
-
-    async def _run_held(self, ahead: waiting.WaitsOnLoop, run: _GroupRun, rank: int) -> None:
-        try:
-            await ahead.run_held(run, WRITER_WAIT, rank=rank, weight=len(run.members))
-        except waiting.WouldWait as refused:
-            run.refused(refused, waited=True)
-        except Exception as exc:
-            run.failed(exc)
-        finally:  # whatever ended the wait (the loop shutting down too), nobody is left waiting
-            run.settle()
-
-
-class _GroupRun:
-    """One group's call, and what each of its calls is answered: its outcome from the call,
-    or None (run alone), or, if the call cannot be run again, the error that says so.
-
-    The members are the calls whose callers still wait when the call runs: one that went away
-    while its group waited for the writer is left out, as a single call that gave up waiting
-    is not run (`_LoopCall.wanted`)."""
-
-    def __init__(
-        self, group: list[tuple[Any, asyncio.Future[Any]]], together: Callable[[list[Any]], Any]
-    ) -> None:
-        self._group = group
-        self._together = together
-        self.members: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._outcomes: list[Any] | None = None
-        self._error: str | None = None
-        self._alone: object = _ALONE  # what a call to be run alone is answered
-
-    def __call__(self) -> None:
-        self.members = [(item, joined) for item, joined in self._group if not joined.done()]
-        self._outcomes = None
-        if len(self.members) < 2:
-            return  # each on its own
-        with waiting.no_waiting(PAYMENT_LOCK_WAIT):
-            self._outcomes = list(self._together([item for item, _ in self.members]))
-
-    def refused(self, refused: waiting.WouldWait, *, waited: bool = False) -> None:
-        """Refused for a wait: each call runs alone, where it may wait; but not if the group
-        reached for it after its commit, which a run of each again would repeat. `waited`: the
-        group waited for SQLite's writer and did not get it (or its run there was refused), so
-        a call alone that would wait for the writer waits on a worker thread at once
-        (`_ALONE_WAITED`): it has waited WRITER_WAIT on the loop already, and waiting there
-        again, as before, took up to twice that before a thread was tried."""
-        if waited:
-            self._alone = _ALONE_WAITED
-        if refused.after_commit:
-            self._error = (
-                f"{getattr(self._together, '__qualname__', 'a group')} reached for "
-                f"{refused.what} after it committed, so it cannot run again"
-            )
-
-    def failed(self, exc: Exception) -> None:
-        # By its type only, as a failure that leaves the app (invariant 5): a payment
-        # notification's error may quote what the channel sent.
-        log.error("calls run together failed (%s); each runs alone", type(exc).__name__)
-
-    def settle(self) -> None:
-        outcomes = self._outcomes
-        if outcomes is not None and len(outcomes) != len(self.members):
-            log.error(
-                "calls run together gave %d outcomes for %d; each runs alone",
-                len(outcomes),
-                len(self.members),
-            )
-            outcomes = None
-        for n, (_, joined) in enumerate(self.members):
-            if joined.done():  # its caller went away meanwhile
-                continue
-            outcome = None if outcomes is None else outcomes[n]
-            if self._error is not None:
-                joined.set_exception(RuntimeError(self._error))
-            elif isinstance(outcome, BaseException):
-                joined.set_exception(outcome)
-            else:
-                joined.set_result(self._alone if outcome is None else outcome)
-
-
-def _gathering() -> _Gathering:
-    return _of_loop(_Gathering)
 
 
 PAYMENT_LOCK_WAIT = 0.025
@@ -333,7 +125,7 @@ async def _run(
     except waiting.WouldWait as refused:
         _not_after_commit(fn, refused)
         ahead = refused.ahead
-    if ahead is not None and not _WAITED_FOR_WRITER.get():
+    if ahead is not None and not WAITED_FOR_WRITER.get():
         try:
             return await ahead.run_held(call, WRITER_WAIT, rank=rank)
         except waiting.WouldWait as refused:
@@ -394,18 +186,18 @@ def _release(waiting: deque[asyncio.Future[None]], count: int) -> None:
             count -= 1
 
 
-def _turns() -> _Turns:
-    return _of_loop(_Turns)
+def turns() -> _Turns:
+    return of_loop(_Turns)
 
 
-# Per running event loop, one of each kind (`_Turns`, `_Gathering`), gone with its loop.
+# Per running event loop, one of each kind (`_Turns`, `groups._Gathering`), gone with its loop.
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
     weakref.WeakKeyDictionary()
 )
 L = TypeVar("L")
 
 
-def _of_loop(kind: Callable[[asyncio.AbstractEventLoop], L]) -> L:
+def of_loop(kind: Callable[[asyncio.AbstractEventLoop], L]) -> L:
     loop = asyncio.get_running_loop()
     mine = _by_loop.get(loop)
     if mine is None:  # setdefault would build a dict and a weak reference on every call

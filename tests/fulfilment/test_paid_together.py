@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from kami import fulfilment, orders, payments
 from kami.kernel.errors import NotFound
-from kami.web import running
+from kami.web import groups, running
 from tests.conftest import (
     BACKEND,
     add_keys,
@@ -423,7 +423,7 @@ def test_a_group_that_waited_for_the_writer_verifies_each_notification_once(
         running.flash_sale_answered()  # a flash sale is selling: its payments go in groups
 
         async def pay(raw: payments.RawNotification) -> fulfilment.Outcome:
-            return await running.run_payment_together(
+            return await groups.run_payment_together(
                 "notify",
                 raw,
                 fulfilment.notifications_together(shop),

@@ -28,6 +28,7 @@ from kami.kernel import prepared, waiting
 from kami.kernel.clock import utcnow
 from kami.payments.gateways.transport import opener
 from kami.web import app as web_app
+from kami.web import groups as web_groups
 from kami.web import running
 from tests.conftest import BACKEND, add_keys, make_sku, run_async, sandbox_body, sign
 
@@ -259,13 +260,13 @@ def test_after_a_sellout_a_keyless_checkout_is_answered_from_memory_at_once(
         assert r.status_code == 409 and r.json()["type"].endswith("/sold-out")
     used = _checkouts_run_by(monkeypatch)
     gathered: list[object] = []
-    run_together = running.run_together
+    run_together = web_groups.run_together
 
     def recorded(key: object, *args: object, **kw: object) -> Awaitable[object]:
         gathered.append(key)
         return run_together(key, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(running, "run_together", recorded)
+    monkeypatch.setattr(web_groups, "run_together", recorded)
     busy: list[int] = []  # the sale is still busy on the loop: its payments keep taking turns
     monkeypatch.setattr(running, "flash_sale_answered", lambda: busy.append(1))
     for n in range(3):
@@ -613,7 +614,7 @@ def test_calls_that_join_together_in_one_pass_run_as_one_group() -> None:
                 return f"{item} by itself"
 
             try:
-                return await running.run_together(key, item, together, alone, most=3)
+                return await web_groups.run_together(key, item, together, alone, most=3)
             except ValueError as exc:
                 return f"refused {exc}"
 
@@ -647,7 +648,7 @@ def test_a_group_that_would_wait_or_fails_runs_each_call_alone(
             async def alone() -> object:
                 return f"{item} alone"
 
-            return await running.run_together("k", item, together, alone, most=8)
+            return await web_groups.run_together("k", item, together, alone, most=8)
 
         return list(await asyncio.gather(one("a"), one("b")))
 
@@ -672,7 +673,7 @@ async def _grouped(shop: Shop, n: int, groups: list[tuple[list[int], int]]) -> o
     async def alone() -> object:
         return -n
 
-    return await running.run_together(
+    return await web_groups.run_together(
         "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
     )
 
@@ -744,10 +745,10 @@ def test_the_calls_of_a_group_that_waited_too_long_for_the_writer_wait_for_it_on
         async def alone() -> object:
             return await running.run_first(_insert, shop, n, ran)
 
-        got = await running.run_together(
+        got = await web_groups.run_together(
             "k", n, lambda items: _insert_group(shop, items, groups), alone, most=8
         )
-        assert not running._WAITED_FOR_WRITER.get()  # the caller's next call waits as any does
+        assert not running.WAITED_FOR_WRITER.get()  # the caller's next call waits as any does
         return got
 
     async def scene() -> tuple[int, list[object]]:
@@ -801,7 +802,7 @@ def test_a_group_that_reached_for_a_wait_after_its_commit_is_not_run_again() -> 
                 runs.append([f"{item} alone"])
                 return item
 
-            return await running.run_together("k", item, together, alone, most=8)
+            return await web_groups.run_together("k", item, together, alone, most=8)
 
         return list(await asyncio.gather(one("a"), one("b"), return_exceptions=True))
 
@@ -830,7 +831,7 @@ def test_payments_read_in_one_pass_run_as_one_group_after_their_turn(
         async def alone() -> object:
             return await running.run_now(lambda: ran.append(item) or f"{item} by itself")
 
-        return await running.run_payment_together("pay", item, together, alone, most=8)
+        return await web_groups.run_payment_together("pay", item, together, alone, most=8)
 
     async def scene() -> list[object]:
         quiet = await asyncio.gather(payment("a"), payment("b alone"), payment("c"))

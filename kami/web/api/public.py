@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request, Response
 
 from kami import catalog, delivery, fulfilment, orders, payments, vault
-from kami.web import ordering, running
+from kami.web import groups, ordering, running
 from kami.web.api.schemas import (
     CreatedOrderOut,
     OrderOut,
@@ -137,7 +137,7 @@ async def answer_notification(gateway: str, request: Request) -> Response:
     )
     shop = request.app.state.container.shop
     # Applied together with the notifications read in the same pass (decisions 0022, 0023).
-    outcome = await running.run_payment_together(
+    outcome = await groups.run_payment_together(
         "notify",
         raw,
         fulfilment.notifications_together(shop),
