@@ -48,8 +48,8 @@ from kami.fulfilment.goods import (
 from kami.fulfilment.goods.lines import buyer_parts, make_due
 from kami.fulfilment.goods.procurement import ORDER_SALT
 from kami.fulfilment.mail import build_email, send_order_mail
-from kami.fulfilment.notify import Outcome, handle_notification
-from kami.fulfilment.paid_together import handle_notifications_together, notifications_together
+from kami.fulfilment.notify import Checked, Outcome, check_notification, handle_notification
+from kami.fulfilment.paid_together import handle_notifications_together
 from kami.fulfilment.refund_settling import dispose_keys
 from kami.fulfilment.refunds import (
     KEY_ACTIONS,
@@ -88,6 +88,7 @@ __all__ = [
     "AdminOrderDetail",
     "AftersalesPolicy",
     "BuyerItem",
+    "Checked",
     "Checkout",
     "ManualTask",
     "OpenedOrder",
@@ -112,6 +113,7 @@ __all__ = [
     "buyer_reports",
     "buyer_view",
     "cancel_order",
+    "check_notification",
     "deliver_paid",
     "dispose_keys",
     "drive_due",
@@ -128,7 +130,6 @@ __all__ = [
     "list_reports",
     "make_due",
     "manual_queue",
-    "notifications_together",
     "open_order",
     "open_orders_together",
     "place_order",

@@ -106,25 +106,56 @@ def _apply(
     return payments.Verdict.ACCEPTED, None, deliver_paid(session, shop, paid, now)
 
 
-def handle_notification(shop: Shop, raw: payments.RawNotification) -> Outcome:
-    received_at = utcnow()
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A notification as its channel verified it (`check_notification`): the channel and the
+    notice, or the rejection; or, for a channel that is not configured, `unknown`."""
+
+    raw: payments.RawNotification
+    gateway: payments.Gateway | None = None
+    notice: payments.PaymentNotice | payments.RefundNotice | None = None
+    rejection: payments.NotificationRejected | None = None
+    unknown: NotFound | None = None
+
+
+def check_notification(shop: Shop, raw: payments.RawNotification) -> Checked:
+    """Verify `raw` with its channel, touching neither the database nor the network. The server
+    does it once per request, before the work that may run again (after waiting for SQLite's
+    writer, in a group or alone): a channel's signature is most often an RSA verification, and
+    it was verified again at every run."""
     try:
         gateway = shop.gateways.get(raw.gateway)
     except NotFound as exc:
+        return Checked(raw, unknown=exc)
+    try:
+        return Checked(raw, gateway, notice=gateway.verify_notification(raw))
+    except payments.NotificationRejected as rejection:
+        return Checked(raw, gateway, rejection=rejection)
+
+
+def handle_notification(
+    shop: Shop, raw: payments.RawNotification, checked: Checked | None = None
+) -> Outcome:
+    """Apply `raw`; `checked`: its verification, if done already (`check_notification`)."""
+    received_at = utcnow()
+    if checked is None:
+        checked = check_notification(shop, raw)
+    if checked.unknown is not None:
         with shop.db.write() as s:
             payments.record_notification(
                 s,
                 raw,
                 payments.Verdict.REJECTED,
                 reason="unknown-gateway",
-                detail=exc.detail,
+                detail=checked.unknown.detail,
                 received_at=received_at,
             )
-        raise
-    try:
-        notice = gateway.verify_notification(raw)
-    except payments.NotificationRejected as rejection:
-        return _rejected(shop, gateway, raw, rejection, None, received_at)
+        raise checked.unknown
+    gateway, notice = checked.gateway, checked.notice
+    assert gateway is not None  # known channel
+    if checked.rejection is not None:
+        return _rejected(shop, gateway, raw, checked.rejection, None, received_at)
+    assert notice is not None  # verified
     if isinstance(notice, payments.RefundNotice):
         return _apply_refund(shop, gateway, raw, notice, received_at)
     return apply_notice(shop, gateway, raw, notice, received_at)

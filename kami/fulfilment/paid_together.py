@@ -19,17 +19,16 @@ whole) the transaction is rolled back, nothing is written, and every notice is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from kami import orders, payments, vault
 from kami.fulfilment.delivering import deliver_sold
-from kami.fulfilment.notify import Outcome, check_order
+from kami.fulfilment.notify import Checked, Outcome, check_notification, check_order
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
-from kami.kernel.errors import NotFound
 
 # At most this many notifications in one group; the next to arrive starts another.
 MAX_GROUP = 32
@@ -40,38 +39,23 @@ class _Alone(Exception):
 
 
 _Member = tuple[int, payments.Gateway, payments.PaymentNotice]
-# What a notification verified as, by the raw notification's identity (the raw kept with it,
-# so that the identity cannot be reused): its channel and notice if it is a payment to apply
-# together, None if not.
-Verified = dict[
-    int, tuple[payments.RawNotification, tuple[payments.Gateway, payments.PaymentNotice] | None]
-]
-
-
-def notifications_together(
-    shop: Shop,
-) -> Callable[[Sequence[payments.RawNotification]], list[Outcome | None]]:
-    """`handle_notifications_together` for one group of the server's (`running.
-    run_payment_together`), verifying each notification once however often the group runs:
-    a group that found SQLite's writer busy runs again once it has it (decision 0023), and
-    verified its members' signatures (an RSA verification for most channels) at both runs."""
-    verified: Verified = {}
-
-    def together(raws: Sequence[payments.RawNotification]) -> list[Outcome | None]:
-        return handle_notifications_together(shop, raws, verified=verified)
-
-    return together
 
 
 def handle_notifications_together(
-    shop: Shop, raws: Sequence[payments.RawNotification], *, verified: Verified | None = None
+    shop: Shop, notes: Sequence[payments.RawNotification | Checked]
 ) -> list[Outcome | None]:
-    """Apply the raw notifications together where each is the plain case; one outcome per
+    """Apply the notifications together where each is the plain case; one outcome per
     notification, in order, None for each to be handled alone (`notify.handle_notification`).
-    `verified`: what earlier runs of the same group verified, kept there for the next."""
-    alone: list[Outcome | None] = [None] * len(raws)
+    Each is a raw notification or one verified already (`notify.check_notification`): a group
+    that found SQLite's writer busy runs again once it has it (decision 0023), and the server
+    verifies each notification once, before it joins a group."""
+    alone: list[Outcome | None] = [None] * len(notes)
+    checked = [
+        n if isinstance(n, Checked) else check_notification(shop, n) for n in notes[:MAX_GROUP]
+    ]
+    raws = [c.raw for c in checked]
     received_at = utcnow()
-    members = _verified(shop, raws, {} if verified is None else verified)
+    members = _verified(checked)
     if len(members) < 2:
         return alone
     outcomes = list(alone)
@@ -101,22 +85,18 @@ def handle_notifications_together(
     return outcomes
 
 
-def _verified(
-    shop: Shop, raws: Sequence[payments.RawNotification], verified: Verified
-) -> list[_Member]:
-    """The notifications that verify as payments, one per trade and per order (a second
-    notification of either in the group is applied alone, after the group); each is verified
-    only if `verified` does not have it yet, and then kept there."""
+def _verified(checked: Sequence[Checked]) -> list[_Member]:
+    """The notifications that verified as payments, one per trade and per order (a second
+    notification of either in the group is applied alone, after the group)."""
     members: list[_Member] = []
     trades: set[tuple[str, str]] = set()
     order_nos: set[str] = set()
-    for i, raw in enumerate(raws[:MAX_GROUP]):
-        known = verified.get(id(raw))
-        if known is None or known[0] is not raw:
-            known = verified[id(raw)] = (raw, _payment(shop, raw))
-        if known[1] is None:
+    for i, note in enumerate(checked):
+        gateway, notice = note.gateway, note.notice
+        if gateway is None or not isinstance(notice, payments.PaymentNotice):
+            continue  # a rejection (recorded with its reason when applied alone), or a refund
+        if notice.status is not payments.TradeStatus.PAID:
             continue
-        gateway, notice = known[1]
         trade = (notice.gateway, notice.trade_no)
         if trade in trades or notice.order_no in order_nos:
             continue
@@ -124,22 +104,6 @@ def _verified(
         order_nos.add(notice.order_no)
         members.append((i, gateway, notice))
     return members
-
-
-def _payment(
-    shop: Shop, raw: payments.RawNotification
-) -> tuple[payments.Gateway, payments.PaymentNotice] | None:
-    """The channel and notice of a notification that verifies as a payment; None otherwise."""
-    try:
-        gateway = shop.gateways.get(raw.gateway)
-        notice = gateway.verify_notification(raw)
-    except (NotFound, payments.NotificationRejected):
-        return None  # recorded with its reason when applied alone
-    if not isinstance(notice, payments.PaymentNotice):
-        return None  # a refund
-    if notice.status is not payments.TradeStatus.PAID:
-        return None
-    return gateway, notice
 
 
 def _apply_together(

@@ -136,12 +136,14 @@ async def answer_notification(gateway: str, request: Request) -> Response:
         remote_addr=client_ip(request),
     )
     shop = request.app.state.container.shop
+    # Verified once, here: what follows may run again after waiting for SQLite's writer.
+    checked = fulfilment.check_notification(shop, raw)
     # Applied together with the notifications read in the same pass (decisions 0022, 0023).
     outcome = await groups.run_payment_together(
         "notify",
-        raw,
-        fulfilment.notifications_together(shop),
-        partial(running.run_now, fulfilment.handle_notification, shop, raw),
+        checked,
+        partial(fulfilment.handle_notifications_together, shop),
+        partial(running.run_now, fulfilment.handle_notification, shop, raw, checked),
         most=fulfilment.paid_together.MAX_GROUP,
     )
     ack = outcome.ack
