@@ -585,6 +585,7 @@ async def hello(lanes: list[Lane], seconds: float, count: int = 10**7) -> dict[s
             errors[0] += 1
 
     elapsed = await bounded(lanes, count, seconds, one)
+    took.sort()  # once: each percentile below sorts it again, in linear time
     return {
         "rps": round(done[0] / elapsed),
         "requests": done[0],
