@@ -152,9 +152,21 @@ def client(container: bootstrap.Container) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def served(container: bootstrap.Container) -> Iterator[str]:
+def served(_uvicorn: tuple[str, uvicorn.Server]) -> str:
     """The app served by uvicorn on a loopback port, on a thread of this process; its base URL.
     (httpx's ASGI transport hands a response over only once it is complete.)"""
+    return _uvicorn[0]
+
+
+@pytest.fixture
+def served_loop(_uvicorn: tuple[str, uvicorn.Server]) -> asyncio.AbstractEventLoop:
+    """The event loop of the server of `served`."""
+    loop: asyncio.AbstractEventLoop = _uvicorn[1].servers[0].get_loop()
+    return loop
+
+
+@pytest.fixture
+def _uvicorn(container: bootstrap.Container) -> Iterator[tuple[str, uvicorn.Server]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
@@ -167,7 +179,7 @@ def served(container: bootstrap.Container) -> Iterator[str]:
         if server.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     server.should_exit = True
     thread.join(10)
     sock.close()

@@ -140,6 +140,8 @@ def handle_notification(
     received_at = utcnow()
     if checked is None:
         checked = check_notification(shop, raw)
+    elif checked.raw is not raw:
+        raise ValueError("the verification handed over is another notification's")
     if checked.unknown is not None:
         with shop.db.write() as s:
             payments.record_notification(
@@ -150,7 +152,7 @@ def handle_notification(
                 detail=checked.unknown.detail,
                 received_at=received_at,
             )
-        raise checked.unknown
+        raise checked.unknown.with_traceback(None)  # kept from the check: not its frames
     gateway, notice = checked.gateway, checked.notice
     assert gateway is not None  # known channel
     if checked.rejection is not None:

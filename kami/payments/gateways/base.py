@@ -162,7 +162,9 @@ class Gateway(Protocol):
     def create_payment(self, request: PaymentRequest) -> PaymentInstruction: ...
 
     def verify_notification(self, raw: RawNotification) -> PaymentNotice | RefundNotice:
-        """Check the signature and the channel's own fields; raise NotificationRejected."""
+        """Check the signature and the channel's own fields; raise NotificationRejected.
+        Runs on the server's event loop, before anything else the notification needs
+        (`fulfilment.check_notification`): CPU only, never the network, a file or the database."""
         ...
 
     def acknowledge(self, rejection: NotificationRejected | None) -> Ack:
