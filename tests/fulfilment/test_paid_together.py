@@ -513,3 +513,15 @@ def test_a_notification_that_waited_for_the_writer_is_verified_once(
         assert len(runs) % 2 == 0  # each group ran twice: refused for the writer, then held
     else:
         assert runs == []
+
+
+def test_a_notification_is_never_applied_with_another_ones_verification(
+    shop: fulfilment.Shop,
+) -> None:
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    a, b = (place(shop, sku.code, email=f"{n}@example.com").order for n in ("a", "b"))
+    before = _state(shop)
+    with pytest.raises(ValueError, match="another notification"):
+        fulfilment.handle_notification(shop, _raw(a), fulfilment.check_notification(shop, _raw(b)))
+    assert _state(shop) == before
