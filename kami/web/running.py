@@ -30,7 +30,6 @@ PAYMENTS_PER_PASS per pass, still ahead of every other call.
 from __future__ import annotations
 
 import asyncio
-import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +43,6 @@ from kami.kernel import waiting
 P = ParamSpec("P")
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
 
 # Set while a call runs whose group waited for SQLite's writer in vain (`groups._joined`).
 WAITED_FOR_WRITER: ContextVar[bool] = ContextVar("kami_waited_for_writer", default=False)
