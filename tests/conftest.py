@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -149,6 +150,27 @@ def shop(container: bootstrap.Container) -> fulfilment.Shop:
 def client(container: bootstrap.Container) -> Iterator[TestClient]:
     with TestClient(create_app(container, worker=False)) as c:
         yield c
+
+
+@contextmanager
+def writer_held_by_a_thread(shop: fulfilment.Shop) -> Iterator[threading.Event]:
+    """SQLite's writer held by another thread of this process until the event is set, or the
+    block ends."""
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shop.db.write():
+            held.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        yield leave
+    finally:
+        leave.set()
+        holder.join(10)
 
 
 @pytest.fixture

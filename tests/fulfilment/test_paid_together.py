@@ -26,6 +26,7 @@ from tests.conftest import (
     raw_notification,
     sandbox_body,
     sign,
+    writer_held_by_a_thread,
 )
 from tests.fulfilment.test_goods import goods_sku
 
@@ -407,31 +408,20 @@ def _paid_while_the_writer_was_held(
     """Their notifications posted at once while another thread holds SQLite's writer, which is
     let go once they all wait for it (`held_for`: the weight of each call that waits for it in
     `WriterQueue.run_held`); the answers' status lines."""
-    held, leave = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with shop.db.write():
-            held.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(5)
     answers: list[list[bytes]] = []
     poster = threading.Thread(
         target=lambda: answers.append(_post_at_once(served, loop, [_raw(o) for o in placed]))
     )
     held_for.clear()
-    poster.start()
     try:
-        deadline = time.monotonic() + 10
-        while sum(held_for) < len(placed) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert sum(held_for) == len(placed)  # each waits for the writer, alone or in a group
-        assert not answers  # none answered while it was held
+        with writer_held_by_a_thread(shop):
+            poster.start()
+            deadline = time.monotonic() + 10
+            while sum(held_for) < len(placed) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sum(held_for) == len(placed)  # each waits for the writer, alone or in a group
+            assert not answers  # none answered while it was held
     finally:
-        leave.set()
-        holder.join(10)
         poster.join(30)
     assert len(answers) == 1
     return answers[0]

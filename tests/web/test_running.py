@@ -30,7 +30,15 @@ from kami.payments.gateways.transport import opener
 from kami.web import app as web_app
 from kami.web import groups as web_groups
 from kami.web import running
-from tests.conftest import BACKEND, add_keys, make_sku, run_async, sandbox_body, sign
+from tests.conftest import (
+    BACKEND,
+    add_keys,
+    make_sku,
+    run_async,
+    sandbox_body,
+    sign,
+    writer_held_by_a_thread,
+)
 
 ORDER = {"sku": "SKU-1", "quantity": 1, "email": "buyer@example.com", "gateway": "sandbox"}
 
@@ -348,21 +356,9 @@ def writer_held(shop: Shop) -> Iterator[threading.Event]:
     """SQLite's writer held by another thread of this process until the event is set."""
     if BACKEND != "sqlite":
         pytest.skip("SQLite's writer")
-    writers = shop.db._writers
-    assert writers is not None
-    held, leave = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with shop.db.write():
-            held.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(5)
-    yield leave
-    leave.set()
-    holder.join(10)
+    assert shop.db._writers is not None
+    with writer_held_by_a_thread(shop) as leave:
+        yield leave
 
 
 def _insert(shop: Shop, n: int, ran: list[tuple[int, int]]) -> int:
