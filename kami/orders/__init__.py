@@ -1,5 +1,12 @@
 """Orders: creation with idempotency keys, the state machine, access tokens."""
 
+from kami.orders.buyer_counts import (
+    Buyer,
+    buyer_lock_keys,
+    count_open,
+    count_open_many,
+    quantity_held,
+)
 from kami.orders.lookup import (
     CODE_TTL as LOOKUP_CODE_TTL,
 )
@@ -16,13 +23,9 @@ from kami.orders.lookup import (
     redeem_code,
 )
 from kami.orders.queries import (
-    Buyer,
     any_expired_due,
     awaiting_stock,
-    buyer_lock_keys,
     count_by_status,
-    count_open,
-    count_open_many,
     due_for_sync,
     find_by_trade,
     find_order,
@@ -34,7 +37,6 @@ from kami.orders.queries import (
     list_orders,
     next_expiry,
     next_expiry_ask,
-    quantity_held,
     quantity_pending,
 )
 from kami.orders.schemas import OrderIn, OrderView

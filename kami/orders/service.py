@@ -19,8 +19,9 @@ from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_order_no
 from kami.kernel.prepared import Prepared, shapes
 from kami.kernel.prepared_insert import PreparedInsert
+from kami.orders.buyer_counts import ready_count_open_many
 from kami.orders.models import Order
-from kami.orders.queries import BY_IDEMPOTENCY_KEY, ready_count_open_many, to_view
+from kami.orders.queries import BY_IDEMPOTENCY_KEY, to_view
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.states import OrderStatus, sources_of
 

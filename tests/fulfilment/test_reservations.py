@@ -222,7 +222,7 @@ def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None
     ?`, it read every order of the SKU, and a flash sale slowed with each sale. PostgreSQL, with
     statistics older than the rows (here: none yet, as on a new shop), took any index that began
     with sku_id for the same reason (migration 0015)."""
-    from kami.orders.queries import _COUNT_OPEN_AND_HELD, _HELD
+    from kami.orders.buyer_counts import _COUNT_OPEN_AND_HELD, _HELD
 
     values = {
         "sku_id": 1,
