@@ -11,7 +11,7 @@ notification is recorded with its reason in a transaction of its own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -109,13 +109,18 @@ def _apply(
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A notification as its channel verified it (`check_notification`): the channel and the
-    notice, or the rejection; or, for a channel that is not configured, `unknown`."""
+    notice, or the rejection; or, for a channel that is not configured, `unknown`.
+
+    `received_at` is when it was checked, which the server does as it reads the request: what
+    the notification's record keeps as its arrival, however long it then waited for the
+    database (SQLite's writer, a group's turn)."""
 
     raw: payments.RawNotification
     gateway: payments.Gateway | None = None
     notice: payments.PaymentNotice | payments.RefundNotice | None = None
     rejection: payments.NotificationRejected | None = None
     unknown: NotFound | None = None
+    received_at: datetime = field(default_factory=utcnow)
 
 
 def check_notification(shop: Shop, raw: payments.RawNotification) -> Checked:
@@ -137,11 +142,11 @@ def handle_notification(
     shop: Shop, raw: payments.RawNotification, checked: Checked | None = None
 ) -> Outcome:
     """Apply `raw`; `checked`: its verification, if done already (`check_notification`)."""
-    received_at = utcnow()
     if checked is None:
         checked = check_notification(shop, raw)
     elif checked.raw is not raw:
         raise ValueError("the verification handed over is another notification's")
+    received_at = checked.received_at
     if checked.unknown is not None:
         with shop.db.write() as s:
             payments.record_notification(

@@ -20,7 +20,6 @@ whole) the transaction is rolled back, nothing is written, and every notice is a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -53,8 +52,6 @@ def handle_notifications_together(
     checked = [
         n if isinstance(n, Checked) else check_notification(shop, n) for n in notes[:MAX_GROUP]
     ]
-    raws = [c.raw for c in checked]
-    received_at = utcnow()
     members = _verified(checked)
     if len(members) < 2:
         return alone
@@ -75,7 +72,7 @@ def handle_notifications_together(
                 ready.append((member, order))
             if not ready:
                 raise _Alone
-            _apply_together(s, raws, ready, received_at)
+            _apply_together(s, checked, ready)
     except _Alone:
         return alone
     for (i, gateway, notice), _ in ready:
@@ -108,9 +105,8 @@ def _verified(checked: Sequence[Checked]) -> list[_Member]:
 
 def _apply_together(
     s: Session,
-    raws: Sequence[payments.RawNotification],
+    checked: Sequence[Checked],
     ready: list[tuple[_Member, orders.OrderView]],
-    received_at: datetime,
 ) -> None:
     """`notify._apply` and `delivering.deliver_paid` for pending card-key orders, each
     statement once for all (the delivery itself is `deliver_paid`'s own, `deliver_sold`);
@@ -132,5 +128,9 @@ def _apply_together(
         raise _Alone
     for (i, _, notice), _ in ready:
         payments.record_notification(
-            s, raws[i], payments.Verdict.ACCEPTED, notice=notice, received_at=received_at
+            s,
+            checked[i].raw,
+            payments.Verdict.ACCEPTED,
+            notice=notice,
+            received_at=checked[i].received_at,
         )

@@ -5,6 +5,7 @@ and a group that meets a surprise half-way writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -15,6 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from kami import fulfilment, orders, payments
+from kami.kernel.clock import utcnow
+from kami.kernel.db import UtcDateTime
 from kami.kernel.errors import NotFound
 from kami.web import running
 from tests.conftest import (
@@ -515,3 +518,40 @@ def test_a_notification_is_never_applied_with_another_ones_verification(
     with pytest.raises(ValueError, match="another notification"):
         fulfilment.handle_notification(shop, _raw(a), fulfilment.check_notification(shop, _raw(b)))
     assert _state(shop) == before
+
+
+@pytest.mark.parametrize("path", ["in a group", "alone", "rejected", "unknown channel"])
+def test_a_notification_is_recorded_as_received_when_it_was_checked(
+    shop: fulfilment.Shop, path: str
+) -> None:
+    """The server checks a notification as it reads it, and may apply it much later (after
+    waiting for SQLite's writer or a group's turn): its record keeps the time it was checked."""
+    sku = make_sku(shop, price=990)
+    add_keys(shop, sku, ["K-1", "K-2"])
+    a, b = (place(shop, sku.code, email=f"{n}@example.com").order for n in ("a", "b"))
+    raws = {
+        "in a group": [_raw(a), _raw(b)],
+        "alone": [_raw(a)],
+        "rejected": [_raw(a, signature="bad")],
+        "unknown channel": [dataclasses.replace(_raw(a), gateway="nowhere")],
+    }[path]
+    checked = [fulfilment.check_notification(shop, raw) for raw in raws]
+    time.sleep(0.01)  # applied later than checked, as after a wait for the database
+    applied_from = utcnow()
+    if path == "in a group":
+        assert all(fulfilment.handle_notifications_together(shop, checked))
+    elif path == "unknown channel":
+        with pytest.raises(NotFound):
+            fulfilment.handle_notification(shop, raws[0], checked[0])
+    else:
+        fulfilment.handle_notification(shop, raws[0], checked[0])
+    with shop.db.read() as s:
+        recorded = list(
+            s.execute(
+                text("SELECT received_at FROM payments_notification ORDER BY id").columns(
+                    received_at=UtcDateTime()
+                )
+            ).scalars()
+        )
+    assert recorded == [c.received_at for c in checked]
+    assert all(at < applied_from for at in recorded)
