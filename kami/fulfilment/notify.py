@@ -138,15 +138,11 @@ def check_notification(shop: Shop, raw: payments.RawNotification) -> Checked:
         return Checked(raw, gateway, rejection=rejection)
 
 
-def handle_notification(
-    shop: Shop, raw: payments.RawNotification, checked: Checked | None = None
-) -> Outcome:
-    """Apply `raw`; `checked`: its verification, if done already (`check_notification`)."""
-    if checked is None:
-        checked = check_notification(shop, raw)
-    elif checked.raw is not raw:
-        raise ValueError("the verification handed over is another notification's")
-    received_at = checked.received_at
+def handle_notification(shop: Shop, note: payments.RawNotification | Checked) -> Outcome:
+    """Apply a notification: as it arrived, or verified already (`check_notification`), which
+    carries the notification it verified, so that one can never be applied with another's."""
+    checked = note if isinstance(note, Checked) else check_notification(shop, note)
+    raw, received_at = checked.raw, checked.received_at
     if checked.unknown is not None:
         with shop.db.write() as s:
             payments.record_notification(

@@ -508,16 +508,22 @@ def test_a_notification_that_waited_for_the_writer_is_verified_once(
         assert runs == []
 
 
-def test_a_notification_is_never_applied_with_another_ones_verification(
+def test_a_verified_notification_is_applied_as_the_one_it_verified(
     shop: fulfilment.Shop,
 ) -> None:
+    """A verification carries its notification (`Checked.raw`): handed over, it applies that
+    notification and no other, and the record is of that notification's own bytes."""
     sku = make_sku(shop, price=990)
     add_keys(shop, sku, ["K-1", "K-2"])
     a, b = (place(shop, sku.code, email=f"{n}@example.com").order for n in ("a", "b"))
-    before = _state(shop)
-    with pytest.raises(ValueError, match="another notification"):
-        fulfilment.handle_notification(shop, _raw(a), fulfilment.check_notification(shop, _raw(b)))
-    assert _state(shop) == before
+    raw = _raw(b)
+    outcome = fulfilment.handle_notification(shop, fulfilment.check_notification(shop, raw))
+    assert (outcome.order_no, outcome.delivered) == (b.order_no, True)
+    with shop.db.read() as s:
+        assert orders.get_order(s, a.order_no).status == orders.OrderStatus.PENDING
+        assert orders.get_order(s, b.order_no).status == orders.OrderStatus.DELIVERED
+        bodies = s.execute(text("SELECT body FROM payments_notification")).scalars().all()
+    assert bodies == [raw.body.decode()]
 
 
 @pytest.mark.parametrize("path", ["in a group", "alone", "rejected", "unknown channel"])
@@ -542,9 +548,9 @@ def test_a_notification_is_recorded_as_received_when_it_was_checked(
         assert all(fulfilment.handle_notifications_together(shop, checked))
     elif path == "unknown channel":
         with pytest.raises(NotFound):
-            fulfilment.handle_notification(shop, raws[0], checked[0])
+            fulfilment.handle_notification(shop, checked[0])
     else:
-        fulfilment.handle_notification(shop, raws[0], checked[0])
+        fulfilment.handle_notification(shop, checked[0])
     with shop.db.read() as s:
         recorded = list(
             s.execute(

@@ -143,7 +143,7 @@ async def answer_notification(gateway: str, request: Request) -> Response:
         "notify",
         checked,
         partial(fulfilment.handle_notifications_together, shop),
-        partial(running.run_now, fulfilment.handle_notification, shop, raw, checked),
+        partial(running.run_now, fulfilment.handle_notification, shop, checked),
         most=fulfilment.paid_together.MAX_GROUP,
     )
     ack = outcome.ack
