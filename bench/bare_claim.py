@@ -31,7 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from kami.kernel.clock import utcnow
 from kami.kernel.engine import BUSY_TIMEOUT_MS, WAL_AUTOCHECKPOINT_PAGES
-from kami.vault.claims import _take_statement
+from kami.vault.claims import claim_statement
 from kami.vault.states import KeyStatus
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     dialect = sqlite_dialect.dialect()
     # The shop's two forms of the claim: from the start of the SKU's range, and from a hint.
     plans = {
-        hinted: _take_statement(hinted, KeyStatus.SOLD)._plan(dialect) for hinted in (False, True)
+        hinted: claim_statement(hinted, KeyStatus.SOLD).plan(dialect) for hinted in (False, True)
     }
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in (

@@ -221,8 +221,8 @@ class Prepared:
         self._plans: dict[str, _Plan] = {}
         _MADE.append(self)
 
-    def _plan(self, dialect: Dialect, read_only: bool = False) -> _Plan:
-        """Its plan for `dialect`; a write refused in a `Database.read()` session."""
+    def plan(self, dialect: Dialect, read_only: bool = False) -> _Plan:
+        """Its SQL and conversions for `dialect`; a write refused in a `Database.read()`."""
         plan = self._plans.get(dialect.name)
         if plan is None:
             plan = self._plans[dialect.name] = _Plan(self._statements[dialect.name], dialect)
@@ -232,11 +232,11 @@ class Prepared:
 
     def ready(self, dialect: Dialect) -> None:
         """Compile it for `dialect` now, not on its first run."""
-        self._plan(dialect)
+        self.plan(dialect)
 
     def run(self, session: Session, values: Mapping[str, Any] | None = None) -> Rows:
         driver, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect, read_only)
+        plan = self.plan(dialect, read_only)
         params = plan.parameters(values or {})
         try:
             if cursor is None:
@@ -264,7 +264,7 @@ class Prepared:
     def run_many_later(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """`run_later` for each of `rows`, in order."""
         _, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect, read_only)
+        plan = self.plan(dialect, read_only)
         if not plan.writes:  # a write's rows (an INSERT's implicit RETURNING id) are let go
             raise TypeError(f"a read whose rows nobody would read: {plan.sql[:80]}")
         if not isinstance(cursor, LeanCursor) or len(rows) > KEEP_AT_MOST:
@@ -281,7 +281,7 @@ class Prepared:
         if not rows:
             return
         driver, dialect, read_only, cursor = _driver(session)
-        plan = self._plan(dialect, read_only)
+        plan = self.plan(dialect, read_only)
         params = [plan.parameters(r) for r in rows]
         try:
             if cursor is None:
@@ -315,7 +315,7 @@ def run_all(session: Session, runs: Sequence[tuple[Prepared, Mapping[str, Any]]]
     _, dialect, read_only, cursor = _driver(session)
     if not isinstance(cursor, LeanCursor) or len(runs) < 2:
         return [prepared.run(session, values) for prepared, values in runs]
-    plans = [prepared._plan(dialect, read_only) for prepared, _ in runs]
+    plans = [prepared.plan(dialect, read_only) for prepared, _ in runs]
     statements = [
         (plan.sql, plan.parameters(values)) for plan, (_, values) in zip(plans, runs, strict=True)
     ]

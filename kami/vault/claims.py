@@ -87,7 +87,9 @@ class ClaimHints:
 
 
 @functools.cache
-def _take_statement(hinted: bool, target: KeyStatus) -> Prepared:
+def claim_statement(hinted: bool, target: KeyStatus) -> Prepared:
+    """The claim, from the start of the SKU's range or from a hint (`p_start_at`, `p_start_id`),
+    marking keys `target`: what `take_keys` runs, and `bench/bare_claim.py` on a bare driver."""
     return Prepared({d: _take_for(d, hinted, target) for d in ("sqlite", "postgresql")})
 
 
@@ -147,7 +149,7 @@ def _take(
     target: KeyStatus,
     start: tuple[datetime, int] | None,
 ) -> list[tuple[int, datetime]]:
-    stmt = _take_statement(start is not None, target)
+    stmt = claim_statement(start is not None, target)
     params: dict[str, Any] = {
         "p_sku": sku_id,
         "p_now": now,

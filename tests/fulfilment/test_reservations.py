@@ -234,7 +234,7 @@ def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None
     for statement in (_HELD, _COUNT_OPEN_AND_HELD):
         with shop.db.read() as s:
             conn = s.connection()
-            plan = statement._plan(conn.dialect)
+            plan = statement.plan(conn.dialect)
             params = plan.parameters({k: values[k] for k in statement.keys})
             if shop.db.dialect == "sqlite":
                 rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plan.sql, params)

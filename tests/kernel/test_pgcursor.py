@@ -232,7 +232,7 @@ def _counted_cursor(shop: Shop) -> Iterator[tuple[Any, _Counted, LeanCursor, Any
     try:
         conn = raw.driver_connection
         counted = _Counted(conn)
-        plan, now = _INSERT_WITH_ID._plan(shop.db.engine.dialect), utcnow()
+        plan, now = _INSERT_WITH_ID.plan(shop.db.engine.dialect), utcnow()
 
         def insert(n: int, ref: str) -> tuple[str, Any]:
             return plan.sql, plan.parameters({"id": n, "ref": ref, "now": now})
