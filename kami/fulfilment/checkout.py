@@ -27,6 +27,7 @@ from kami.fulfilment.terms import (
     mark_flash_sale,
     price,
 )
+from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, NotFound
 from kami.kernel.prepared import Ask, ask_all
@@ -110,13 +111,10 @@ def open_order(
         else None
     )
     buyer_input: dict[str, str] = {}
-    if locks is None:
-        with shop.db.read() as s:
-            terms = catalog.get_sku_on_sale(s, data.sku)
-            earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
-        mark_flash_sale(shop, data, terms)
-        if earlier is None:
-            buyer_input = check_terms(shop, terms[0], data)
+    if locks is None:  # read once, if the write is refused and run again (decision 0025)
+        terms, buyer_input = waiting.read_once(
+            "checkout terms", lambda: _read_terms(shop, data, idempotency_key)
+        )
     with shop.db.write() as s:
         if locks is not None:
             terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
@@ -135,6 +133,18 @@ def open_order(
             shop.mark_sold_out(data.sku, data.quantity)
             raise
     return OpenedOrder(order, True, buyer_ip)
+
+
+def _read_terms(
+    shop: Shop, data: orders.OrderIn, idempotency_key: str | None
+) -> tuple[tuple[catalog.SkuView, catalog.FlashSaleView | None], dict[str, str]]:
+    """SQLite: the SKU's terms and the checked buyer input, from a read (none for a replayed
+    Idempotency-Key, whose order is answered as it was placed)."""
+    with shop.db.read() as s:
+        terms = catalog.get_sku_on_sale(s, data.sku)
+        earlier = orders.find_idempotent(s, idempotency_key, data) if idempotency_key else None
+    mark_flash_sale(shop, data, terms)
+    return terms, check_terms(shop, terms[0], data) if earlier is None else {}
 
 
 def request_payment(shop: Shop, opened: OpenedOrder) -> PlacedOrder:

@@ -20,6 +20,7 @@ from kami import orders, payments
 from kami.fulfilment.delivering import deliver_paid
 from kami.fulfilment.refund_notices import apply_refund_notice
 from kami.fulfilment.shop import Shop
+from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import NotFound
 
@@ -54,6 +55,11 @@ def _check(session: Session, notice: payments.PaymentNotice) -> orders.OrderView
             "not-paid-status", f"trade status is {notice.status.value!r}, not paid", "status"
         )
     return check_order(orders.find_order(session, notice.order_no), notice)
+
+
+def _read_check(shop: Shop, notice: payments.PaymentNotice) -> orders.OrderView:
+    with shop.db.read() as s:
+        return _check(s, notice)
 
 
 def check_order(order: orders.OrderView | None, notice: payments.PaymentNotice) -> orders.OrderView:
@@ -192,9 +198,8 @@ def apply_notice(
     """Apply a verified notice: the one path for notifications and for answers to queries."""
     try:
         order = None
-        if shop.db.dialect == "sqlite":
-            with shop.db.read() as s:
-                order = _check(s, notice)
+        if shop.db.dialect == "sqlite":  # read once, if the write is run again (decision 0025)
+            order = waiting.read_once("paid order", lambda: _read_check(shop, notice))
         with shop.db.write() as s:
             if order is None:
                 order = _check(s, notice)

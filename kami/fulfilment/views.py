@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from kami import delivery, licenses, orders, payments, vault
 from kami.fulfilment.shop import Shop
-from kami.kernel import outbox
+from kami.kernel import outbox, waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, Unauthorized
 
@@ -111,7 +111,24 @@ def reveal(
     # Read and decrypt without the write lock; then record the reveal in a transaction of its
     # own, which commits before any key leaves: a reveal that is not recorded returns nothing.
     # (On SQLite the writer is the whole database's; holding it while decrypting kept every
-    # checkout and payment waiting.)
+    # checkout and payment waiting. For the same reason a reveal whose record is refused for
+    # the writer and runs again does not read and decrypt again, decision 0025.)
+    order, items, bare = waiting.read_once("revealed", lambda: _read_revealed(shop, order_no))
+    now = utcnow()
+    with shop.db.write() as s:
+        delivery.record_reveal(s, order.id, now, ip, user_agent)
+        links = download_links(s, shop, order.id, bare, now) if bare else []
+    items = items + [
+        RevealedItem(d.position, d.url, None, "download", d.name, d.expires_at, d.downloads_left)
+        for d in links
+    ]
+    return order, sorted(items, key=lambda r: r.position)
+
+
+def _read_revealed(
+    shop: Shop, order_no: str
+) -> tuple[orders.OrderView, list[RevealedItem], set[int]]:
+    """The order, its keys and licenses decrypted, and the positions of its downloads."""
     with shop.db.read() as s:
         order = orders.get_order(s, order_no)
         if order.status not in REVEALABLE:
@@ -125,20 +142,12 @@ def reveal(
         secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
         licensed = [i for i in live if i.license_id is not None]
         plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
-    bare = {i.position for i in live if i.key_id is None and i.license_id is None}
-    now = utcnow()
-    with shop.db.write() as s:
-        delivery.record_reveal(s, order.id, now, ip, user_agent)
-        links = download_links(s, shop, order.id, bare, now) if bare else []
     items = [
         RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)
     ]
     items += [RevealedItem(i.position, x.key, None) for i, x in zip(licensed, plain, strict=True)]
-    items += [
-        RevealedItem(d.position, d.url, None, "download", d.name, d.expires_at, d.downloads_left)
-        for d in links
-    ]
-    return order, sorted(items, key=lambda r: r.position)
+    bare = {i.position for i in live if i.key_id is None and i.license_id is None}
+    return order, items, bare
 
 
 def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:

@@ -114,8 +114,10 @@ WRITER_WAIT = 1.0
 async def _run(
     lock_wait: float, rank: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
+    reads: dict[str, Any] = {}  # what its refused run read, for the next (`waiting.read_once`)
+
     def call() -> T:
-        with waiting.no_waiting(lock_wait):
+        with waiting.no_waiting(lock_wait, reads):
             return fn(*args, **kwargs)
 
     try:

@@ -169,3 +169,36 @@ def test_no_waiting_is_not_nested() -> None:
     with waiting.no_waiting(), pytest.raises(RuntimeError), waiting.no_waiting():
         pass
     assert waiting.lock_wait() is None
+
+
+def test_a_read_is_kept_for_the_next_run_of_its_call_only() -> None:
+    """`read_once` keeps what a call read in the dict its runs share (`no_waiting(reads=)`):
+    not outside such a run, not what failed to be read, not for another call's dict."""
+    runs: list[str] = []
+
+    def read(value: str) -> str:
+        runs.append(value)
+        return value
+
+    assert [waiting.read_once("r", lambda: read("a")) for _ in range(2)] == ["a", "a"]
+    assert runs == ["a", "a"]  # outside a call: read every time
+    with waiting.no_waiting():
+        waiting.read_once("r", lambda: read("b"))
+        waiting.read_once("r", lambda: read("b"))
+    assert runs[2:] == ["b", "b"]  # a call with nowhere to keep it: read every time
+    kept: dict[str, object] = {}
+    for n in range(2):  # the call's refused run, then its run again
+        with waiting.no_waiting(reads=kept):
+            assert waiting.read_once("r", lambda n=n: read(f"c{n}")) == "c0"
+    assert runs[4:] == ["c0"]
+
+    def failing() -> str:
+        runs.append("failed")
+        raise ValueError("no such order")
+
+    for _ in range(2):
+        with waiting.no_waiting(reads=kept), pytest.raises(ValueError):
+            waiting.read_once("f", failing)
+    assert runs[5:] == ["failed", "failed"] and "f" not in kept
+    with waiting.no_waiting(reads={}):  # another call
+        assert waiting.read_once("r", lambda: read("d")) == "d"

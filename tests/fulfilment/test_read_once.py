@@ -1,0 +1,134 @@
+"""A checkout, a payment and a reveal refused for SQLite's writer run again once it is had for
+them (decision 0015); what they read before they asked for it is not read again, so that the
+hold of the writer is spent on writing (decision 0025)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kami import delivery, fulfilment, orders
+from kami.fulfilment import checkout, notify, views
+from kami.kernel.writer import WriterQueue
+from kami.web import running
+from tests.conftest import (
+    BACKEND,
+    add_keys,
+    make_sku,
+    place,
+    raw_notification,
+    run_async,
+    sandbox_body,
+    writer_held_by_a_thread,
+)
+
+pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer")
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[object]:
+    """Each call of `module.name`, by its result."""
+    calls: list[object] = []
+    real = getattr(module, name)
+
+    def counted(*args: Any) -> Any:
+        result = real(*args)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _held_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each call that waits in `WriterQueue.run_held`."""
+    held: list[int] = []
+    run_held = WriterQueue.run_held
+
+    async def counted(self: WriterQueue, call: Any, within: float, **kw: int) -> Any:
+        held.append(1)
+        return await run_held(self, call, within, **kw)
+
+    monkeypatch.setattr(WriterQueue, "run_held", counted)
+    return held
+
+
+def _refused_then_held(shop: fulfilment.Shop, held: list[int], run: Callable[[], Any]) -> Any:
+    """`run()` on an event loop while another thread holds the writer, which it lets go once
+    the call waits for it on the loop."""
+
+    async def scene() -> Any:
+        with writer_held_by_a_thread(shop) as leave:
+            task = asyncio.ensure_future(run())
+            for _ in range(500):
+                if held:
+                    break
+                await asyncio.sleep(0.01)
+            assert held == [1] and not task.done()  # refused, and waiting on the loop
+            leave.set()
+            return await task
+
+    return run_async(scene)
+
+
+@pytest.fixture
+def sku(shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(running, "WRITER_WAIT", 30.0)  # however slow: waits on the loop
+    made = make_sku(shop, "ONCE", price=990)
+    add_keys(shop, made, ["K-ONCE-1", "K-ONCE-2"])
+    return made.code
+
+
+def test_a_checkout_refused_for_the_writer_reads_the_skus_terms_once(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _counted(monkeypatch, checkout, "_read_terms")
+    held = _held_runs(monkeypatch)
+    data = orders.OrderIn(sku=sku, quantity=1, email="once@example.com", gateway="sandbox")
+    opened = _refused_then_held(shop, held, lambda: running.run(checkout.open_order, shop, data))
+    assert opened.created and opened.order.sku == sku
+    assert len(reads) == 1
+    with shop.db.read() as s:
+        assert orders.get_order(s, opened.order.order_no).status == orders.OrderStatus.PENDING
+
+
+def test_a_payment_refused_for_the_writer_reads_its_order_once(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = place(shop, sku).order
+    reads = _counted(monkeypatch, notify, "_read_check")
+    held = _held_runs(monkeypatch)
+    raw = raw_notification(sandbox_body(order.order_no, order.amount_minor))
+    outcome = _refused_then_held(
+        shop, held, lambda: running.run_now(fulfilment.handle_notification, shop, raw)
+    )
+    assert (outcome.order_no, outcome.delivered) == (order.order_no, True)
+    assert len(reads) == 1
+    with shop.db.read() as s:
+        assert orders.get_order(s, order.order_no).status == orders.OrderStatus.DELIVERED
+
+
+def test_a_reveal_refused_for_the_writer_reads_and_decrypts_once(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = place(shop, sku)
+    order = placed.order
+    fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
+    )
+    reads = _counted(monkeypatch, views, "_read_revealed")
+    held = _held_runs(monkeypatch)
+    revealed_order, items = _refused_then_held(
+        shop,
+        held,
+        lambda: running.run(
+            fulfilment.reveal, shop, order.order_no, placed.access_token, ip=None, user_agent=None
+        ),
+    )
+    assert revealed_order.order_no == order.order_no
+    assert [i.card for i in items] == ["K-ONCE-1"]
+    assert len(reads) == 1
+    with shop.db.read() as s:
+        assert len(delivery.list_reveals(s, order.id)) == 1  # recorded once
