@@ -113,7 +113,8 @@ def open_order(
     buyer_input: dict[str, str] = {}
     if locks is None:  # read once, if the write is refused and run again (decision 0025)
         terms, buyer_input = waiting.read_once(
-            "checkout terms", lambda: _read_terms(shop, data, idempotency_key)
+            ("checkout terms", id(data), idempotency_key),  # `data`: this call's, kept alive
+            lambda: _read_terms(shop, data, idempotency_key),
         )
     with shop.db.write() as s:
         if locks is not None:

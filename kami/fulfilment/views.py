@@ -113,7 +113,9 @@ def reveal(
     # (On SQLite the writer is the whole database's; holding it while decrypting kept every
     # checkout and payment waiting. For the same reason a reveal whose record is refused for
     # the writer and runs again does not read and decrypt again, decision 0025.)
-    order, items, bare = waiting.read_once("revealed", lambda: _read_revealed(shop, order_no))
+    order, items, bare = waiting.read_once(
+        ("revealed", order_no), lambda: _read_revealed(shop, order_no)
+    )
     now = utcnow()
     with shop.db.write() as s:
         delivery.record_reveal(s, order.id, now, ip, user_agent)

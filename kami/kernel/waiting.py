@@ -33,7 +33,7 @@ the caller does not run the call a second time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, cast
 
@@ -77,14 +77,16 @@ class _State(threading.local):
     refusing = False
     committed = False
     lock_wait = LOCK_WAIT
-    reads: dict[str, Any] | None = None
+    reads: dict[Hashable, Any] | None = None
 
 
 _state = _State()
 
 
 @contextmanager
-def no_waiting(lock_wait: float = LOCK_WAIT, reads: dict[str, Any] | None = None) -> Iterator[None]:
+def no_waiting(
+    lock_wait: float = LOCK_WAIT, reads: dict[Hashable, Any] | None = None
+) -> Iterator[None]:
     """Within the block, this thread refuses to wait (see the module's docstring), or to wait
     longer than `lock_wait` for a database lock. `reads`: where `read_once` keeps what the call
     read, the same dict for each run of one call (empty at its first)."""
@@ -99,8 +101,10 @@ def no_waiting(lock_wait: float = LOCK_WAIT, reads: dict[str, Any] | None = None
         _state.reads = None
 
 
-def read_once(name: str, read: Callable[[], T]) -> T:
-    """`read()`, or what it returned in this call's refused run.
+def read_once(what: Hashable, read: Callable[[], T]) -> T:
+    """`read()`, or what it returned in this call's refused run. `what` names the read and what
+    it is of (a notice, an order number), so that a call that reads twice, for two things, is
+    never handed the first's.
 
     For the reads a call makes before it asks for SQLite's writer, whose results the write
     rechecks or may act on a moment late (what a checkout's SKU costs, the order a payment
@@ -112,9 +116,9 @@ def read_once(name: str, read: Callable[[], T]) -> T:
     reads = _state.reads if _state.refusing else None
     if reads is None:
         return read()
-    if name in reads:
-        return cast(T, reads[name])
-    value = reads[name] = read()
+    if what in reads:
+        return cast(T, reads[what])
+    value = reads[what] = read()
     return value
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -114,7 +114,7 @@ WRITER_WAIT = 1.0
 async def _run(
     lock_wait: float, rank: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
-    reads: dict[str, Any] = {}  # what its refused run read, for the next (`waiting.read_once`)
+    reads: dict[Hashable, Any] = {}  # its refused run's reads, for the next (`waiting.read_once`)
 
     def call() -> T:
         with waiting.no_waiting(lock_wait, reads):

@@ -12,6 +12,7 @@ import pytest
 
 from kami import delivery, fulfilment, orders
 from kami.fulfilment import checkout, notify, views
+from kami.kernel import waiting
 from kami.kernel.writer import WriterQueue
 from kami.web import running
 from tests.conftest import (
@@ -132,3 +133,23 @@ def test_a_reveal_refused_for_the_writer_reads_and_decrypts_once(
     assert len(reads) == 1
     with shop.db.read() as s:
         assert len(delivery.list_reveals(s, order.id)) == 1  # recorded once
+
+
+def test_what_a_call_reads_for_one_payment_is_never_used_for_another(
+    shop: fulfilment.Shop, sku: str
+) -> None:
+    """A kept read is kept for what it was read for: one call that applies two notifications
+    (as a channel's query of several orders could) reads each one's own order."""
+    placed = [place(shop, sku, email=f"{n}@example.com").order for n in ("a", "b")]
+    with waiting.no_waiting(reads={}):
+        outcomes = [
+            fulfilment.handle_notification(
+                shop, raw_notification(sandbox_body(o.order_no, o.amount_minor))
+            )
+            for o in placed
+        ]
+    assert [(o.order_no, o.delivered) for o in outcomes] == [(p.order_no, True) for p in placed]
+    with shop.db.read() as s:
+        paid = [orders.get_order(s, p.order_no) for p in placed]
+    assert all(o.status == orders.OrderStatus.DELIVERED for o in paid)
+    assert len({o.trade_no for o in paid}) == 2

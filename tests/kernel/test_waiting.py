@@ -202,3 +202,6 @@ def test_a_read_is_kept_for_the_next_run_of_its_call_only() -> None:
     assert runs[5:] == ["failed", "failed"] and "f" not in kept
     with waiting.no_waiting(reads={}):  # another call
         assert waiting.read_once("r", lambda: read("d")) == "d"
+    with waiting.no_waiting(reads=kept):  # the same read, of something else
+        assert waiting.read_once(("r", 2), lambda: read("e")) == "e"
+        assert waiting.read_once(("r", 3), lambda: read("f")) == "f"
