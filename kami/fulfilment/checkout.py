@@ -111,11 +111,9 @@ def open_order(
         else None
     )
     buyer_input: dict[str, str] = {}
-    if locks is None:  # read once, if the write is refused and run again (decision 0025)
-        terms, buyer_input = waiting.read_once(
-            ("checkout terms", id(data), idempotency_key),  # `data`: this call's, kept alive
-            lambda: _read_terms(shop, data, idempotency_key),
-        )
+    read_now = True
+    if locks is None:
+        terms, buyer_input, read_now = _read_terms_once(shop, data, idempotency_key)
     with shop.db.write() as s:
         if locks is not None:
             terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
@@ -128,7 +126,17 @@ def open_order(
         sku, sale = terms
         try:
             order = _place(
-                s, shop, sku, sale, buyer_input, data, idempotency_key, buyer_ip, device_id, channel
+                s,
+                shop,
+                sku,
+                sale,
+                buyer_input,
+                data,
+                idempotency_key,
+                buyer_ip,
+                device_id,
+                channel,
+                quota_read_now=read_now,
             )
         except SoldOut:
             shop.mark_sold_out(data.sku, data.quantity)
@@ -136,9 +144,27 @@ def open_order(
     return OpenedOrder(order, True, buyer_ip)
 
 
+_Terms = tuple[catalog.SkuView, catalog.FlashSaleView | None]
+
+
+def _read_terms_once(
+    shop: Shop, data: orders.OrderIn, idempotency_key: str | None
+) -> tuple[_Terms, dict[str, str], bool]:
+    """`_read_terms`, read once if the write is refused and runs again (decision 0025); and
+    whether it was read just now. Kept with the checkout's own input, which it was read for:
+    another checkout in the same call reads its own."""
+    (kept_for, terms, buyer_input), read_now = waiting.read_once(
+        ("checkout terms", idempotency_key),
+        lambda: (data, *_read_terms(shop, data, idempotency_key)),
+    )
+    if kept_for is not data:
+        return *_read_terms(shop, data, idempotency_key), True
+    return terms, buyer_input, read_now
+
+
 def _read_terms(
     shop: Shop, data: orders.OrderIn, idempotency_key: str | None
-) -> tuple[tuple[catalog.SkuView, catalog.FlashSaleView | None], dict[str, str]]:
+) -> tuple[_Terms, dict[str, str]]:
     """SQLite: the SKU's terms and the checked buyer input, from a read (none for a replayed
     Idempotency-Key, whose order is answered as it was placed)."""
     with shop.db.read() as s:
@@ -263,13 +289,20 @@ def _place(
     buyer_ip: str | None,
     device_id: str | None,
     channel: str,
+    *,
+    quota_read_now: bool = True,
 ) -> orders.OrderView:
     now = utcnow()
     if sale is not None:
         check_window(sku, sale, data)
         # The quota as last read (`catalog.take_quota` below decides), with the unpaid orders
-        # past their time given back first.
-        if sale.taken + data.quantity > sale.quota and not release_expired(s, sku.id):
+        # past their time given back first. Not when it was read before a wait for the writer
+        # (decision 0025): a cancellation may have given some back meanwhile.
+        if (
+            quota_read_now
+            and sale.taken + data.quantity > sale.quota
+            and not release_expired(s, sku.id)
+        ):
             raise _sold_out(sku)
     unit_price = sale.price_minor if sale else sku.price_minor
     check_amount(sku, unit_price, data.quantity)

@@ -199,7 +199,8 @@ def apply_notice(
     try:
         order = None
         if shop.db.dialect == "sqlite":  # read once, if the write is run again (decision 0025)
-            order = waiting.read_once(("paid order", notice), lambda: _read_check(shop, notice))
+            # Kept across a wait: what it checks never changes once an order is placed.
+            order, _ = waiting.read_once(("paid order", notice), lambda: _read_check(shop, notice))
         with shop.db.write() as s:
             if order is None:
                 order = _check(s, notice)

@@ -113,11 +113,15 @@ def reveal(
     # (On SQLite the writer is the whole database's; holding it while decrypting kept every
     # checkout and payment waiting. For the same reason a reveal whose record is refused for
     # the writer and runs again does not read and decrypt again, decision 0025.)
-    order, items, bare = waiting.read_once(
+    (order, live, items, bare), read_now = waiting.read_once(
         ("revealed", order_no), lambda: _read_revealed(shop, order_no)
     )
     now = utcnow()
     with shop.db.write() as s:
+        if not read_now and not _still_holds(s, order, live):
+            # Read before a wait for the writer, and refunded or replaced meanwhile: what
+            # leaves is what the order holds as the reveal is recorded.
+            order, live, items, bare = _revealed(s, shop, order_no)
         delivery.record_reveal(s, order.id, now, ip, user_agent)
         links = download_links(s, shop, order.id, bare, now) if bare else []
     items = items + [
@@ -127,29 +131,41 @@ def reveal(
     return order, sorted(items, key=lambda r: r.position)
 
 
-def _read_revealed(
-    shop: Shop, order_no: str
-) -> tuple[orders.OrderView, list[RevealedItem], set[int]]:
-    """The order, its keys and licenses decrypted, and the positions of its downloads."""
+_Revealed = tuple[orders.OrderView, list[delivery.LiveItem], list[RevealedItem], set[int]]
+
+
+def _read_revealed(shop: Shop, order_no: str) -> _Revealed:
     with shop.db.read() as s:
-        order = orders.get_order(s, order_no)
-        if order.status not in REVEALABLE:
-            raise Conflict(
-                f"order {order_no} is {order.status}; keys can be revealed once it is delivered",
-                where="order_no",
-                slug="not-delivered",
-            )
-        live = delivery.live_items(s, order.id)
-        keyed = [i for i in live if i.key_id is not None]
-        secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
-        licensed = [i for i in live if i.license_id is not None]
-        plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
+        return _revealed(s, shop, order_no)
+
+
+def _still_holds(s: Session, order: orders.OrderView, live: list[delivery.LiveItem]) -> bool:
+    """Whether the order is still revealable and holds the items it held when read."""
+    now = orders.find_order(s, order.order_no)
+    return now is not None and now.status in REVEALABLE and delivery.live_items(s, order.id) == live
+
+
+def _revealed(s: Session, shop: Shop, order_no: str) -> _Revealed:
+    """The order, its live items, their keys and licenses decrypted, and the positions of its
+    downloads."""
+    order = orders.get_order(s, order_no)
+    if order.status not in REVEALABLE:
+        raise Conflict(
+            f"order {order_no} is {order.status}; keys can be revealed once it is delivered",
+            where="order_no",
+            slug="not-delivered",
+        )
+    live = delivery.live_items(s, order.id)
+    keyed = [i for i in live if i.key_id is not None]
+    secrets = vault.reveal_keys(s, shop.cipher, [i.key_id for i in keyed if i.key_id])
+    licensed = [i for i in live if i.license_id is not None]
+    plain = licenses.reveal(s, shop.cipher, [i.license_id for i in licensed if i.license_id])
     items = [
         RevealedItem(i.position, x.card, x.password) for i, x in zip(keyed, secrets, strict=True)
     ]
     items += [RevealedItem(i.position, x.key, None) for i, x in zip(licensed, plain, strict=True)]
     bare = {i.position for i in live if i.key_id is None and i.license_id is None}
-    return order, items, bare
+    return order, live, items, bare
 
 
 def admin_detail(shop: Shop, order_no: str) -> AdminOrderDetail:

@@ -101,25 +101,25 @@ def no_waiting(
         _state.reads = None
 
 
-def read_once(what: Hashable, read: Callable[[], T]) -> T:
-    """`read()`, or what it returned in this call's refused run. `what` names the read and what
-    it is of (a notice, an order number), so that a call that reads twice, for two things, is
-    never handed the first's.
+def read_once(what: Hashable, read: Callable[[], T]) -> tuple[T, bool]:
+    """`read()`, or what it returned in this call's refused run; and whether it was read just
+    now. `what` names the read and what it is of (a notice, an order number), so that a call
+    that reads twice, for two things, is never handed the first's.
 
-    For the reads a call makes before it asks for SQLite's writer, whose results the write
-    rechecks or may act on a moment late (what a checkout's SKU costs, the order a payment
-    pays): run again once the writer is had for it, the call would read them again while every
-    other writer waits. Measured on the purchase benchmark, every checkout, payment and reveal
-    was refused once, and read 75-111 µs of its work twice, the second time holding the
-    writer (decision 0025). Outside a call run under `no_waiting(..., reads)`, or if `read`
-    raises, nothing is kept."""
+    For the reads a call makes before it asks for SQLite's writer: run again once the writer is
+    had for it, the call would read them again while every other writer waits. Measured on the
+    purchase benchmark, every checkout, payment and reveal was refused once, and read 75-111 µs
+    of its work twice, the second time holding the writer (decision 0025). A kept read is as
+    old as the wait, up to a second: the caller rechecks under the writer what must be current
+    (a reveal, its order), or acts only on what does not change. Outside a call run under
+    `no_waiting(..., reads)`, or if `read` raises, nothing is kept."""
     reads = _state.reads if _state.refusing else None
     if reads is None:
-        return read()
+        return read(), True
     if what in reads:
-        return cast(T, reads[what])
+        return cast(T, reads[what]), False
     value = reads[what] = read()
-    return value
+    return value, True
 
 
 def lock_wait() -> float | None:

@@ -5,25 +5,29 @@ hold of the writer is spent on writing (decision 0025)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
-from kami import delivery, fulfilment, orders
-from kami.fulfilment import checkout, notify, views
+from kami import catalog, delivery, fulfilment, orders, vault
+from kami.fulfilment import checkout, notify, refund_settling, views
 from kami.kernel import waiting
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import Conflict
 from kami.kernel.writer import WriterQueue
 from kami.web import running
 from tests.conftest import (
     BACKEND,
     add_keys,
     make_sku,
+    open_flash_sale,
     place,
     raw_notification,
     run_async,
     sandbox_body,
-    writer_held_by_a_thread,
 )
 
 pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's writer")
@@ -56,20 +60,40 @@ def _held_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return held
 
 
-def _refused_then_held(shop: fulfilment.Shop, held: list[int], run: Callable[[], Any]) -> Any:
+def _refused_then_held(
+    shop: fulfilment.Shop,
+    held: list[int],
+    run: Callable[[], Any],
+    meanwhile: Callable[[Session], None] | None = None,
+) -> Any:
     """`run()` on an event loop while another thread holds the writer, which it lets go once
-    the call waits for it on the loop."""
+    the call waits for it on the loop, after doing `meanwhile` in its transaction if given."""
+    holding, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shop.db.write() as s:
+            holding.set()
+            assert go.wait(30)
+            if meanwhile is not None:
+                meanwhile(s)
+
+    holder = threading.Thread(target=hold)
 
     async def scene() -> Any:
-        with writer_held_by_a_thread(shop) as leave:
+        holder.start()
+        try:
+            assert holding.wait(5)
             task = asyncio.ensure_future(run())
             for _ in range(500):
                 if held:
                     break
                 await asyncio.sleep(0.01)
             assert held == [1] and not task.done()  # refused, and waiting on the loop
-            leave.set()
+            go.set()
             return await task
+        finally:
+            go.set()
+            holder.join(10)
 
     return run_async(scene)
 
@@ -153,3 +177,78 @@ def test_what_a_call_reads_for_one_payment_is_never_used_for_another(
         paid = [orders.get_order(s, p.order_no) for p in placed]
     assert all(o.status == orders.OrderStatus.DELIVERED for o in paid)
     assert len({o.trade_no for o in paid}) == 2
+
+
+def test_a_reveal_that_waited_for_the_writer_shows_what_the_order_holds_then(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read and decrypted before its wait, a reveal whose order was refunded, and its key put
+    back on sale, while it waited shows nothing, and records nothing."""
+    placed = place(shop, sku)
+    order = placed.order
+    fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
+    )
+    reads = _counted(monkeypatch, views, "_read_revealed")
+    held = _held_runs(monkeypatch)
+
+    def refund_and_restock(s: Session) -> None:
+        view = orders.get_order(s, order.order_no)
+        assert orders.move(s, view.id, orders.OrderStatus.REFUNDED)
+        refund_settling.withdraw(s, shop, view, "restock", None, "refunded", utcnow())
+
+    with pytest.raises(Conflict, match="refunded"):
+        _refused_then_held(
+            shop,
+            held,
+            lambda: running.run(
+                fulfilment.reveal, shop, order.order_no, placed.access_token, ip=None, user_agent=""
+            ),
+            refund_and_restock,
+        )
+    assert len(reads) == 1  # read once before the wait; checked again under the writer
+    with shop.db.read() as s:
+        assert delivery.list_reveals(s, order.id) == []
+        assert sum(vault.count_available(s).values()) == 2  # the key is back on sale
+
+
+def test_a_flash_checkout_that_waited_for_the_writer_gets_quota_given_back_meanwhile(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read before its wait, the sale's quota was all taken; a cancellation gave it back while
+    the checkout waited: the checkout is placed, not told "sold out" from what it read."""
+    open_flash_sale(shop, sku, quota=1)
+    first = place(shop, sku, email="first@example.com").order
+    held = _held_runs(monkeypatch)
+
+    def cancel_first(s: Session) -> None:
+        released = orders.cancel(s, first.id)
+        assert released is not None and released.flash_sale_id is not None
+        vault.release_reserved(s, [released.id])
+        catalog.give_back_quota(s, released.flash_sale_id, released.quantity)
+
+    data = orders.OrderIn(sku=sku, quantity=1, email="second@example.com", gateway="sandbox")
+    opened = _refused_then_held(
+        shop, held, lambda: running.run(checkout.open_order, shop, data), cancel_first
+    )
+    assert opened.created and opened.order.email == "second@example.com"
+    with shop.db.read() as s:
+        assert orders.get_order(s, opened.order.order_no).status == orders.OrderStatus.PENDING
+
+
+def test_what_a_call_reads_for_one_checkout_is_never_used_for_another(
+    shop: fulfilment.Shop, sku: str
+) -> None:
+    """One call that opens two checkouts of different SKUs reads each one's own terms."""
+    other = make_sku(shop, "OTHER", price=1990)
+    add_keys(shop, other, ["K-OTHER-1"])
+    wanted = [sku, "OTHER"]
+    with waiting.no_waiting(reads={}):
+        opened = [
+            checkout.open_order(
+                shop, orders.OrderIn(sku=code, quantity=1, email="x@example.com", gateway="sandbox")
+            )
+            for code in wanted
+        ]
+    assert [o.order.sku for o in opened] == wanted
+    assert [o.order.amount_minor for o in opened] == [990, 1990]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -172,25 +172,27 @@ def test_no_waiting_is_not_nested() -> None:
 
 
 def test_a_read_is_kept_for_the_next_run_of_its_call_only() -> None:
-    """`read_once` keeps what a call read in the dict its runs share (`no_waiting(reads=)`):
-    not outside such a run, not what failed to be read, not for another call's dict."""
+    """`read_once` keeps what a call read in the dict its runs share (`no_waiting(reads=)`),
+    and says whether it read just now: not kept outside such a run, nor what failed to be
+    read, nor for another call's dict or another thing's read."""
     runs: list[str] = []
 
     def read(value: str) -> str:
         runs.append(value)
         return value
 
-    assert [waiting.read_once("r", lambda: read("a")) for _ in range(2)] == ["a", "a"]
+    assert [waiting.read_once("r", lambda: read("a")) for _ in range(2)] == [("a", True)] * 2
     assert runs == ["a", "a"]  # outside a call: read every time
     with waiting.no_waiting():
         waiting.read_once("r", lambda: read("b"))
         waiting.read_once("r", lambda: read("b"))
     assert runs[2:] == ["b", "b"]  # a call with nowhere to keep it: read every time
-    kept: dict[str, object] = {}
+    kept: dict[Hashable, object] = {}
+    got = []
     for n in range(2):  # the call's refused run, then its run again
         with waiting.no_waiting(reads=kept):
-            assert waiting.read_once("r", lambda n=n: read(f"c{n}")) == "c0"
-    assert runs[4:] == ["c0"]
+            got.append(waiting.read_once("r", lambda n=n: read(f"c{n}")))
+    assert got == [("c0", True), ("c0", False)] and runs[4:] == ["c0"]
 
     def failing() -> str:
         runs.append("failed")
@@ -201,7 +203,7 @@ def test_a_read_is_kept_for_the_next_run_of_its_call_only() -> None:
             waiting.read_once("f", failing)
     assert runs[5:] == ["failed", "failed"] and "f" not in kept
     with waiting.no_waiting(reads={}):  # another call
-        assert waiting.read_once("r", lambda: read("d")) == "d"
+        assert waiting.read_once("r", lambda: read("d")) == ("d", True)
     with waiting.no_waiting(reads=kept):  # the same read, of something else
-        assert waiting.read_once(("r", 2), lambda: read("e")) == "e"
-        assert waiting.read_once(("r", 3), lambda: read("f")) == "f"
+        assert waiting.read_once(("r", 2), lambda: read("e")) == ("e", True)
+        assert waiting.read_once(("r", 3), lambda: read("f")) == ("f", True)
