@@ -118,7 +118,7 @@ def reveal(
     )
     now = utcnow()
     with shop.db.write() as s:
-        if not read_now and not _still_holds(s, order, live):
+        if not read_now and not _still_holds(s, order.id, live):
             # Read before a wait for the writer, and refunded or replaced meanwhile: what
             # leaves is what the order holds as the reveal is recorded.
             order, live, items, bare = _revealed(s, shop, order_no)
@@ -139,10 +139,9 @@ def _read_revealed(shop: Shop, order_no: str) -> _Revealed:
         return _revealed(s, shop, order_no)
 
 
-def _still_holds(s: Session, order: orders.OrderView, live: list[delivery.LiveItem]) -> bool:
+def _still_holds(s: Session, order_id: int, live: list[delivery.LiveItem]) -> bool:
     """Whether the order is still revealable and holds the items it held when read."""
-    now = orders.find_order(s, order.order_no)
-    return now is not None and now.status in REVEALABLE and delivery.live_items(s, order.id) == live
+    return orders.status_of(s, order_id) in REVEALABLE and delivery.live_items(s, order_id) == live
 
 
 def _revealed(s: Session, shop: Shop, order_no: str) -> _Revealed:

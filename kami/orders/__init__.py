@@ -38,6 +38,7 @@ from kami.orders.queries import (
     next_expiry,
     next_expiry_ask,
     quantity_pending,
+    status_of,
 )
 from kami.orders.schemas import OrderIn, OrderView
 from kami.orders.service import (
@@ -119,6 +120,7 @@ __all__ = [
     "ready_many",
     "redeem_code",
     "shape_size",
+    "status_of",
 ]
 
 from kami.orders.stats import (

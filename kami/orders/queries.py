@@ -76,6 +76,16 @@ def find_order_by_id(session: Session, order_id: int) -> OrderView | None:
     return to_view(order) if order else None
 
 
+_STATUS = Prepared(select(_T.c.status).where(_T.c.id == bindparam("order_id")))
+
+
+def status_of(session: Session, order_id: int) -> OrderStatus | None:
+    """The order's status alone: for a recheck under a lock, where building the whole view
+    would be most of its cost."""
+    status = _STATUS.run(session, {"order_id": order_id}).scalar_one_or_none()
+    return None if status is None else OrderStatus(status)
+
+
 def find_by_trade(session: Session, gateway: str, trade_no: str) -> OrderView | None:
     """The order a channel's trade number paid (for refunds made in the channel's console)."""
     stmt = select(Order).where(Order.gateway == gateway, Order.trade_no == trade_no)
