@@ -102,26 +102,33 @@ def _items(s: Session, order_id: int) -> list[BuyerItem]:
     return out
 
 
+_Revealed = tuple[orders.OrderView, list[delivery.LiveItem], list[RevealedItem], set[int]]
+
+
 def reveal(
     shop: Shop, order_no: str, token: str | None, *, ip: str | None, user_agent: str | None
 ) -> tuple[orders.OrderView, list[RevealedItem]]:
     from kami.fulfilment.goods.downloads import download_links  # goods imports views
 
     authorise(shop, order_no, token)
-    # Read and decrypt without the write lock; then record the reveal in a transaction of its
-    # own, which commits before any key leaves: a reveal that is not recorded returns nothing.
-    # (On SQLite the writer is the whole database's; holding it while decrypting kept every
-    # checkout and payment waiting. For the same reason a reveal whose record is refused for
-    # the writer and runs again does not read and decrypt again, decision 0025.)
-    (order, live, items, bare), read_now = waiting.read_once(
-        ("revealed", order_no), lambda: _read_revealed(shop, order_no)
-    )
+    # The reveal is recorded in the transaction that reads what leaves, or one that checks it
+    # still holds, and commits before any key leaves: a reveal not recorded returns nothing.
+    # SQLite: read and decrypted before the writer is asked for (its writer is the whole
+    # database's; decrypting while holding it kept every checkout and payment waiting), and
+    # kept if the call is refused for it and runs again (decision 0025). That read may be as
+    # old as the wait for the writer, on the loop or on a thread, so under the writer the
+    # order is checked to be revealable still and to hold the same items; else it is read
+    # again there (refunded, restocked or replaced meanwhile). PostgreSQL: read in the write
+    # transaction itself, in as many round trips as apart, with no wait between the read and
+    # the record.
+    kept: _Revealed | None = None
+    if shop.db.dialect == "sqlite":
+        kept, _ = waiting.read_once(("revealed", order_no), lambda: _read_revealed(shop, order_no))
     now = utcnow()
     with shop.db.write() as s:
-        if not read_now and not _still_holds(s, order.id, live):
-            # Read before a wait for the writer, and refunded or replaced meanwhile: what
-            # leaves is what the order holds as the reveal is recorded.
-            order, live, items, bare = _revealed(s, shop, order_no)
+        if kept is None or not _still_holds(s, kept[0].id, kept[1]):
+            kept = _revealed(s, shop, order_no)
+        order, _, items, bare = kept
         delivery.record_reveal(s, order.id, now, ip, user_agent)
         links = download_links(s, shop, order.id, bare, now) if bare else []
     items = items + [
@@ -129,9 +136,6 @@ def reveal(
         for d in links
     ]
     return order, sorted(items, key=lambda r: r.position)
-
-
-_Revealed = tuple[orders.OrderView, list[delivery.LiveItem], list[RevealedItem], set[int]]
 
 
 def _read_revealed(shop: Shop, order_no: str) -> _Revealed:

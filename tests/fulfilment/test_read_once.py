@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from kami import catalog, delivery, fulfilment, orders, vault
-from kami.fulfilment import checkout, notify, refund_settling, views
+from kami.fulfilment import aftersales, checkout, notify, refund_settling, views
 from kami.kernel import waiting
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict
@@ -252,3 +252,130 @@ def test_what_a_call_reads_for_one_checkout_is_never_used_for_another(
         ]
     assert [o.order.sku for o in opened] == wanted
     assert [o.order.amount_minor for o in opened] == [990, 1990]
+
+
+def _delivered(shop: fulfilment.Shop, sku: str, quantity: int = 1) -> fulfilment.PlacedOrder:
+    placed = place(shop, sku, quantity=quantity)
+    order = placed.order
+    fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
+    )
+    return placed
+
+
+def _revealed_after(
+    shop: fulfilment.Shop,
+    placed: fulfilment.PlacedOrder,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[Session], None],
+) -> list[str]:
+    """The cards a reveal shows that was read before its wait for the writer, while the
+    writer's holder did `meanwhile`."""
+    held = _held_runs(monkeypatch)
+    no, token = placed.order.order_no, placed.access_token
+    _, items = _refused_then_held(
+        shop,
+        held,
+        lambda: running.run(fulfilment.reveal, shop, no, token, ip=None, user_agent=""),
+        meanwhile,
+    )
+    return [i.card for i in items]
+
+
+def test_a_reveal_that_waited_while_one_of_its_keys_was_refunded_shows_the_other(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = _delivered(shop, sku, 2)
+
+    def refund_the_first(s: Session) -> None:
+        view = orders.get_order(s, placed.order.order_no)
+        assert orders.move(s, view.id, orders.OrderStatus.PARTIALLY_REFUNDED)
+        refund_settling.withdraw(s, shop, view, "restock", [1], "refunded", utcnow())
+
+    assert _revealed_after(shop, placed, monkeypatch, refund_the_first) == ["K-ONCE-2"]
+
+
+def test_a_reveal_that_waited_while_its_key_was_replaced_shows_the_new_one(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = _delivered(shop, sku)
+
+    def replace(s: Session) -> None:
+        order = orders.get_order(s, placed.order.order_no)
+        item = delivery.get_item(s, order.id, 1)
+        assert item is not None
+        report = delivery.create_report(
+            s,
+            order_id=order.id,
+            item=item,
+            origin=delivery.origin_position(s, order.id, 1),
+            problem="key_invalid",
+            note=None,
+            review_reason=None,
+            now=utcnow(),
+        )
+        assert aftersales._replace(s, shop, order, item, report, "test", utcnow()) is not None
+
+    assert _revealed_after(shop, placed, monkeypatch, replace) == ["K-ONCE-2"]
+
+
+def test_a_reveal_that_waited_while_its_order_was_refunded_keeping_the_keys_is_refused(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placed = _delivered(shop, sku)
+
+    def refund(s: Session) -> None:
+        assert orders.move(s, placed.order.id, orders.OrderStatus.REFUNDED)
+
+    with pytest.raises(Conflict, match="refunded"):
+        _revealed_after(shop, placed, monkeypatch, refund)
+
+
+def test_a_reveal_off_the_loop_that_waited_for_the_writer_shows_what_the_order_holds_then(
+    shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way a reveal goes when its wait on the loop ran out, or from a thread: it reads,
+    then waits for the writer where it is. The order refunded meanwhile shows nothing."""
+    placed = _delivered(shop, sku)
+    order = placed.order
+    read = threading.Event()
+    real = views._read_revealed
+
+    def read_and_tell(*args: Any) -> Any:
+        found = real(*args)
+        read.set()
+        return found
+
+    monkeypatch.setattr(views, "_read_revealed", read_and_tell)
+    outcome: list[object] = []
+
+    def reveal() -> None:
+        try:
+            outcome.append(
+                fulfilment.reveal(shop, order.order_no, placed.access_token, ip=None, user_agent="")
+            )
+        except Conflict as refused:
+            outcome.append(refused)
+
+    holding, go = threading.Event(), threading.Event()
+
+    def refund_and_restock() -> None:  # holding the writer from before the reveal's read
+        with shop.db.write() as s:
+            holding.set()
+            assert go.wait(30)
+            view = orders.get_order(s, order.order_no)
+            assert orders.move(s, view.id, orders.OrderStatus.REFUNDED)
+            refund_settling.withdraw(s, shop, view, "restock", None, "refunded", utcnow())
+
+    holder = threading.Thread(target=refund_and_restock)
+    holder.start()
+    assert holding.wait(5)
+    revealer = threading.Thread(target=reveal)
+    revealer.start()
+    assert read.wait(5)  # read; its write can only begin once the refund has committed
+    go.set()
+    holder.join(10)
+    revealer.join(10)
+    assert isinstance(outcome[0], Conflict), outcome
+    with shop.db.read() as s:
+        assert delivery.list_reveals(s, order.id) == []
