@@ -113,7 +113,12 @@ def open_order(
     buyer_input: dict[str, str] = {}
     read_now = True
     if locks is None:
-        terms, buyer_input, read_now = _read_terms_once(shop, data, idempotency_key)
+        # Read once if the write is refused and runs again (decision 0025), for this input.
+        (terms, buyer_input), read_now = waiting.read_once(
+            ("checkout terms", idempotency_key),
+            lambda: _read_terms(shop, data, idempotency_key),
+            of=data,
+        )
     with shop.db.write() as s:
         if locks is not None:
             terms = catalog.get_sku_on_sale(s, data.sku, locks=locks)
@@ -145,21 +150,6 @@ def open_order(
 
 
 _Terms = tuple[catalog.SkuView, catalog.FlashSaleView | None]
-
-
-def _read_terms_once(
-    shop: Shop, data: orders.OrderIn, idempotency_key: str | None
-) -> tuple[_Terms, dict[str, str], bool]:
-    """`_read_terms`, read once if the write is refused and runs again (decision 0025); and
-    whether it was read just now. Kept with the checkout's own input, which it was read for:
-    another checkout in the same call reads its own."""
-    (kept_for, terms, buyer_input), read_now = waiting.read_once(
-        ("checkout terms", idempotency_key),
-        lambda: (data, *_read_terms(shop, data, idempotency_key)),
-    )
-    if kept_for is not data:
-        return *_read_terms(shop, data, idempotency_key), True
-    return terms, buyer_input, read_now
 
 
 def _read_terms(

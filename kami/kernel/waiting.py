@@ -101,10 +101,11 @@ def no_waiting(
         _state.reads = None
 
 
-def read_once(what: Hashable, read: Callable[[], T]) -> tuple[T, bool]:
+def read_once(what: Hashable, read: Callable[[], T], *, of: object = None) -> tuple[T, bool]:
     """`read()`, or what it returned in this call's refused run; and whether it was read just
     now. `what` names the read and what it is of (a notice, an order number), so that a call
-    that reads twice, for two things, is never handed the first's.
+    that reads twice, for two things, is never handed the first's; `of`, if given, is an input
+    that cannot be named by value (a request body): the read is kept for that very object.
 
     For the reads a call makes before it asks for SQLite's writer: run again once the writer is
     had for it, the call would read them again while every other writer waits. Measured on the
@@ -116,9 +117,11 @@ def read_once(what: Hashable, read: Callable[[], T]) -> tuple[T, bool]:
     reads = _state.reads if _state.refusing else None
     if reads is None:
         return read(), True
-    if what in reads:
-        return cast(T, reads[what]), False
-    value = reads[what] = read()
+    kept = reads.get(what)
+    if kept is not None and kept[0] is of:  # kept with `of`, which keeps it alive: no id reuse
+        return cast(T, kept[1]), False
+    value = read()
+    reads[what] = (of, value)
     return value, True
 
 

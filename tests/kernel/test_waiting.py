@@ -207,3 +207,8 @@ def test_a_read_is_kept_for_the_next_run_of_its_call_only() -> None:
     with waiting.no_waiting(reads=kept):  # the same read, of something else
         assert waiting.read_once(("r", 2), lambda: read("e")) == ("e", True)
         assert waiting.read_once(("r", 3), lambda: read("f")) == ("f", True)
+    body, other_body = {"sku": "A"}, {"sku": "A"}  # equal, but two requests' own
+    for n, given in enumerate((body, body, other_body)):  # kept for the very object given
+        with waiting.no_waiting(reads=kept):
+            got.append(waiting.read_once("terms", lambda n=n: read(f"g{n}"), of=given))
+    assert got[2:] == [("g0", True), ("g0", False), ("g2", True)]
