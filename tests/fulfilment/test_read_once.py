@@ -106,6 +106,48 @@ def sku(shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch) -> str:
     return made.code
 
 
+def _delivered(shop: fulfilment.Shop, sku: str, quantity: int = 1) -> fulfilment.PlacedOrder:
+    placed = place(shop, sku, quantity=quantity)
+    order = placed.order
+    fulfilment.handle_notification(
+        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
+    )
+    return placed
+
+
+def _revealed_after(
+    shop: fulfilment.Shop,
+    placed: fulfilment.PlacedOrder,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[Session], None] | None = None,
+) -> tuple[orders.OrderView, list[str]]:
+    """The order and the cards a reveal shows that was read before its wait for the writer,
+    while the writer's holder did `meanwhile`."""
+    held = _held_runs(monkeypatch)
+    no, token = placed.order.order_no, placed.access_token
+    order, items = _refused_then_held(
+        shop,
+        held,
+        lambda: running.run(fulfilment.reveal, shop, no, token, ip=None, user_agent=""),
+        meanwhile,
+    )
+    return order, [i.card for i in items]
+
+
+def _refunded(
+    shop: fulfilment.Shop, order_no: str, positions: list[int] | None = None
+) -> Callable[[Session], None]:
+    """Refund the order (these positions of it, else all) and put its keys back on sale."""
+
+    def refund(s: Session) -> None:
+        view = orders.get_order(s, order_no)
+        status = orders.OrderStatus.PARTIALLY_REFUNDED if positions else orders.OrderStatus.REFUNDED
+        assert orders.move(s, view.id, status)
+        refund_settling.withdraw(s, shop, view, "restock", positions, "refunded", utcnow())
+
+    return refund
+
+
 def test_a_checkout_refused_for_the_writer_reads_the_skus_terms_once(
     shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,22 +180,12 @@ def test_a_payment_refused_for_the_writer_reads_its_order_once(
 def test_a_reveal_refused_for_the_writer_reads_and_decrypts_once(
     shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    placed = place(shop, sku)
+    placed = _delivered(shop, sku)
     order = placed.order
-    fulfilment.handle_notification(
-        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
-    )
     reads = _counted(monkeypatch, views, "_read_revealed")
-    held = _held_runs(monkeypatch)
-    revealed_order, items = _refused_then_held(
-        shop,
-        held,
-        lambda: running.run(
-            fulfilment.reveal, shop, order.order_no, placed.access_token, ip=None, user_agent=None
-        ),
-    )
+    revealed_order, cards = _revealed_after(shop, placed, monkeypatch)
     assert revealed_order.order_no == order.order_no
-    assert [i.card for i in items] == ["K-ONCE-1"]
+    assert cards == ["K-ONCE-1"]
     assert len(reads) == 1
     with shop.db.read() as s:
         assert len(delivery.list_reveals(s, order.id)) == 1  # recorded once
@@ -184,28 +216,11 @@ def test_a_reveal_that_waited_for_the_writer_shows_what_the_order_holds_then(
 ) -> None:
     """Read and decrypted before its wait, a reveal whose order was refunded, and its key put
     back on sale, while it waited shows nothing, and records nothing."""
-    placed = place(shop, sku)
+    placed = _delivered(shop, sku)
     order = placed.order
-    fulfilment.handle_notification(
-        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
-    )
     reads = _counted(monkeypatch, views, "_read_revealed")
-    held = _held_runs(monkeypatch)
-
-    def refund_and_restock(s: Session) -> None:
-        view = orders.get_order(s, order.order_no)
-        assert orders.move(s, view.id, orders.OrderStatus.REFUNDED)
-        refund_settling.withdraw(s, shop, view, "restock", None, "refunded", utcnow())
-
     with pytest.raises(Conflict, match="refunded"):
-        _refused_then_held(
-            shop,
-            held,
-            lambda: running.run(
-                fulfilment.reveal, shop, order.order_no, placed.access_token, ip=None, user_agent=""
-            ),
-            refund_and_restock,
-        )
+        _revealed_after(shop, placed, monkeypatch, _refunded(shop, order.order_no))
     assert len(reads) == 1  # read once before the wait; checked again under the writer
     with shop.db.read() as s:
         assert delivery.list_reveals(s, order.id) == []
@@ -254,45 +269,12 @@ def test_what_a_call_reads_for_one_checkout_is_never_used_for_another(
     assert [o.order.amount_minor for o in opened] == [990, 1990]
 
 
-def _delivered(shop: fulfilment.Shop, sku: str, quantity: int = 1) -> fulfilment.PlacedOrder:
-    placed = place(shop, sku, quantity=quantity)
-    order = placed.order
-    fulfilment.handle_notification(
-        shop, raw_notification(sandbox_body(order.order_no, order.amount_minor))
-    )
-    return placed
-
-
-def _revealed_after(
-    shop: fulfilment.Shop,
-    placed: fulfilment.PlacedOrder,
-    monkeypatch: pytest.MonkeyPatch,
-    meanwhile: Callable[[Session], None],
-) -> list[str]:
-    """The cards a reveal shows that was read before its wait for the writer, while the
-    writer's holder did `meanwhile`."""
-    held = _held_runs(monkeypatch)
-    no, token = placed.order.order_no, placed.access_token
-    _, items = _refused_then_held(
-        shop,
-        held,
-        lambda: running.run(fulfilment.reveal, shop, no, token, ip=None, user_agent=""),
-        meanwhile,
-    )
-    return [i.card for i in items]
-
-
 def test_a_reveal_that_waited_while_one_of_its_keys_was_refunded_shows_the_other(
     shop: fulfilment.Shop, sku: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     placed = _delivered(shop, sku, 2)
-
-    def refund_the_first(s: Session) -> None:
-        view = orders.get_order(s, placed.order.order_no)
-        assert orders.move(s, view.id, orders.OrderStatus.PARTIALLY_REFUNDED)
-        refund_settling.withdraw(s, shop, view, "restock", [1], "refunded", utcnow())
-
-    assert _revealed_after(shop, placed, monkeypatch, refund_the_first) == ["K-ONCE-2"]
+    refund_the_first = _refunded(shop, placed.order.order_no, [1])
+    assert _revealed_after(shop, placed, monkeypatch, refund_the_first)[1] == ["K-ONCE-2"]
 
 
 def test_a_reveal_that_waited_while_its_key_was_replaced_shows_the_new_one(
@@ -316,7 +298,7 @@ def test_a_reveal_that_waited_while_its_key_was_replaced_shows_the_new_one(
         )
         assert aftersales._replace(s, shop, order, item, report, "test", utcnow()) is not None
 
-    assert _revealed_after(shop, placed, monkeypatch, replace) == ["K-ONCE-2"]
+    assert _revealed_after(shop, placed, monkeypatch, replace)[1] == ["K-ONCE-2"]
 
 
 def test_a_reveal_that_waited_while_its_order_was_refunded_keeping_the_keys_is_refused(
@@ -363,9 +345,7 @@ def test_a_reveal_off_the_loop_that_waited_for_the_writer_shows_what_the_order_h
         with shop.db.write() as s:
             holding.set()
             assert go.wait(30)
-            view = orders.get_order(s, order.order_no)
-            assert orders.move(s, view.id, orders.OrderStatus.REFUNDED)
-            refund_settling.withdraw(s, shop, view, "restock", None, "refunded", utcnow())
+            _refunded(shop, order.order_no)(s)
 
     holder = threading.Thread(target=refund_and_restock)
     holder.start()
