@@ -237,12 +237,13 @@ async def jobs_drained(url: str, seconds: float) -> float | None:
         "SELECT count(*) FROM kernel_outbox WHERE status = 'running' "
         "OR (status = 'pending' AND run_after <= :now)"
     )
+    sqlite = engine.dialect.name == "sqlite"
     start = time.perf_counter()
     try:
         while time.perf_counter() - start < seconds:
-            now: object = datetime.now(UTC)
-            if engine.dialect.name == "sqlite":  # stored as naive UTC text (UtcDateTime)
-                now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            stamp = datetime.now(UTC)
+            # SQLite stores it as naive UTC text (UtcDateTime).
+            now = stamp.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else stamp
             with engine.connect() as conn:
                 if not conn.execute(text(busy), {"now": now}).scalar_one():
                     return round(time.perf_counter() - start, 2)
