@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from importlib import resources
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import event, text
 
 from kami import bootstrap, fulfilment
@@ -14,6 +17,7 @@ from kami.fulfilment import Shop
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.worker import runner
+from tests.conftest import BACKEND
 
 
 def _due_now(shop: Shop) -> None:
@@ -83,12 +87,85 @@ def test_a_crashed_runner_lease_expires_and_the_job_runs_again(shop: Shop) -> No
         # As a runner killed mid-job leaves it: running, lease in the past.
         s.flush()
         s.execute(
-            text("UPDATE kernel_outbox SET status='running', locked_until=:t"),
+            text("UPDATE kernel_outbox SET status='running', locked_until=:t, run_after=:t"),
             {"t": utcnow() - timedelta(seconds=1)},
         )
     seen: list[dict[str, Any]] = []
     assert outbox.run_due_jobs(shop.db, {"t.ok": seen.append}) == 1
     assert seen == [{}]
+
+
+def test_a_leased_job_is_not_leased_again_until_its_lease_lapses(shop: Shop) -> None:
+    with shop.db.write() as s:
+        outbox.enqueue(s, "t.ok", {}, ref="L1")
+    [leased] = outbox._lease(shop.db, 10)
+    assert outbox._lease(shop.db, 10) == []  # a second runner, while the first runs it
+    with shop.db.read() as s:
+        [job] = outbox.list_jobs(s, ref="L1")
+    assert job.status == "running" and job.run_after > utcnow() + outbox.LEASE / 2
+    with shop.db.write() as s:  # the lease lapses, as when its runner was killed
+        s.execute(text("UPDATE kernel_outbox SET run_after = :t"), {"t": utcnow()})
+    [again] = outbox._lease(shop.db, 10)
+    assert (again.id, again.attempts) == (leased.id, 2)
+
+
+def test_the_poll_reads_the_live_jobs_through_their_own_index(shop: Shop) -> None:
+    with shop.db.write() as s:
+        for n in range(3):
+            outbox.enqueue(s, "t.ok", {"n": n})
+    polls: list[tuple[str, Any]] = []
+
+    @event.listens_for(shop.db.engine, "before_cursor_execute")
+    def _keep(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if "kernel_outbox" in sql or "enable_bitmapscan" in sql:
+            polls.append((sql, params))
+
+    try:
+        assert len(outbox._lease(shop.db, 32)) == 3
+    finally:
+        event.remove(shop.db.engine, "before_cursor_execute", _keep)
+    if BACKEND == "postgresql":
+        assert polls[0][0] == "SET LOCAL enable_bitmapscan = off"
+        polls = polls[1:]
+    (sql, params), _lease_update = polls
+    raw = shop.db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if BACKEND == "sqlite":
+            cur.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            plan = "\n".join(str(row[-1]) for row in cur.fetchall())
+        else:
+            cur.execute("SET enable_bitmapscan = off")  # as the poll does
+            cur.execute("SET enable_seqscan = off")  # a tiny table: whichever index serves it
+            cur.execute(f"EXPLAIN {sql}", params)
+            plan = "\n".join(row[0] for row in cur.fetchall())
+        raw.rollback()
+    finally:
+        raw.close()
+    assert "ix_kernel_outbox_due" in plan and "Bitmap" not in plan, plan
+    assert "ix_kernel_outbox_status" not in plan, plan
+
+
+def test_migration_0017_keeps_the_leases_it_finds(shop: Shop) -> None:
+    with shop.db.write() as s:
+        outbox.enqueue(s, "t.ok", {"n": 1}, ref="M1")
+        outbox.enqueue(s, "t.ok", {"n": 2}, ref="M2")
+        s.flush()
+        # M1 leased by a runner of the code before: run_after untouched, the lease ahead.
+        s.execute(
+            text("UPDATE kernel_outbox SET status='running', locked_until=:t WHERE ref='M1'"),
+            {"t": utcnow() + outbox.LEASE},
+        )
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("kami") / "migrations"))
+    cfg.attributes["database_url"] = shop.db.engine.url.render_as_string(hide_password=False)
+    command.downgrade(cfg, "0016")
+    command.upgrade(cfg, "head")
+    assert [job.payload for job in outbox._lease(shop.db, 10)] == [{"n": 2}]
+    with shop.db.read() as s:
+        assert outbox.count_jobs(s) == {"running": 2}
+        [m1] = outbox.list_jobs(s, ref="M1")
+    assert m1.attempts == 0 and m1.run_after > utcnow()
 
 
 def test_backoff_grows_and_is_capped() -> None:
