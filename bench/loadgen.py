@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from kami import bootstrap, catalog, fulfilment, vault
 from kami.config import Settings
@@ -194,12 +195,53 @@ def _status_kb(pid: int, field_name: str) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (field 3 onwards), or None."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def postgres_cpu(url: str) -> Callable[[], float] | None:
+    """A reader of the CPU seconds the PostgreSQL server behind `url` has used so far, all its
+    processes together, when it runs on this machine; None for SQLite or a server elsewhere.
+
+    The postmaster's own time plus its reaped children's (a backend that exits between two
+    readings is counted there) plus every live child's."""
+    if not normalise_url(url).startswith("postgresql"):
+        return None
+    engine = create_engine(normalise_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    finally:
+        engine.dispose()
+    fields = _stat(backend)
+    if fields is None:  # not a process of this machine
+        return None
+    postmaster = int(fields[1])
+
+    def seconds() -> float:
+        ticks = 0
+        own = _stat(postmaster)
+        if own is not None:
+            ticks += sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                child = _stat(entry)
+                if child is not None and int(child[1]) == postmaster:
+                    ticks += int(child[11]) + int(child[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    return seconds
 
 
 @dataclass

@@ -34,7 +34,12 @@ delivery_item), `peak_rss_mb` is the highest VmHWM of the uvicorn worker process
 used during the purchase phase (on a small machine they share the cores), `jobs_cpu_s` the
 supervising process's share of `server_cpu_s` (it runs the jobs with several request
 processes); `hello_*_cpu_s` the same for the hello phase. On PostgreSQL, `pg_activity` is the mean number of the server's
-connections per state and wait event, sampled from pg_stat_activity during the purchase phase.
+connections per state and wait event, sampled from pg_stat_activity during the purchase phase,
+and `db_cpu_s` the CPU seconds PostgreSQL's own processes used in that phase when it runs on
+this machine (null on SQLite, whose work is the server processes'). `cpu_ms_per_purchase`
+divides each by the purchases made; `cpu_ms_per_purchase_at_target` is what the whole machine
+may spend on one purchase at the target, 0.1 x `hello_rps`: its cores' milliseconds per second
+over 0.1 x `hello_rps` purchases per second.
 
 `--nodelay-fix` starts the server through a wrapper that sets TCP_NODELAY on uvicorn's
 multi-worker listening socket (loadgen.NODELAY_FIX). `kami serve` now does this itself, so the
@@ -77,6 +82,7 @@ from loadgen import (
     notification,
     open_lanes,
     percentile,
+    postgres_cpu,
     problem,
     run_server,
 )
@@ -97,6 +103,7 @@ async def load(
     distinct_ips: bool,
 ) -> dict[str, object]:
     tag = secrets.token_hex(3)
+    db_cpu = postgres_cpu(url)
     latency: dict[str, list[float]] = {step: [] for step in STEPS}
     errors: Counter[str] = Counter()
     cards: set[str] = set()
@@ -168,10 +175,12 @@ async def load(
             errors["hello"] += greeting["errors"]
         cpu_server, cpu_client = server.cpu_seconds(), cpu_self()
         cpu_jobs = server.supervisor_cpu_seconds()
+        cpu_db = db_cpu() if db_cpu is not None else 0.0
         with PgSampler(url) as pg:
             elapsed = await bounded(lanes, orders, seconds, buy)
         cpu_server, cpu_client = server.cpu_seconds() - cpu_server, cpu_self() - cpu_client
         cpu_jobs = server.supervisor_cpu_seconds() - cpu_jobs
+        cpu_db = db_cpu() - cpu_db if db_cpu is not None else 0.0
 
     out: dict[str, object] = {
         "purchases": done[0],
@@ -194,6 +203,18 @@ async def load(
     out["jobs_cpu_s"] = round(cpu_jobs, 1)
     out["client_cpu_s"] = round(cpu_client, 1)
     out["pg_activity"] = pg.summary()
+    out["db_cpu_s"] = round(cpu_db, 1) if db_cpu is not None else None
+    if done[0]:
+        per = {"server": cpu_server, "client": cpu_client}
+        if db_cpu is not None:
+            per["db"] = cpu_db
+        per["all"] = sum(per.values())
+        out["cpu_ms_per_purchase"] = {k: round(v * 1000 / done[0], 2) for k, v in per.items()}
+    if greeting["rps"]:
+        # What the whole machine may spend on a purchase at the target, 0.1 x hello_rps.
+        out["cpu_ms_per_purchase_at_target"] = round(
+            (os.cpu_count() or 1) * 1000 / (0.1 * greeting["rps"]), 2
+        )
     return out
 
 
