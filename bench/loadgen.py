@@ -220,11 +220,10 @@ def postgres_cpu(url: str) -> Callable[[], float] | None:
         return None
     engine = create_engine(normalise_url(url), poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with engine.connect() as conn:  # read while the backend is there
+            fields = _stat(int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()))
     finally:
         engine.dispose()
-    fields = _stat(backend)
     if fields is None:  # not a process of this machine
         return None
     postmaster = int(fields[1])
