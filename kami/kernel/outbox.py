@@ -25,7 +25,9 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    false,
     func,
+    or_,
     select,
     text,
     update,
@@ -145,19 +147,29 @@ class _Leased:
     kind: str
     payload: dict[str, Any]
     attempts: int
+    # The lease's end, which is the lease's mark: a runner whose lease lapsed and went to another
+    # finishes, fails or gives back nothing (the row's `locked_until` is no longer this).
+    lease_end: datetime
 
 
 def _due(now: datetime) -> Any:
     """Pending jobs whose time has come and leased ones whose lease has lapsed: a lease moves
-    `run_after` to its end, so one range of `ix_kernel_outbox_due` holds both."""
-    return and_(LIVE, OutboxJob.run_after <= now)
+    `run_after` to its end, so one range of `ix_kernel_outbox_due` holds both. The lease's own
+    end is asked too, for a lease taken by a worker older than migration 0017, which moved
+    `locked_until` only."""
+    return and_(
+        LIVE,
+        OutboxJob.run_after <= now,
+        or_(OutboxJob.locked_until.is_(None), OutboxJob.locked_until <= now),
+    )
 
 
 # The same poll, told which index to use: without statistics SQLite prefers the index on status
 # and sorts every live job. If the index could not serve it, SQLite refuses the statement.
 _PICK_SQLITE = text(
     f"SELECT id FROM kernel_outbox INDEXED BY ix_kernel_outbox_due WHERE {LIVE.text}"  # noqa: S608
-    " AND run_after <= :now ORDER BY run_after LIMIT :limit"
+    " AND run_after <= :now AND (locked_until IS NULL OR locked_until <= :now)"
+    " ORDER BY run_after LIMIT :limit"
 ).bindparams(bindparam("now", type_=UtcDateTime()), bindparam("limit", type_=Integer()))
 
 _NO_BITMAP = text("SET LOCAL enable_bitmapscan = off")
@@ -179,19 +191,20 @@ def _lease(db: Database, limit: int) -> list[_Leased]:
             ids = list(s.execute(_PICK_SQLITE, {"now": now, "limit": limit}).scalars())
         if not ids:
             return []
+        end = now + LEASE
         rows = s.execute(
             update(OutboxJob)
             .where(OutboxJob.id.in_(ids), _due(now))
             .values(
                 status=JobStatus.RUNNING,
-                locked_until=now + LEASE,
-                run_after=now + LEASE,
+                locked_until=end,
+                run_after=end,
                 attempts=OutboxJob.attempts + 1,
             )
             .returning(OutboxJob.id, OutboxJob.kind, OutboxJob.payload, OutboxJob.attempts)
         ).all()
     order = {job_id: n for n, job_id in enumerate(ids)}
-    leased = [_Leased(r.id, r.kind, dict(r.payload), r.attempts) for r in rows]
+    leased = [_Leased(r.id, r.kind, dict(r.payload), r.attempts, end) for r in rows]
     return sorted(leased, key=lambda j: order[j.id])
 
 
@@ -208,7 +221,7 @@ def run_due_jobs(db: Database, handlers: Mapping[str, Handler], *, limit: int = 
         if not batch:
             break
         started = monotonic()
-        done: list[int] = []
+        done: list[_Leased] = []
         try:
             for n, job in enumerate(batch):
                 if monotonic() - started > LEASE.total_seconds() / 2:
@@ -217,7 +230,7 @@ def run_due_jobs(db: Database, handlers: Mapping[str, Handler], *, limit: int = 
                 ran += 1
                 error, permanent = _run(job, handlers)
                 if error is None:
-                    done.append(job.id)
+                    done.append(job)
                 else:
                     _finish(db, job, error, permanent)
         finally:
@@ -240,14 +253,30 @@ def _run(job: _Leased, handlers: Mapping[str, Handler]) -> tuple[str | None, boo
     return None, False
 
 
-def _mark_done(db: Database, ids: list[int]) -> None:
-    if not ids:
+def _still_ours(jobs: list[_Leased]) -> Any:
+    """The rows of `jobs` still under the leases they were taken with (one lease per batch)."""
+    return or_(
+        false(),
+        *(
+            and_(
+                OutboxJob.id.in_([j.id for j in jobs if j.lease_end == end]),
+                OutboxJob.status == JobStatus.RUNNING,
+                OutboxJob.locked_until == end,
+            )
+            for end in sorted({j.lease_end for j in jobs})
+        ),
+    )
+
+
+def _mark_done(db: Database, jobs: list[_Leased]) -> None:
+    if not jobs:
         return
+    now = utcnow()
     with db.write() as s:
         s.execute(
             update(OutboxJob)
-            .where(OutboxJob.id.in_(ids))
-            .values(status=JobStatus.DONE, finished_at=utcnow(), locked_until=None)
+            .where(_still_ours(jobs))
+            .values(status=JobStatus.DONE, finished_at=now, run_after=now, locked_until=None)
         )
 
 
@@ -256,7 +285,7 @@ def _give_back(db: Database, jobs: list[_Leased]) -> None:
     with db.write() as s:
         s.execute(
             update(OutboxJob)
-            .where(OutboxJob.id.in_([j.id for j in jobs]), OutboxJob.status == JobStatus.RUNNING)
+            .where(_still_ours(jobs))
             .values(
                 status=JobStatus.PENDING,
                 locked_until=None,
@@ -272,11 +301,17 @@ def _finish(db: Database, job: _Leased, error: str | None, permanent: bool) -> N
         values: dict[str, Any] = {
             "status": JobStatus.DONE,
             "finished_at": now,
+            "run_after": now,
             "locked_until": None,
         }
     elif permanent or job.attempts >= MAX_ATTEMPTS:
         log.error("job %s (%s) parked after %d attempts: %s", job.id, job.kind, job.attempts, error)
-        values = {"status": JobStatus.PARKED, "last_error": error[:2000], "locked_until": None}
+        values = {
+            "status": JobStatus.PARKED,
+            "last_error": error[:2000],
+            "run_after": now,
+            "locked_until": None,
+        }
     else:
         log.warning("job %s (%s) failed, will retry: %s", job.id, job.kind, error)
         values = {
@@ -286,7 +321,7 @@ def _finish(db: Database, job: _Leased, error: str | None, permanent: bool) -> N
             "run_after": now + backoff(job.attempts),
         }
     with db.write() as s:
-        s.execute(update(OutboxJob).where(OutboxJob.id == job.id).values(**values))
+        s.execute(update(OutboxJob).where(_still_ours([job])).values(**values))
 
 
 def _view(job: OutboxJob) -> JobView:

@@ -104,9 +104,47 @@ def test_a_leased_job_is_not_leased_again_until_its_lease_lapses(shop: Shop) -> 
         [job] = outbox.list_jobs(s, ref="L1")
     assert job.status == "running" and job.run_after > utcnow() + outbox.LEASE / 2
     with shop.db.write() as s:  # the lease lapses, as when its runner was killed
-        s.execute(text("UPDATE kernel_outbox SET run_after = :t"), {"t": utcnow()})
+        s.execute(
+            text("UPDATE kernel_outbox SET run_after = :t, locked_until = :t"), {"t": utcnow()}
+        )
     [again] = outbox._lease(shop.db, 10)
     assert (again.id, again.attempts) == (leased.id, 2)
+
+
+def test_a_runner_whose_lease_went_to_another_leaves_the_job_alone(shop: Shop) -> None:
+    with shop.db.write() as s:
+        outbox.enqueue(s, "t.ok", {}, ref="W1")
+    [first] = outbox._lease(shop.db, 10)
+    with shop.db.write() as s:  # the first runner overran its lease ...
+        s.execute(
+            text("UPDATE kernel_outbox SET run_after = :t, locked_until = :t"),
+            {"t": utcnow() - timedelta(seconds=1)},
+        )
+    [second] = outbox._lease(shop.db, 10)  # ... and another took the job
+    # What the first runner does when it gets back changes nothing.
+    outbox._finish(shop.db, first, "TimeoutError: slow", False)
+    outbox._mark_done(shop.db, [first])
+    outbox._give_back(shop.db, [first])
+    with shop.db.read() as s:
+        [job] = outbox.list_jobs(s, ref="W1")
+    assert (job.status, job.attempts, job.last_error) == ("running", 2, None)
+    assert job.run_after == second.lease_end
+    outbox._mark_done(shop.db, [second])
+    with shop.db.read() as s:
+        [job] = outbox.list_jobs(s, ref="W1")
+    assert job.status == "done" and job.finished_at == job.run_after <= utcnow()
+
+
+def test_a_lease_taken_by_a_worker_before_migration_0017_is_kept(shop: Shop) -> None:
+    with shop.db.write() as s:
+        outbox.enqueue(s, "t.ok", {})
+        s.flush()
+        # Such a worker moved locked_until only; run_after stayed when the job was queued.
+        s.execute(
+            text("UPDATE kernel_outbox SET status='running', locked_until=:t"),
+            {"t": utcnow() + outbox.LEASE},
+        )
+    assert outbox._lease(shop.db, 10) == []
 
 
 def test_the_poll_reads_the_live_jobs_through_their_own_index(shop: Shop) -> None:
