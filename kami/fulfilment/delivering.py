@@ -23,20 +23,28 @@ class _Raced(Exception):
     """The order changed under us; roll the claim back."""
 
 
-def deliver_paid(session: Session, shop: Shop, order: orders.OrderView, now: datetime) -> bool:
+def deliver_paid(
+    session: Session,
+    shop: Shop,
+    order: orders.OrderView,
+    now: datetime,
+    *,
+    reservation_gone: bool = False,
+) -> bool:
     """Sell the order's reserved keys, or fresh ones if the reservation lapsed; record them.
 
     Runs inside the caller's transaction (the notify transaction, or a restock one), so the
     status change, the sale, the delivery rows and the mail job commit together or not at all.
     With no keys to be had, the order waits in awaiting_stock. Other kinds of goods (and
-    bundles) are delivered line by line (kami.fulfilment.goods).
+    bundles) are delivered line by line (kami.fulfilment.goods). `reservation_gone`: the caller
+    already found no reservation to sell (`pay_card_keys`), so fresh keys are taken at once.
     """
     if order.delivery_kind != "card_key":
         return start_delivery(session, shop, order, now)
     hints = shop.claim_hints
-    key_ids = vault.sell_reserved(session, order.id, order.quantity, now) or vault.take_keys(
-        session, order.sku_id, order.id, order.quantity, now, hints=hints
-    )
+    key_ids = (
+        [] if reservation_gone else vault.sell_reserved(session, order.id, order.quantity, now)
+    ) or vault.take_keys(session, order.sku_id, order.id, order.quantity, now, hints=hints)
     if not key_ids:
         if order.status != orders.OrderStatus.AWAITING_STOCK:
             orders.move(session, order.id, orders.OrderStatus.AWAITING_STOCK)
@@ -58,21 +66,49 @@ def deliver_sold(
     """Each order's sold keys recorded as its delivery, the order delivered and its mail
     queued; on PostgreSQL the moves of all of them in one round trip (decision 0022). False if
     an order was no longer paid or awaiting stock: the caller rolls back."""
+    moves = [(order.id, {"delivered_at": now}) for order, _ in sold]
+    if not all(orders.move_each(session, orders.OrderStatus.DELIVERED, moves)):
+        return False
+    record_delivered(session, sold, now)
+    return True
+
+
+def record_delivered(
+    session: Session, sold: Sequence[tuple[orders.OrderView, list[int]]], now: datetime
+) -> None:
+    """Each order's sold keys recorded as its delivery and its mail queued, the orders moved to
+    delivered already in this transaction."""
     for order, key_ids in sold:
         delivery.record_items(
             session, order.id, key_ids, now, valid_until=valid_until(order.validity_days, now)
         )
-    moves = [(order.id, {"delivered_at": now}) for order, _ in sold]
-    if not all(orders.move_each(session, orders.OrderStatus.DELIVERED, moves)):
-        return False
-    for order, _ in sold:
         outbox.enqueue(
             session,
             MAIL_JOB,
             {"order_no": order.order_no, "event": "delivered"},
             ref=order.order_no,
         )
-    return True
+
+
+def pay_card_keys(
+    session: Session, shop: Shop, order: orders.OrderView, trade_no: str, now: datetime
+) -> bool | None:
+    """A card-key order paid by `trade_no` and, from its reservation, delivered: one move of the
+    order to delivered (`orders.pay_and_deliver_each`) where the payment's move to paid and the
+    delivery's to delivered were two. None if it was paid before (nothing written). When the
+    reservation has lapsed the delivery is taken back in the transaction and the order goes
+    the way every paid order goes (`deliver_paid`: fresh keys, or awaiting stock). Whether it
+    was delivered."""
+    [moved] = orders.pay_and_deliver_each(session, [(order.id, trade_no)], now)
+    if not moved:
+        return None
+    key_ids = vault.sell_reserved(session, order.id, order.quantity, now)
+    if key_ids:
+        record_delivered(session, [(order, key_ids)], now)
+        return True
+    orders.not_delivered_yet(session, order.id)
+    paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
+    return deliver_paid(session, shop, paid, now, reservation_gone=True)
 
 
 def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> int:

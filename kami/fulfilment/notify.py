@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from kami import orders, payments
-from kami.fulfilment.delivering import deliver_paid
+from kami.fulfilment.delivering import deliver_paid, pay_card_keys
 from kami.fulfilment.refund_notices import apply_refund_notice
 from kami.fulfilment.shop import Shop
 from kami.kernel import waiting
@@ -101,15 +101,22 @@ def _apply(
             )
         return payments.Verdict.DUPLICATE, None, False
     now = utcnow()
-    if not orders.move(
+    delivered: bool | None
+    if order.delivery_kind == "card_key":
+        delivered = pay_card_keys(session, shop, order, notice.trade_no, now)
+    elif orders.move(
         session, order.id, orders.OrderStatus.PAID, paid_at=now, trade_no=notice.trade_no
     ):
+        paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
+        delivered = deliver_paid(session, shop, paid, now)
+    else:
+        delivered = None
+    if delivered is None:
         # A second, distinct payment for an order that is already paid: the money is real, so the
         # trade is kept in the inbox and flagged for a refund instead of being ignored.
         log.warning("order %s paid twice (trade %s)", order.order_no, notice.trade_no)
         return payments.Verdict.ACCEPTED, "duplicate-payment", False
-    paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
-    return payments.Verdict.ACCEPTED, None, deliver_paid(session, shop, paid, now)
+    return payments.Verdict.ACCEPTED, None, delivered
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from kami import orders, payments, vault
-from kami.fulfilment.delivering import deliver_sold
+from kami.fulfilment.delivering import record_delivered
 from kami.fulfilment.notify import Checked, Outcome, check_notification, check_order
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
@@ -108,24 +108,21 @@ def _apply_together(
     checked: Sequence[Checked],
     ready: list[tuple[_Member, orders.OrderView]],
 ) -> None:
-    """`notify._apply` and `delivering.deliver_paid` for pending card-key orders, each
-    statement once for all (the delivery itself is `deliver_paid`'s own, `deliver_sold`);
-    raises _Alone to roll back."""
+    """`notify._apply` for pending card-key orders (`delivering.pay_card_keys`), each
+    statement once for all; raises _Alone to roll back."""
     paid = [(notice, order.id) for (_, _, notice), order in ready]
     if not all(payments.record_inbox_each(s, paid)):
         raise _Alone  # a trade applied before (or meanwhile): the duplicate's answer is alone's
     now = utcnow()
-    moves = [
-        (order.id, {"paid_at": now, "trade_no": notice.trade_no}) for (_, _, notice), order in ready
-    ]
-    if not all(orders.move_each(s, orders.OrderStatus.PAID, moves)):
+    paying = [(order.id, notice.trade_no) for (_, _, notice), order in ready]
+    if not all(orders.pay_and_deliver_each(s, paying, now)):  # as `delivering.pay_card_keys`
         raise _Alone  # paid meanwhile by another trade
     keys = vault.sell_reserved_each(s, [(order.id, order.quantity) for _, order in ready], now)
     if keys is None:
         raise _Alone  # a reservation not whole: alone puts it back and takes fresh keys
-    sold = [(order, key_ids) for (_, order), key_ids in zip(ready, keys, strict=True)]
-    if not deliver_sold(s, sold, now):
-        raise _Alone
+    record_delivered(
+        s, [(order, key_ids) for (_, order), key_ids in zip(ready, keys, strict=True)], now
+    )
     for (i, _, notice), _ in ready:
         payments.record_notification(
             s,

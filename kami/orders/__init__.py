@@ -54,6 +54,8 @@ from kami.orders.service import (
     mark_synced,
     move,
     move_each,
+    not_delivered_yet,
+    pay_and_deliver_each,
     ready_many,
 )
 from kami.orders.states import (
@@ -115,6 +117,8 @@ __all__ = [
     "next_expiry",
     "next_expiry_ask",
     "normalise_email",
+    "not_delivered_yet",
+    "pay_and_deliver_each",
     "quantity_held",
     "quantity_pending",
     "ready_many",
