@@ -63,9 +63,9 @@ def deliver_paid(
 def deliver_sold(
     session: Session, sold: Sequence[tuple[orders.OrderView, list[int]]], now: datetime
 ) -> bool:
-    """Each order's sold keys recorded as its delivery, the order delivered and its mail
-    queued; on PostgreSQL the moves of all of them in one round trip (decision 0022). False if
-    an order was no longer paid or awaiting stock: the caller rolls back."""
+    """Each paid or awaiting order's sold keys recorded as its delivery, the order delivered and
+    its mail queued. False if an order was no longer paid or awaiting stock: the caller rolls
+    back."""
     moves = [(order.id, {"delivered_at": now}) for order, _ in sold]
     if not all(orders.move_each(session, orders.OrderStatus.DELIVERED, moves)):
         return False
@@ -106,7 +106,7 @@ def pay_card_keys(
     if key_ids:
         record_delivered(session, [(order, key_ids)], now)
         return True
-    orders.not_delivered_yet(session, order.id)
+    orders.not_delivered_yet(session, order.id, trade_no, now)
     paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
     return deliver_paid(session, shop, paid, now, reservation_gone=True)
 

@@ -102,7 +102,10 @@ def _apply(
         return payments.Verdict.DUPLICATE, None, False
     now = utcnow()
     delivered: bool | None
-    if order.delivery_kind == "card_key":
+    if order.delivery_kind == "card_key" and order.status == orders.OrderStatus.PENDING:
+        # Its reservation is to be sold: one update pays and delivers it. An order read as
+        # expired or cancelled has none (released with the status), so it goes the long way,
+        # as does one that lapsed after this read (`pay_card_keys` takes the delivery back).
         delivered = pay_card_keys(session, shop, order, notice.trade_no, now)
     elif orders.move(
         session, order.id, orders.OrderStatus.PAID, paid_at=now, trade_no=notice.trade_no

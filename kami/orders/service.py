@@ -242,9 +242,15 @@ _PAY_AND_DELIVER = Prepared(
         trade_no=bindparam("v_trade_no"),
     )
 )
+# Only the delivery `pay_and_deliver_each` just made: its trade and its time, in this transaction.
 _NOT_DELIVERED_YET = Prepared(
     update(_T)
-    .where(_T.c.id == bindparam("order_id"), _T.c.status == OrderStatus.DELIVERED.value)
+    .where(
+        _T.c.id == bindparam("order_id"),
+        _T.c.status == OrderStatus.DELIVERED.value,
+        _T.c.trade_no == bindparam("by_trade"),
+        _T.c.delivered_at == bindparam("at", type_=_T.c.delivered_at.type),
+    )
     .values(status=OrderStatus.PAID.value, delivered_at=None)
 )
 
@@ -268,12 +274,14 @@ def pay_and_deliver_each(
     ]
 
 
-def not_delivered_yet(session: Session, order_id: int) -> None:
+def not_delivered_yet(session: Session, order_id: int, trade_no: str, now: datetime) -> None:
     """Take back, in the same transaction, the delivery `pay_and_deliver_each` moved an order
-    to when there turned out to be nothing to deliver yet: paid, not delivered. Never seen
-    outside the transaction, so it is no move of the state machine's."""
-    if not _NOT_DELIVERED_YET.run(session, {"order_id": order_id}).rowcount:
-        raise RuntimeError(f"order {order_id} was not delivered in this transaction")
+    to (by `trade_no`, at `now`) when there turned out to be nothing to deliver yet: paid, not
+    delivered. Never seen outside the transaction, so it is no move of the state machine's;
+    an order delivered any other way is refused (RuntimeError), never put back."""
+    values = {"order_id": order_id, "by_trade": trade_no, "at": now}
+    if not _NOT_DELIVERED_YET.run(session, values).rowcount:
+        raise RuntimeError(f"order {order_id} was not delivered by {trade_no!r} just now")
 
 
 def move(session: Session, order_id: int, target: OrderStatus, **values: Any) -> bool:

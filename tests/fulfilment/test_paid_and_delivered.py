@@ -7,11 +7,13 @@ are counted by a trigger on the orders table."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
 from kami import fulfilment, orders
+from kami.kernel.clock import utcnow
 from tests.conftest import BACKEND, add_keys, make_sku, place, raw_notification, sandbox_body
 
 _SQLITE = (
@@ -114,6 +116,8 @@ def test_a_lapsed_reservation_takes_the_delivery_back_then_fresh_keys_or_the_wai
         s.execute(text("UPDATE vault_key SET status = 'void'"))
     out = _pay(shop, waits)
     assert (out.verdict, out.reason, out.delivered) == ("accepted", None, False)
+    # Paid and delivered, the delivery taken back, then moved to wait: three updates.
+    assert _updates(shop) == {waits.id: 3}
     order = _order(shop, waits.order_no)
     assert order.status == "awaiting_stock"
     assert order.paid_at is not None and order.delivered_at is None
@@ -137,3 +141,54 @@ def test_a_lapsed_reservation_takes_the_delivery_back_then_fresh_keys_or_the_wai
     assert (out.verdict, out.delivered) == ("accepted", True)
     order = _order(shop, fresh.order_no)
     assert order.status == "delivered" and order.paid_at == order.delivered_at
+    with shop.db.read() as s:
+        keys = s.execute(
+            text(
+                "SELECT k.id, k.status FROM delivery_item i JOIN vault_key k "
+                "ON k.id = i.key_id WHERE i.order_id = :o"
+            ),
+            {"o": fresh.id},
+        ).all()
+    assert [status for _, status in keys] == ["sold"]
+
+
+def test_an_order_paid_after_it_expired_goes_the_long_way(
+    shop: fulfilment.Shop, counted: None
+) -> None:
+    """Read as expired, it has no reservation (released with the status): paid, then delivered
+    from fresh keys, two updates as before decision 0026, none of them taken back."""
+    sku = make_sku(shop, "LATE", price=100)
+    add_keys(shop, sku, ["K-1"])
+    late = place(shop, "LATE", 1).order
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE id = :o"),
+            {"t": utcnow() - timedelta(seconds=1), "o": late.id},
+        )
+    assert fulfilment.expire_orders(shop) == 1
+    before = _updates(shop)[late.id]
+    out = _pay(shop, late)
+    assert (out.verdict, out.reason, out.delivered) == ("accepted", None, True)
+    assert _updates(shop)[late.id] - before == 2
+    order = _order(shop, late.order_no)
+    assert order.status == "delivered" and order.paid_at == order.delivered_at
+    assert order.trade_no == f"T{late.order_no}"
+
+
+def test_only_the_delivery_just_made_is_taken_back(shop: fulfilment.Shop) -> None:
+    add_keys(shop, make_sku(shop, "MINE", price=100), ["K-1"])
+    placed = place(shop, "MINE", 1).order
+    _pay(shop, placed)
+    paid = _order(shop, placed.order_no)
+    assert paid.status == "delivered" and paid.delivered_at is not None
+    for trade, at in (
+        ("T-OTHER", paid.delivered_at),  # another trade's
+        (paid.trade_no or "", paid.delivered_at + timedelta(microseconds=1)),  # another moment's
+    ):
+        with pytest.raises(RuntimeError, match="was not delivered by"), shop.db.write() as s:
+            orders.not_delivered_yet(s, placed.id, trade, at)
+    assert _order(shop, placed.order_no).status == "delivered"
+    with shop.db.write() as s:  # its own trade and moment: taken back
+        orders.not_delivered_yet(s, placed.id, paid.trade_no or "", paid.delivered_at)
+    taken_back = _order(shop, placed.order_no)
+    assert taken_back.status == "paid" and taken_back.delivered_at is None
