@@ -228,7 +228,17 @@ def run_due_jobs(db: Database, handlers: Mapping[str, Handler], *, limit: int = 
                     _give_back(db, batch[n:])
                     return ran
                 ran += 1
-                error, permanent = _run(job, handlers)
+                error: str | None
+                if job.attempts > MAX_ATTEMPTS:
+                    # Its last lease lapsed: a run that never ended (the worker died in it, a
+                    # handler that kills its process). Parked, not run again without end.
+                    error, permanent = (
+                        f"none of its last runs ended: {job.attempts - 1} leases, the last "
+                        f"lapsed after {LEASE}",
+                        True,
+                    )
+                else:
+                    error, permanent = _run(job, handlers)
                 if error is None:
                     done.append(job)
                 else:

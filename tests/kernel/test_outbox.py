@@ -111,6 +111,34 @@ def test_a_leased_job_is_not_leased_again_until_its_lease_lapses(shop: Shop) -> 
     assert (again.id, again.attempts) == (leased.id, 2)
 
 
+@pytest.mark.parametrize("attempts", [outbox.MAX_ATTEMPTS - 1, outbox.MAX_ATTEMPTS])
+def test_a_job_whose_runs_never_end_is_parked_after_the_last_attempt(
+    shop: Shop, attempts: int
+) -> None:
+    """A handler that kills its worker never reaches the end of a run, where failures are
+    counted: its lease lapses and it is leased again. The lease after the last attempt parks it
+    unrun."""
+    with shop.db.write() as s:
+        outbox.enqueue(s, "t.fatal", {}, ref="F1")
+        s.flush()
+        s.execute(  # as its worker left it when it died in its run
+            text(
+                "UPDATE kernel_outbox SET status='running', attempts=:n, "
+                "run_after=:t, locked_until=:t"
+            ),
+            {"n": attempts, "t": utcnow() - timedelta(seconds=1)},
+        )
+    ran: list[dict[str, Any]] = []
+    assert outbox.run_due_jobs(shop.db, {"t.fatal": ran.append}) == 1
+    with shop.db.read() as s:
+        [job] = outbox.list_jobs(s, ref="F1")
+    if attempts < outbox.MAX_ATTEMPTS:  # its last attempt: run
+        assert ran == [{}] and job.status == "done"
+    else:
+        assert ran == [] and job.status == "parked"
+        assert job.last_error is not None and "none of its last runs ended" in job.last_error
+
+
 def test_a_runner_whose_lease_went_to_another_leaves_the_job_alone(shop: Shop) -> None:
     with shop.db.write() as s:
         outbox.enqueue(s, "t.ok", {}, ref="W1")
