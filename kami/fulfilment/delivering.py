@@ -23,28 +23,20 @@ class _Raced(Exception):
     """The order changed under us; roll the claim back."""
 
 
-def deliver_paid(
-    session: Session,
-    shop: Shop,
-    order: orders.OrderView,
-    now: datetime,
-    *,
-    reservation_gone: bool = False,
-) -> bool:
+def deliver_paid(session: Session, shop: Shop, order: orders.OrderView, now: datetime) -> bool:
     """Sell the order's reserved keys, or fresh ones if the reservation lapsed; record them.
 
     Runs inside the caller's transaction (the notify transaction, or a restock one), so the
     status change, the sale, the delivery rows and the mail job commit together or not at all.
     With no keys to be had, the order waits in awaiting_stock. Other kinds of goods (and
-    bundles) are delivered line by line (kami.fulfilment.goods). `reservation_gone`: the caller
-    already found no reservation to sell (`pay_card_keys`), so fresh keys are taken at once.
+    bundles) are delivered line by line (kami.fulfilment.goods).
     """
     if order.delivery_kind != "card_key":
         return start_delivery(session, shop, order, now)
     hints = shop.claim_hints
-    key_ids = (
-        [] if reservation_gone else vault.sell_reserved(session, order.id, order.quantity, now)
-    ) or vault.take_keys(session, order.sku_id, order.id, order.quantity, now, hints=hints)
+    key_ids = vault.sell_reserved(session, order.id, order.quantity, now) or vault.take_keys(
+        session, order.sku_id, order.id, order.quantity, now, hints=hints
+    )
     if not key_ids:
         if order.status != orders.OrderStatus.AWAITING_STOCK:
             orders.move(session, order.id, orders.OrderStatus.AWAITING_STOCK)
@@ -108,7 +100,7 @@ def pay_card_keys(
         return True
     orders.not_delivered_yet(session, order.id, trade_no, now)
     paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
-    return deliver_paid(session, shop, paid, now, reservation_gone=True)
+    return deliver_paid(session, shop, paid, now)  # its sale of the reservation finds none
 
 
 def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> int:

@@ -25,7 +25,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    false,
     func,
     or_,
     select,
@@ -228,17 +227,13 @@ def run_due_jobs(db: Database, handlers: Mapping[str, Handler], *, limit: int = 
                     _give_back(db, batch[n:])
                     return ran
                 ran += 1
-                error: str | None
                 if job.attempts > MAX_ATTEMPTS:
                     # Its last lease lapsed: a run that never ended (the worker died in it, a
                     # handler that kills its process). Parked, not run again without end.
-                    error, permanent = (
-                        f"none of its last runs ended: {job.attempts - 1} leases, the last "
-                        f"lapsed after {LEASE}",
-                        True,
-                    )
-                else:
-                    error, permanent = _run(job, handlers)
+                    ended = f"{job.attempts - 1} leases, the last lapsed after {LEASE}"
+                    _finish(db, job, f"none of its last runs ended: {ended}", True)
+                    continue
+                error, permanent = _run(job, handlers)
                 if error is None:
                     done.append(job)
                 else:
@@ -264,17 +259,12 @@ def _run(job: _Leased, handlers: Mapping[str, Handler]) -> tuple[str | None, boo
 
 
 def _still_ours(jobs: list[_Leased]) -> Any:
-    """The rows of `jobs` still under the leases they were taken with (one lease per batch)."""
-    return or_(
-        false(),
-        *(
-            and_(
-                OutboxJob.id.in_([j.id for j in jobs if j.lease_end == end]),
-                OutboxJob.status == JobStatus.RUNNING,
-                OutboxJob.locked_until == end,
-            )
-            for end in sorted({j.lease_end for j in jobs})
-        ),
+    """The rows of `jobs`, leased together, still under that lease."""
+    [end] = {j.lease_end for j in jobs}
+    return and_(
+        OutboxJob.id.in_([j.id for j in jobs]),
+        OutboxJob.status == JobStatus.RUNNING,
+        OutboxJob.locked_until == end,
     )
 
 
@@ -305,16 +295,12 @@ def _give_back(db: Database, jobs: list[_Leased]) -> None:
         )
 
 
-def _finish(db: Database, job: _Leased, error: str | None, permanent: bool) -> None:
+def _finish(db: Database, job: _Leased, error: str, permanent: bool) -> None:
+    """A failed run recorded: parked, or pending again after its backoff. (Runs that succeed
+    are marked done together, `_mark_done`.)"""
     now = utcnow()
-    if error is None:
-        values: dict[str, Any] = {
-            "status": JobStatus.DONE,
-            "finished_at": now,
-            "run_after": now,
-            "locked_until": None,
-        }
-    elif permanent or job.attempts >= MAX_ATTEMPTS:
+    values: dict[str, Any]
+    if permanent or job.attempts >= MAX_ATTEMPTS:
         log.error("job %s (%s) parked after %d attempts: %s", job.id, job.kind, job.attempts, error)
         values = {
             "status": JobStatus.PARKED,

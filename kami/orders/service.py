@@ -215,33 +215,26 @@ def create_orders(
 
 
 @functools.cache
-def _move_statement(target: OrderStatus, columns: tuple[str, ...]) -> Prepared:
-    """A guarded move, built once per target and set of columns (see the note in queries)."""
+def _move_statement(
+    target: OrderStatus, columns: tuple[str, ...], guard: OrderStatus | None = None
+) -> Prepared:
+    """A guarded move, built once per target and set of columns (see the note in queries):
+    from the statuses the state machine moves to `guard` (by default `target` itself)."""
+    sources = sorted(s.value for s in sources_of(guard or target))
     return Prepared(
         update(_T)
-        .where(_T.c.id == bindparam("order_id"), _sources(target))
+        .where(_T.c.id == bindparam("order_id"), or_(false(), *(_T.c.status == s for s in sources)))
         .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
     )
-
-
-def _sources(target: OrderStatus) -> Any:
-    return or_(false(), *(_T.c.status == s for s in sorted(s.value for s in sources_of(target))))
 
 
 # A payment's move and its delivery's in one statement, for card keys whose reservation the
 # same transaction sells: the guard is the payment's (an order paid before is left alone), the
 # status the delivery's. Statement for statement it takes the place of the move to paid, and
 # the move to delivered goes (one row version and its index entries fewer on PostgreSQL).
-_PAY_AND_DELIVER = Prepared(
-    update(_T)
-    .where(_T.c.id == bindparam("order_id"), _sources(OrderStatus.PAID))
-    .values(
-        status=OrderStatus.DELIVERED.value,
-        paid_at=bindparam("v_paid_at"),
-        delivered_at=bindparam("v_delivered_at"),
-        trade_no=bindparam("v_trade_no"),
-    )
-)
+# Made now, so that it is compiled as a server starts (decision 0024).
+_PAID_AND_DELIVERED = ("delivered_at", "paid_at", "trade_no")
+_move_statement(OrderStatus.DELIVERED, _PAID_AND_DELIVERED, OrderStatus.PAID)
 # Only the delivery `pay_and_deliver_each` just made: its trade and its time, in this transaction.
 _NOT_DELIVERED_YET = Prepared(
     update(_T)
@@ -262,16 +255,11 @@ def pay_and_deliver_each(
     `now`, from any status a payment may move it from; in one round trip on PostgreSQL. Whether
     each moved (one that did not was paid before). The caller delivers in the same transaction,
     or takes the delivery back (`not_delivered_yet`)."""
-    return [
-        bool(rows.rowcount)
-        for rows in _PAY_AND_DELIVER.run_each(
-            session,
-            [
-                {"order_id": order_id, "v_paid_at": now, "v_delivered_at": now, "v_trade_no": trade}
-                for order_id, trade in paid
-            ],
-        )
+    moves = [
+        (order_id, {"paid_at": now, "delivered_at": now, "trade_no": trade})
+        for order_id, trade in paid
     ]
+    return move_each(session, OrderStatus.DELIVERED, moves, guard=OrderStatus.PAID)
 
 
 def not_delivered_yet(session: Session, order_id: int, trade_no: str, now: datetime) -> None:
@@ -286,22 +274,27 @@ def not_delivered_yet(session: Session, order_id: int, trade_no: str, now: datet
 
 def move(session: Session, order_id: int, target: OrderStatus, **values: Any) -> bool:
     """Guarded status change: only from a status the state machine allows. True if it moved."""
-    stmt = _move_statement(target, tuple(sorted(values)))
+    stmt = _move_statement(target, tuple(sorted(values)), None)
     params = {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
     return bool(stmt.run(session, params).rowcount)
 
 
 def move_each(
-    session: Session, target: OrderStatus, moves: Sequence[tuple[int, Mapping[str, Any]]]
+    session: Session,
+    target: OrderStatus,
+    moves: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    guard: OrderStatus | None = None,
 ) -> list[bool]:
     """`move` for each (order id, values) of `moves`, whose values all set the same columns,
-    in one round trip on PostgreSQL; whether each moved."""
+    in one round trip on PostgreSQL; whether each moved. `guard`: move from the statuses that
+    may move to it rather than to `target` (`pay_and_deliver_each`)."""
     if not moves:
         return []
     columns = tuple(sorted(moves[0][1]))
     if any(tuple(sorted(values)) != columns for _, values in moves):
         raise TypeError("move_each: every move must set the same columns")
-    stmt = _move_statement(target, columns)
+    stmt = _move_statement(target, columns, guard)
     params = [
         {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
         for order_id, values in moves

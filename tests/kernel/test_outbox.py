@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -20,11 +20,19 @@ from kami.worker import runner
 from tests.conftest import BACKEND
 
 
-def _due_now(shop: Shop) -> None:
+def _set_jobs(shop: Shop, assignments: str, where: str = "TRUE", **values: Any) -> None:
+    """`UPDATE kernel_outbox SET <assignments> WHERE <where>`: a job as a test needs it (`:t`
+    and the like bound from `values`)."""
     with shop.db.write() as s:
-        s.execute(
-            text("UPDATE kernel_outbox SET run_after = :t"), {"t": utcnow() - timedelta(seconds=1)}
-        )
+        s.execute(text(f"UPDATE kernel_outbox SET {assignments} WHERE {where}"), values)
+
+
+def _past() -> datetime:
+    return utcnow() - timedelta(seconds=1)
+
+
+def _due_now(shop: Shop) -> None:
+    _set_jobs(shop, "run_after = :t", t=_past())
 
 
 def test_job_runs_once_after_commit_and_not_after_rollback(shop: Shop) -> None:
@@ -84,12 +92,8 @@ def test_unknown_kind_is_parked_not_lost(shop: Shop) -> None:
 def test_a_crashed_runner_lease_expires_and_the_job_runs_again(shop: Shop) -> None:
     with shop.db.write() as s:
         outbox.enqueue(s, "t.ok", {})
-        # As a runner killed mid-job leaves it: running, lease in the past.
-        s.flush()
-        s.execute(
-            text("UPDATE kernel_outbox SET status='running', locked_until=:t, run_after=:t"),
-            {"t": utcnow() - timedelta(seconds=1)},
-        )
+    # As a runner killed mid-job leaves it: running, lease in the past.
+    _set_jobs(shop, "status='running', locked_until=:t, run_after=:t", t=_past())
     seen: list[dict[str, Any]] = []
     assert outbox.run_due_jobs(shop.db, {"t.ok": seen.append}) == 1
     assert seen == [{}]
@@ -103,10 +107,8 @@ def test_a_leased_job_is_not_leased_again_until_its_lease_lapses(shop: Shop) -> 
     with shop.db.read() as s:
         [job] = outbox.list_jobs(s, ref="L1")
     assert job.status == "running" and job.run_after > utcnow() + outbox.LEASE / 2
-    with shop.db.write() as s:  # the lease lapses, as when its runner was killed
-        s.execute(
-            text("UPDATE kernel_outbox SET run_after = :t, locked_until = :t"), {"t": utcnow()}
-        )
+    # The lease lapses, as when its runner was killed.
+    _set_jobs(shop, "run_after = :t, locked_until = :t", t=utcnow())
     [again] = outbox._lease(shop.db, 10)
     assert (again.id, again.attempts) == (leased.id, 2)
 
@@ -120,14 +122,10 @@ def test_a_job_whose_runs_never_end_is_parked_after_the_last_attempt(
     unrun."""
     with shop.db.write() as s:
         outbox.enqueue(s, "t.fatal", {}, ref="F1")
-        s.flush()
-        s.execute(  # as its worker left it when it died in its run
-            text(
-                "UPDATE kernel_outbox SET status='running', attempts=:n, "
-                "run_after=:t, locked_until=:t"
-            ),
-            {"n": attempts, "t": utcnow() - timedelta(seconds=1)},
-        )
+    # As its worker left it when it died in its run.
+    _set_jobs(
+        shop, "status='running', attempts=:n, run_after=:t, locked_until=:t", n=attempts, t=_past()
+    )
     ran: list[dict[str, Any]] = []
     assert outbox.run_due_jobs(shop.db, {"t.fatal": ran.append}) == 1
     with shop.db.read() as s:
@@ -143,11 +141,8 @@ def test_a_runner_whose_lease_went_to_another_leaves_the_job_alone(shop: Shop) -
     with shop.db.write() as s:
         outbox.enqueue(s, "t.ok", {}, ref="W1")
     [first] = outbox._lease(shop.db, 10)
-    with shop.db.write() as s:  # the first runner overran its lease ...
-        s.execute(
-            text("UPDATE kernel_outbox SET run_after = :t, locked_until = :t"),
-            {"t": utcnow() - timedelta(seconds=1)},
-        )
+    # The first runner overran its lease ...
+    _set_jobs(shop, "run_after = :t, locked_until = :t", t=_past())
     [second] = outbox._lease(shop.db, 10)  # ... and another took the job
     # What the first runner does when it gets back changes nothing.
     outbox._finish(shop.db, first, "TimeoutError: slow", False)
@@ -166,12 +161,8 @@ def test_a_runner_whose_lease_went_to_another_leaves_the_job_alone(shop: Shop) -
 def test_a_lease_taken_by_a_worker_before_migration_0017_is_kept(shop: Shop) -> None:
     with shop.db.write() as s:
         outbox.enqueue(s, "t.ok", {})
-        s.flush()
-        # Such a worker moved locked_until only; run_after stayed when the job was queued.
-        s.execute(
-            text("UPDATE kernel_outbox SET status='running', locked_until=:t"),
-            {"t": utcnow() + outbox.LEASE},
-        )
+    # Such a worker moved locked_until only; run_after stayed when the job was queued.
+    _set_jobs(shop, "status='running', locked_until=:t", t=utcnow() + outbox.LEASE)
     assert outbox._lease(shop.db, 10) == []
 
 
@@ -216,12 +207,8 @@ def test_migration_0017_keeps_the_leases_it_finds(shop: Shop) -> None:
     with shop.db.write() as s:
         outbox.enqueue(s, "t.ok", {"n": 1}, ref="M1")
         outbox.enqueue(s, "t.ok", {"n": 2}, ref="M2")
-        s.flush()
-        # M1 leased by a runner of the code before: run_after untouched, the lease ahead.
-        s.execute(
-            text("UPDATE kernel_outbox SET status='running', locked_until=:t WHERE ref='M1'"),
-            {"t": utcnow() + outbox.LEASE},
-        )
+    # M1 leased by a runner of the code before: run_after untouched, the lease ahead.
+    _set_jobs(shop, "status='running', locked_until=:t", "ref='M1'", t=utcnow() + outbox.LEASE)
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("kami") / "migrations"))
     cfg.attributes["database_url"] = shop.db.engine.url.render_as_string(hide_password=False)
