@@ -43,7 +43,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from kami.kernel.prepared import Ask, Prepared, shape_size, shapes
-from kami.vault.models import Key
+from kami.vault.models import KEY_AVAILABLE, Key
 from kami.vault.selling import put_back
 from kami.vault.states import KeyStatus
 
@@ -100,7 +100,7 @@ def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
         select(Key.id, *columns)
         .where(
             Key.sku_id == bindparam("p_sku"),
-            Key.status == KeyStatus.AVAILABLE,
+            KEY_AVAILABLE,
             Key.expires_at > bindparam("p_now"),
         )
         .order_by(Key.expires_at, Key.id)
@@ -133,7 +133,7 @@ def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
         values["sold_at"] = bindparam("p_now")
     return (
         update(Key)
-        .where(Key.id == picked.c.id, Key.status == KeyStatus.AVAILABLE)
+        .where(Key.id == picked.c.id, KEY_AVAILABLE)
         .values(**values)
         .returning(Key.id, Key.expires_at)
         .execution_options(synchronize_session=False)
@@ -253,7 +253,7 @@ def _take_each_for(dialect: str, hinted: bool, n: int) -> Update:
     )
     return (
         update(Key)
-        .where(Key.id == numbered.c.id, Key.status == KeyStatus.AVAILABLE)
+        .where(Key.id == numbered.c.id, KEY_AVAILABLE)
         .values(status=KeyStatus.RESERVED, order_id=order_of_unit)
         .returning(Key.id, Key.expires_at, Key.order_id)
         .execution_options(synchronize_session=False)
@@ -287,7 +287,7 @@ _STOCK = Prepared(
     select(Key.__table__.c.id)
     .where(
         Key.__table__.c.sku_id == bindparam("sku_id"),
-        Key.__table__.c.status == KeyStatus.AVAILABLE.value,
+        KEY_AVAILABLE,
         Key.__table__.c.expires_at > bindparam("now"),
     )
     .limit(bindparam("n", type_=Integer))

@@ -14,7 +14,7 @@ from kami.kernel.errors import Conflict
 from kami.kernel.ids import new_token
 from kami.vault.cipher import Secret, VaultCipher, mask
 from kami.vault.imports import FINGERPRINT_SECRET, BatchInfo
-from kami.vault.models import Batch, Key
+from kami.vault.models import KEY_AVAILABLE, Batch, Key
 from kami.vault.states import NO_EXPIRY, KeyStatus
 
 
@@ -22,7 +22,7 @@ def shared_key(session: Session, sku_id: int, now: datetime) -> int | None:
     """The key a reusable SKU sells again and again: its oldest available, unexpired key."""
     return session.execute(
         select(Key.id)
-        .where(Key.sku_id == sku_id, Key.status == KeyStatus.AVAILABLE, Key.expires_at > now)
+        .where(Key.sku_id == sku_id, KEY_AVAILABLE, Key.expires_at > now)
         .order_by(Key.id)
         .limit(1)
     ).scalar_one_or_none()

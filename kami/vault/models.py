@@ -10,11 +10,18 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
+from kami.vault.states import KeyStatus
+
+# "Available" as the SQL the available-keys index is built on. Statements that should use the
+# index write it as this literal: a bound parameter (`status = ?`) is a value neither SQLite nor
+# a generic PostgreSQL plan can prove equal to the index's condition, so they would not use it.
+AVAILABLE_SQL = f"status = '{KeyStatus.AVAILABLE.value}'"
 
 
 class DataKey(Base):
@@ -58,8 +65,17 @@ class Key(Base):
     __tablename__ = "vault_key"
     __table_args__ = (
         UniqueConstraint("sku_id", "fingerprint"),
-        # The claim walks this index: available keys of a SKU, earliest expiry first.
-        Index("ix_vault_key_claim", "sku_id", "status", "expires_at", "id"),
+        # The claim walks this index: available keys of a SKU, earliest expiry first. Only
+        # available keys are in it, so taking a key deletes one entry and adds none, and the
+        # reserved, sold and void keys never widen it (decision 0027).
+        Index(
+            "ix_vault_key_available",
+            "sku_id",
+            "expires_at",
+            "id",
+            sqlite_where=text(AVAILABLE_SQL),
+            postgresql_where=text(AVAILABLE_SQL),
+        ),
         # A key belongs to its batch's SKU and is sealed with its batch's data key, and the
         # batch's own foreign keys hold the SKU and the data key: one check per row where three
         # separate ones (SKU, batch, data key) cost a million-key import on PostgreSQL a third
@@ -91,3 +107,8 @@ class Key(Base):
     order_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sold_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# `Key.status = 'available'` written as the available-keys index's own condition (see
+# AVAILABLE_SQL): the form every statement that should walk that index uses.
+KEY_AVAILABLE = Key.__table__.c.status == literal_column(f"'{KeyStatus.AVAILABLE.value}'")

@@ -15,7 +15,7 @@ from kami.kernel.clock import utcnow
 from kami.kernel.prepared import Prepared
 from kami.vault.cipher import Secret, VaultCipher
 from kami.vault.imports import FINGERPRINT_SECRET
-from kami.vault.models import Batch, DataKey, Key
+from kami.vault.models import KEY_AVAILABLE, Batch, DataKey, Key
 from kami.vault.states import KeyStatus
 
 
@@ -57,7 +57,7 @@ def count_available(session: Session, sku_ids: Iterable[int] | None = None) -> d
     """Sellable stock per SKU: available and not expired."""
     stmt = (
         select(Key.sku_id, func.count())
-        .where(Key.status == KeyStatus.AVAILABLE, Key.expires_at > utcnow())
+        .where(KEY_AVAILABLE, Key.expires_at > utcnow())
         .group_by(Key.sku_id)
     )
     if sku_ids is not None:

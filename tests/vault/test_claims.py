@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import text, update
+import pytest
+from sqlalchemy import event, text, update
 
 from kami import fulfilment, vault
+from kami.kernel import prepared
 from kami.kernel.clock import utcnow
 from kami.vault.models import Key
 from tests.conftest import BACKEND, add_keys, make_sku
@@ -108,3 +112,114 @@ def test_a_hinted_claim_takes_the_next_key_of_the_same_expiry(shop: fulfilment.S
             taken += vault.take_keys(s, sku.id, order_id, 1, utcnow(), hints=hints)
     assert hints.get(sku.id) is not None  # the second and third claims were hinted
     assert taken == same
+
+
+def _plans(shop: fulfilment.Shop, statements: list[tuple[str, Any]]) -> list[str]:
+    """Each statement's plan as the database would run it for any value of its parameters: on
+    PostgreSQL the generic plan a prepared statement settles on (EXPLAIN with values plans for
+    those values), with no sequential or bitmap scan where an index can serve (these tables
+    are tiny)."""
+    raw = shop.db.engine.raw_connection()
+    plans = []
+    try:
+        cur = raw.cursor()
+        for sql, params in statements:
+            if BACKEND == "sqlite":
+                cur.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+                plans.append("\n".join(str(row[-1]) for row in cur.fetchall()))
+                continue
+            for setting in ("plan_cache_mode = force_generic_plan", "enable_seqscan = off"):
+                cur.execute(f"SET {setting}")
+            from psycopg import sql as pg_sql
+
+            names = re.findall(r"%\((\w+)\)s|%s", sql)
+            values = [params[n] for n in names] if isinstance(params, dict) else list(params)
+            numbered = iter(zip(range(1, len(names) + 1), values, strict=True))
+
+            def server(match: re.Match[str]) -> str:
+                n, value = next(numbered)
+                if sql.startswith("::", match.end()):  # typed where the statement was built
+                    return f"${n}"
+                return f"${n}::{'integer' if isinstance(value, int) else 'text'}"
+
+            server_sql = re.sub(r"%\((\w+)\)s|%s", server, sql)
+            cur.execute(f"PREPARE kami_plan AS {server_sql}")
+            # As literals: a parameter of EXECUTE sent on its own takes no type from the
+            # statement, and text (a status) would stay of unknown type.
+            literals = [pg_sql.Literal(str(v) if isinstance(v, str) else v) for v in values]
+            cur.execute(
+                pg_sql.SQL("EXPLAIN EXECUTE kami_plan({})").format(pg_sql.SQL(", ").join(literals))
+            )
+            plans.append("\n".join(row[0] for row in cur.fetchall()))
+            cur.execute("DEALLOCATE kami_plan")
+        raw.rollback()
+    finally:
+        raw.close()
+    return plans
+
+
+def test_every_read_of_the_stock_on_sale_walks_the_available_keys_index(
+    shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index holds available keys only (decision 0027); a statement that says "available"
+    as a bound parameter cannot be proven to match it, and would scan the table instead."""
+    sku = make_sku(shop)
+    add_keys(shop, sku, [f"K-{n:02d}" for n in range(6)])
+    seen: list[tuple[str, Any]] = []
+
+    @event.listens_for(shop.db.engine, "before_cursor_execute")
+    def _keep(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if "vault_key" in sql:
+            seen.append((sql, params))
+
+    run = prepared.Prepared.run
+
+    def _keep_prepared(self: prepared.Prepared, session: Any, values: Any = None) -> Any:
+        plan = self.plan(session.get_bind().dialect)
+        if "vault_key" in plan.sql:
+            seen.append((plan.sql, plan.parameters(values or {})))
+        return run(self, session, values)
+
+    monkeypatch.setattr(prepared.Prepared, "run", _keep_prepared)
+    hints = vault.ClaimHints()
+    try:
+        with shop.db.write() as s:
+            vault.take_keys(s, sku.id, 1, 1, utcnow(), hints=hints)  # from the range's start
+            vault.take_keys(s, sku.id, 2, 1, utcnow(), hints=hints)  # from the hint
+            vault.reserve_keys_for(s, sku.id, [(3, 1), (4, 1)], utcnow())
+            assert vault.has_stock(s, sku.id, 1, utcnow())
+            assert vault.count_available(s, [sku.id]) == {sku.id: 2}
+            assert vault.shared_key(s, sku.id, utcnow()) is not None
+    finally:
+        event.remove(shop.db.engine, "before_cursor_execute", _keep)
+    assert len(seen) == 6, seen
+    for (sql, _), plan in zip(seen, _plans(shop, seen), strict=True):
+        assert "status = 'available'" in sql, sql  # written as the index's own condition
+        assert "ix_vault_key_available" in plan and "Bitmap" not in plan, (sql, plan)
+
+
+def test_the_migrated_available_keys_index_holds_available_keys_only(
+    shop: fulfilment.Shop,
+) -> None:
+    """The schema comparison checks an index's columns, not its condition: this checks that."""
+    with shop.db.read() as s:
+        if BACKEND == "sqlite":
+            definition = s.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'ix_vault_key_available'")
+            ).scalar_one()
+        else:
+            definition = s.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_vault_key_available'")
+            ).scalar_one()
+        old = s.execute(
+            text(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'ix_vault_key_claim'"
+                if BACKEND == "sqlite"
+                else "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_vault_key_claim'"
+            )
+        ).scalar_one()
+    assert "(sku_id, expires_at, id)" in definition.replace('"', ""), definition
+    assert "status = 'available'" in definition.replace("::text", "").replace("(", "").replace(
+        ")", ""
+    ), definition
+    assert old == 0
