@@ -94,10 +94,10 @@ def claim_statement(hinted: bool, target: KeyStatus) -> Prepared:
 
 
 def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
-    """The ids (and `columns`) of the keys a claim takes, as a MATERIALIZED CTE: the SKU's
-    earliest-expiring available keys, from the hint if `hinted`."""
+    """The ids, statuses (and `columns`) of the keys a claim takes, as a MATERIALIZED CTE: the
+    SKU's earliest-expiring available keys, from the hint if `hinted`."""
     pick = (
-        select(Key.id, *columns)
+        select(Key.id, Key.status, *columns)
         .where(
             Key.sku_id == bindparam("p_sku"),
             KEY_AVAILABLE,
@@ -124,6 +124,15 @@ def _pick(dialect: str, hinted: bool, *columns: Any) -> Any:
     return pick.cte("picked").prefix_with("MATERIALIZED")
 
 
+def _still_as_picked(picked: Any) -> Any:
+    """The update's guard: each key is the one picked, still in the status it was picked in
+    (available). Compared with the pick's own column, not written as "available" again: that
+    literal would let PostgreSQL find the keys to update through the available-keys index, and
+    with no statistics yet (a pool just imported, a flash sale at once) it chose to read the
+    SKU's whole stock there for each picked key rather than look each up by id (decision 0027)."""
+    return (Key.id == picked.c.id) & (Key.status == picked.c.status)
+
+
 def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
     """The claim statement, built once per shape: building it per call cost more Python time
     than the database spent running it (measured on the claim benchmark)."""
@@ -133,7 +142,7 @@ def _take_for(dialect: str, hinted: bool, target: KeyStatus) -> Update:
         values["sold_at"] = bindparam("p_now")
     return (
         update(Key)
-        .where(Key.id == picked.c.id, KEY_AVAILABLE)
+        .where(_still_as_picked(picked))
         .values(**values)
         .returning(Key.id, Key.expires_at)
         .execution_options(synchronize_session=False)
@@ -243,6 +252,7 @@ def _take_each_for(dialect: str, hinted: bool, n: int) -> Update:
     picked = _pick(dialect, hinted, Key.expires_at)
     numbered = select(
         picked.c.id,
+        picked.c.status,
         func.row_number().over(order_by=(picked.c.expires_at, picked.c.id)).label("rn"),
     ).cte("numbered")
     order_of_unit = case(
@@ -253,7 +263,7 @@ def _take_each_for(dialect: str, hinted: bool, n: int) -> Update:
     )
     return (
         update(Key)
-        .where(Key.id == numbered.c.id, KEY_AVAILABLE)
+        .where(_still_as_picked(numbered))
         .values(status=KeyStatus.RESERVED, order_id=order_of_unit)
         .returning(Key.id, Key.expires_at, Key.order_id)
         .execution_options(synchronize_session=False)
