@@ -1,9 +1,10 @@
 """Taking keys for an order: one guarded statement, never read-then-write (invariant 1).
 
-`WITH picked AS MATERIALIZED (<earliest-expiring available ids> FOR UPDATE SKIP LOCKED)
-UPDATE … FROM picked WHERE status = 'available' RETURNING id` takes keys only if they are still
-available at the moment of the write. Concurrent claimers on PostgreSQL take different rows
-instead of queueing behind one another; on SQLite writers are serialised by `BEGIN IMMEDIATE`.
+`WITH picked AS MATERIALIZED (<earliest-expiring available ids and statuses> FOR UPDATE SKIP
+LOCKED) UPDATE … FROM picked WHERE id = picked.id AND status = picked.status RETURNING id` takes
+keys only if they are still available at the moment of the write. Concurrent claimers on
+PostgreSQL take different rows instead of queueing behind one another; on SQLite writers are
+serialised by `BEGIN IMMEDIATE`.
 The unique index on live `delivery_item.key_id` stands behind it. All or none: a short take is put
 back in the same transaction.
 
@@ -128,8 +129,9 @@ def _still_as_picked(picked: Any) -> Any:
     """The update's guard: each key is the one picked, still in the status it was picked in
     (available). Compared with the pick's own column, not written as "available" again: that
     literal would let PostgreSQL find the keys to update through the available-keys index, and
-    with no statistics yet (a pool just imported, a flash sale at once) it chose to read the
-    SKU's whole stock there for each picked key rather than look each up by id (decision 0027)."""
+    with no statistics yet (a pool just imported, a flash sale at once) it chose to read every
+    key on sale there, comparing each with the picked ones, rather than look those up by id
+    (decision 0027)."""
     return (Key.id == picked.c.id) & (Key.status == picked.c.status)
 
 

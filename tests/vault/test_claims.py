@@ -118,12 +118,15 @@ def _plans(shop: fulfilment.Shop, statements: list[tuple[str, Any]], mode: str) 
     """Each statement's plan as the database would run it. On PostgreSQL as a prepared
     statement in plan cache `mode`: `force_generic_plan` for any value of its parameters (a
     plain EXPLAIN with values plans for those values), `force_custom_plan` for these; with no
-    sequential or bitmap scan where an index can serve (these tables are tiny), and no
-    statistics (just truncated), as for a pool just imported."""
+    sequential or bitmap scan where an index can serve (these tables are tiny), and as on a
+    table never analysed, as for a pool just imported: TRUNCATE keeps a table's statistics, so
+    they are deleted, in this transaction only (rolled back below)."""
     raw = shop.db.engine.raw_connection()
     plans = []
     try:
         cur = raw.cursor()
+        if BACKEND == "postgresql":
+            cur.execute("DELETE FROM pg_statistic WHERE starelid = 'vault_key'::regclass")
         for sql, params in statements:
             if BACKEND == "sqlite":
                 cur.execute(f"EXPLAIN QUERY PLAN {sql}", params)
