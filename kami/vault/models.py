@@ -21,7 +21,8 @@ from kami.vault.states import KeyStatus
 # "Available" as the SQL the available-keys index is built on. Statements that should use the
 # index write it as this literal: a bound parameter (`status = ?`) is a value neither SQLite nor
 # a generic PostgreSQL plan can prove equal to the index's condition, so they would not use it.
-AVAILABLE_SQL = f"status = '{KeyStatus.AVAILABLE.value}'"
+_AVAILABLE = f"'{KeyStatus.AVAILABLE.value}'"
+AVAILABLE_SQL = f"status = {_AVAILABLE}"
 
 
 class DataKey(Base):
@@ -111,4 +112,4 @@ class Key(Base):
 
 # `Key.status = 'available'` written as the available-keys index's own condition (see
 # AVAILABLE_SQL): the form every statement that should walk that index uses.
-KEY_AVAILABLE = Key.__table__.c.status == literal_column(f"'{KeyStatus.AVAILABLE.value}'")
+KEY_AVAILABLE = Key.__table__.c.status == literal_column(_AVAILABLE)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from psycopg import sql as pg_sql
 from sqlalchemy import event, text, update
 
 from kami import fulfilment, vault
@@ -134,8 +135,6 @@ def _plans(shop: fulfilment.Shop, statements: list[tuple[str, Any]], mode: str) 
                 continue
             for setting in (f"plan_cache_mode = {mode}", "enable_seqscan = off"):
                 cur.execute(f"SET {setting}")
-            from psycopg import sql as pg_sql
-
             names = re.findall(r"%\((\w+)\)s|%s", sql)
             values = [params[n] for n in names] if isinstance(params, dict) else list(params)
             numbered = iter(zip(range(1, len(names) + 1), values, strict=True))
@@ -166,7 +165,8 @@ def test_every_read_of_the_stock_on_sale_walks_the_available_keys_index(
     shop: fulfilment.Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The index holds available keys only (decision 0027); a statement that says "available"
-    as a bound parameter cannot be proven to match it, and would scan the table instead."""
+    as a bound parameter cannot be proven to match it by a generic PostgreSQL plan, and SQLite
+    would prepare it again for every value bound."""
     sku = make_sku(shop)
     add_keys(shop, sku, [f"K-{n:02d}" for n in range(6)])
     seen: list[tuple[str, Any]] = []
@@ -203,8 +203,8 @@ def test_every_read_of_the_stock_on_sale_walks_the_available_keys_index(
             assert "ix_vault_key_available" in plan and "Bitmap" not in plan, (sql, plan)
             if sql.startswith("WITH picked"):
                 # The keys picked are updated through their ids, not found again in the index:
-                # with "available" in the update's own guard, PostgreSQL read the whole index
-                # for each key picked (decision 0027).
+                # with "available" in the update's own guard, PostgreSQL read every key on sale
+                # there and compared each with the picked ones (decision 0027).
                 by_id = "pk_vault_key" if BACKEND == "postgresql" else "INTEGER PRIMARY KEY"
                 assert by_id in plan and plan.count("ix_vault_key_available") == 1, (sql, plan)
 
@@ -213,24 +213,14 @@ def test_the_migrated_available_keys_index_holds_available_keys_only(
     shop: fulfilment.Shop,
 ) -> None:
     """The schema comparison checks an index's columns, not its condition: this checks that."""
+    catalog = (
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'vault_key'"
+        if BACKEND == "sqlite"
+        else "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'vault_key'"
+    )
     with shop.db.read() as s:
-        if BACKEND == "sqlite":
-            definition = s.execute(
-                text("SELECT sql FROM sqlite_master WHERE name = 'ix_vault_key_available'")
-            ).scalar_one()
-        else:
-            definition = s.execute(
-                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_vault_key_available'")
-            ).scalar_one()
-        old = s.execute(
-            text(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'ix_vault_key_claim'"
-                if BACKEND == "sqlite"
-                else "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_vault_key_claim'"
-            )
-        ).scalar_one()
+        indexes = {name: sql or "" for name, sql in s.execute(text(catalog)).all()}
+    definition = indexes["ix_vault_key_available"]
     assert "(sku_id, expires_at, id)" in definition.replace('"', ""), definition
-    assert "status = 'available'" in definition.replace("::text", "").replace("(", "").replace(
-        ")", ""
-    ), definition
-    assert old == 0
+    assert "status = 'available'" in re.sub(r'::text|[()"]', "", definition), definition
+    assert "ix_vault_key_claim" not in indexes
