@@ -37,6 +37,9 @@ class Container:
         return {
             fulfilment.MAIL_JOB: lambda payload: fulfilment.send_order_mail(shop, payload),
             fulfilment.REFUND_JOB: lambda payload: fulfilment.refund_failed_line(shop, payload),
+            fulfilment.UNSERVED_REFUND_JOB: lambda payload: fulfilment.refund_unserved(
+                shop, payload
+            ),
         }
 
     def close(self) -> None:

@@ -55,12 +55,19 @@ from kami.fulfilment.refunds import (
     KEY_ACTIONS,
     RefundOutcome,
     list_order_refunds,
+    refund_unserved,
     request_refund,
     settle_by_hand,
     sync_refund,
     sync_refunds_due,
 )
-from kami.fulfilment.shop import LOOKUP_SECRET, MAIL_JOB, ORDER_TOKEN_SECRET, Shop
+from kami.fulfilment.shop import (
+    LOOKUP_SECRET,
+    MAIL_JOB,
+    ORDER_TOKEN_SECRET,
+    UNSERVED_REFUND_JOB,
+    Shop,
+)
 from kami.fulfilment.sync import SyncResult, sync_due, sync_order
 from kami.fulfilment.terms import TooManyOpenOrders
 from kami.fulfilment.together import Checkout, open_orders_together
@@ -84,6 +91,7 @@ __all__ = [
     "ORDER_SALT",
     "ORDER_TOKEN_SECRET",
     "REFUND_JOB",
+    "UNSERVED_REFUND_JOB",
     "WEBHOOK_SECRET",
     "AdminOrderDetail",
     "AftersalesPolicy",
@@ -139,6 +147,7 @@ __all__ = [
     "redeliver",
     "refund_failed_line",
     "refund_reported",
+    "refund_unserved",
     "reject_report",
     "replace_reported",
     "report_item",

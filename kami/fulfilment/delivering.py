@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from kami import catalog, delivery, orders, vault
 from kami.fulfilment.goods.lines import serve_card_line, settle_order, start_delivery
-from kami.fulfilment.shop import MAIL_JOB, Shop
+from kami.fulfilment.shop import MAIL_JOB, UNSERVED_REFUND_JOB, Shop
 from kami.fulfilment.validity import valid_until
 from kami.kernel import outbox
 from kami.kernel.clock import utcnow
@@ -85,12 +86,13 @@ def record_delivered(
 def pay_card_keys(
     session: Session, shop: Shop, order: orders.OrderView, trade_no: str, now: datetime
 ) -> bool | None:
-    """A card-key order paid by `trade_no` and, from its reservation, delivered: one move of the
-    order to delivered (`orders.pay_and_deliver_each`) where the payment's move to paid and the
-    delivery's to delivered were two. None if it was paid before (nothing written). When the
-    reservation has lapsed the delivery is taken back in the transaction and the order goes
-    the way every paid order goes (`deliver_paid`: fresh keys, or awaiting stock). Whether it
-    was delivered."""
+    """A pending card-key order paid by `trade_no` and, from its reservation, delivered: one
+    move of the order to delivered (`orders.pay_and_deliver_each`) where the payment's move to
+    paid and the delivery's to delivered were two. None if it was no longer pending (paid
+    before, or lapsed: `pay_lapsed`); nothing is written then. When keys of the reservation
+    were withdrawn or ran out meanwhile the delivery is taken back in the transaction and the
+    order goes the way every paid order goes (`deliver_paid`: fresh keys, or awaiting stock).
+    Whether it was delivered."""
     [moved] = orders.pay_and_deliver_each(session, [(order.id, trade_no)], now)
     if not moved:
         return None
@@ -101,6 +103,89 @@ def pay_card_keys(
     orders.not_delivered_yet(session, order.id, trade_no, now)
     paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
     return deliver_paid(session, shop, paid, now)  # its sale of the reservation finds none
+
+
+@dataclass(frozen=True, slots=True)
+class LatePayment:
+    """What `pay_lapsed` made of a payment for a lapsed order: delivered or not, and if it
+    could not be served at all, why (the notification's record keeps it)."""
+
+    delivered: bool
+    refused: str | None = None
+
+
+def pay_lapsed(
+    session: Session, shop: Shop, order: orders.OrderView, trade_no: str, now: datetime
+) -> LatePayment | None:
+    """A payment for an order that lapsed (expired or cancelled) unpaid and gave its goods and
+    its flash-sale quota back. None if the order was not lapsed (paid before: nothing written).
+
+    Money that still arrives is honoured: the order is paid and served as every paid order is
+    (`deliver_paid`: fresh goods, or awaiting stock). An order placed in a flash sale must
+    first get its units of the sale's quota back, and its buyer must still be within the
+    sale's per-buyer limit, counted as a checkout counts it; the sale's end does not matter,
+    the price was agreed inside it. When either is gone the order cannot be served at the sale
+    price without selling past what the seller offered: it fails, its money is refunded in
+    full by the worker (`refund_unserved`), and the buyer is told why."""
+    if not orders.pay_lapsed(session, order.id, trade_no, now):
+        return None
+    paid = order.model_copy(update={"status": orders.OrderStatus.PAID, "trade_no": trade_no})
+    refused = _flash_terms_refused(session, shop, paid)
+    if refused is None:
+        return LatePayment(deliver_paid(session, shop, paid, now))
+    slug, why = refused
+    orders.move(session, order.id, orders.OrderStatus.FAILED, note=why)
+    outbox.enqueue(
+        session,
+        UNSERVED_REFUND_JOB,
+        {"order_no": order.order_no, "reason": why},
+        ref=order.order_no,
+    )
+    outbox.enqueue(
+        session,
+        MAIL_JOB,
+        {"order_no": order.order_no, "event": "unserved", "why": slug},
+        ref=order.order_no,
+    )
+    log.warning("order %s paid after it lapsed, not served: %s", order.order_no, slug)
+    return LatePayment(False, slug)
+
+
+def _flash_terms_refused(
+    session: Session, shop: Shop, order: orders.OrderView
+) -> tuple[str, str] | None:
+    """For an order placed in a flash sale and paid after it lapsed: its units of the quota
+    taken again, unless the buyer would pass the per-buyer limit or the quota is gone; then
+    (slug, why). None for an order placed outside a flash sale."""
+    placed_in = orders.flash_sale_of(session, order.id)
+    if placed_in is None:
+        return None
+    sale_id, device_id = placed_in
+    # PostgreSQL: the buyer's locks, as a checkout takes them, so that a checkout of the same
+    # buyer cannot count its units while this payment adds to them (`orders.buyer_lock_keys`).
+    identities = [f"e:{order.email.lower()}"] + ([f"d:{device_id}"] if device_id else [])
+    locks = orders.buyer_lock_keys(order.sku, identities) if shop.db.dialect == "postgresql" else []
+    found = catalog.find_sku_on_sale(session, order.sku, locks=locks)
+    sale = found[1] if found is not None else None
+    if sale is None or sale.id != sale_id:  # a SKU's sale is never removed; kept for safety
+        return "late-payment-sale-gone", "paid after it lapsed; its flash sale is gone"
+    held = orders.quantity_held(
+        session, order.sku_id, sale.starts_at, email=order.email, device_id=device_id
+    )
+    if order.created_at >= sale.starts_at:  # this order, paid now, is one of them
+        held -= order.quantity
+    if held + order.quantity > sale.per_buyer_limit:
+        return (
+            "late-payment-limit-reached",
+            f"paid after it lapsed; the buyer already holds {held} of the flash sale's "
+            f"{sale.per_buyer_limit} per buyer",
+        )
+    if not catalog.take_quota(session, sale_id, order.quantity):
+        return (
+            "late-payment-quota-gone",
+            f"paid after it lapsed; the flash sale's quota of {sale.quota} was taken by then",
+        )
+    return None
 
 
 def serve_awaiting_stock(shop: Shop, sku_ids: Iterable[int] | None = None) -> int:

@@ -21,6 +21,7 @@ _SUBJECTS = {
     "delivered": "订单已发货 / Your order is delivered",
     "awaiting_stock": "订单已付款，等待补货 / Paid, waiting for stock",
     "refunded": "订单已退款 / Refund made",
+    "unserved": "付款晚于订单时限，将全额退款 / Paid too late: a full refund is on its way",
     "aftersales_received": "已收到您的售后反馈 / We received your report",
     "aftersales_replaced": "商品已更换 / Your item was replaced",
     "aftersales_refunded": "售后退款 / Your item was refunded",
@@ -71,6 +72,25 @@ def _after_sales_text(
     )
 
 
+def _unserved_text(why: str, amount: str) -> tuple[str, str]:
+    """The words for an order paid after its time to pay ran out that cannot be served (its
+    flash sale's units taken, or its buyer at the sale's limit): refunded in full."""
+    if why == "late-payment-limit-reached":
+        zh_cause, en_cause = (
+            "您在本次秒杀中已达到每人限购数量",
+            "you already hold as many as the flash sale allows each buyer",
+        )
+    else:
+        zh_cause, en_cause = "秒杀名额已经售完", "the flash sale's units were all taken"
+    return (
+        f"您的付款在订单的付款时限过后才到达，此时{zh_cause}，本订单无法发货。"
+        f"{amount} 将全额原路退回您的支付账户，退款完成后会再通知您。",
+        f"Your payment arrived after the order's time to pay had run out, and by then "
+        f"{en_cause}, so this order cannot be delivered. The full {amount} goes back to the "
+        "account you paid with; we will write again when the refund is made.",
+    )
+
+
 def build_email(
     shop: Shop,
     order: orders.OrderView,
@@ -87,6 +107,8 @@ def build_email(
     elif event == "delivered":
         zh = "您的商品已发货，请打开下面的链接查看卡密。"
         en = "Your goods are ready. Open the link below to see your keys."
+    elif event == "unserved":
+        zh, en = _unserved_text(str((detail or {}).get("why") or ""), amount)
     elif event == "refunded":
         back = Money(refund_minor or 0, order.currency).format()
         zh = f"已为您退款 {back}，款项将原路退回您的支付账户。"

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from kami import orders, payments
-from kami.fulfilment.delivering import deliver_paid, pay_card_keys
+from kami.fulfilment.delivering import deliver_paid, pay_card_keys, pay_lapsed
 from kami.fulfilment.refund_notices import apply_refund_notice
 from kami.fulfilment.shop import Shop
 from kami.kernel import waiting
@@ -101,20 +101,20 @@ def _apply(
             )
         return payments.Verdict.DUPLICATE, None, False
     now = utcnow()
-    delivered: bool | None
-    if order.delivery_kind == "card_key" and order.status == orders.OrderStatus.PENDING:
-        # Its reservation is to be sold: one update pays and delivers it. An order read as
-        # expired or cancelled has none (released with the status), so it goes the long way,
-        # as does one that lapsed after this read (`pay_card_keys` takes the delivery back).
-        delivered = pay_card_keys(session, shop, order, notice.trade_no, now)
-    elif orders.move(
-        session, order.id, orders.OrderStatus.PAID, paid_at=now, trade_no=notice.trade_no
-    ):
-        paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
-        delivered = deliver_paid(session, shop, paid, now)
-    else:
-        delivered = None
+    delivered: bool | None = None
+    if order.status == orders.OrderStatus.PENDING:
+        if order.delivery_kind == "card_key":
+            # Its reservation is to be sold: one update pays and delivers it.
+            delivered = pay_card_keys(session, shop, order, notice.trade_no, now)
+        elif orders.pay(session, order.id, notice.trade_no, now):
+            paid = order.model_copy(update={"status": orders.OrderStatus.PAID})
+            delivered = deliver_paid(session, shop, paid, now)
     if delivered is None:
+        # Read as expired or cancelled, or no longer pending when paid: a late payment, which
+        # must first get its goods (and flash-sale quota) back; or an order paid before.
+        late = pay_lapsed(session, shop, order, notice.trade_no, now)
+        if late is not None:
+            return payments.Verdict.ACCEPTED, late.refused, late.delivered
         # A second, distinct payment for an order that is already paid: the money is real, so the
         # trade is kept in the inbox and flagged for a refund instead of being ignored.
         log.warning("order %s paid twice (trade %s)", order.order_no, notice.trade_no)

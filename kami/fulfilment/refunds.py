@@ -136,6 +136,26 @@ def request_refund(
     return _drive(shop, refund.refund_no)
 
 
+def refund_unserved(shop: Shop, payload: dict[str, object]) -> None:
+    """The outbox job queued when an order was paid too late to be served
+    (`delivering.pay_lapsed`): refund what is left of its money, once (the request key is the
+    same each time the job runs). Nothing is done for an order the seller has already refunded
+    in full meanwhile."""
+    order_no = str(payload["order_no"])
+    try:
+        request_refund(
+            shop,
+            order_no,
+            amount_minor=None,
+            reason=str(payload["reason"])[:500],
+            request_key="unserved",
+        )
+    except Conflict as exc:
+        if exc.slug not in ("not-refundable", "nothing-to-refund"):
+            raise
+        log.info("order %s was refunded meanwhile; nothing left to refund", order_no)
+
+
 def _new_refund(
     s: Session,
     order: orders.OrderView,

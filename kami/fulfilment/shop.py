@@ -18,6 +18,8 @@ VaultClaimHints = ClaimHints
 
 ORDER_TOKEN_SECRET = "order-access"
 MAIL_JOB = "mail.order_update"  # the outbox job that e-mails the buyer about their order
+# The outbox job that refunds in full an order paid too late to be served (`pay_lapsed`).
+UNSERVED_REFUND_JOB = "fulfilment.refund_unserved"
 LOOKUP_SECRET = "order-lookup"  # keys the fingerprints of order look-up codes
 SOLD_OUT_MEMO = 1.0
 # For this long after the database said "sold out", the same answer is given from memory.

@@ -86,6 +86,18 @@ def status_of(session: Session, order_id: int) -> OrderStatus | None:
     return None if status is None else OrderStatus(status)
 
 
+_FLASH_SALE_OF = Prepared(
+    select(_T.c.flash_sale_id, _T.c.device_id).where(_T.c.id == bindparam("order_id"))
+)
+
+
+def flash_sale_of(session: Session, order_id: int) -> tuple[int, str | None] | None:
+    """The flash sale the order was placed in, and the device it was placed from (which the
+    sale's per-buyer limit counts too); None if it was not placed in a flash sale."""
+    row = _FLASH_SALE_OF.run(session, {"order_id": order_id}).first()
+    return None if row is None or row[0] is None else (int(row[0]), row[1])
+
+
 def find_by_trade(session: Session, gateway: str, trade_no: str) -> OrderView | None:
     """The order a channel's trade number paid (for refunds made in the channel's console)."""
     stmt = select(Order).where(Order.gateway == gateway, Order.trade_no == trade_no)

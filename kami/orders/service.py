@@ -23,7 +23,7 @@ from kami.orders.buyer_counts import ready_count_open_many
 from kami.orders.models import Order
 from kami.orders.queries import BY_IDEMPOTENCY_KEY, to_view
 from kami.orders.schemas import OrderIn, OrderView
-from kami.orders.states import OrderStatus, sources_of
+from kami.orders.states import LAPSED, OrderStatus, sources_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,25 +216,32 @@ def create_orders(
 
 @functools.cache
 def _move_statement(
-    target: OrderStatus, columns: tuple[str, ...], guard: OrderStatus | None = None
+    target: OrderStatus,
+    columns: tuple[str, ...],
+    sources: frozenset[OrderStatus] | None = None,
 ) -> Prepared:
     """A guarded move, built once per target and set of columns (see the note in queries):
-    from the statuses the state machine moves to `guard` (by default `target` itself)."""
-    sources = sorted(s.value for s in sources_of(guard or target))
+    from `sources` if given, else from every status the state machine moves to `target`."""
+    allowed = sorted(s.value for s in (sources or sources_of(target)))
     return Prepared(
         update(_T)
-        .where(_T.c.id == bindparam("order_id"), or_(false(), *(_T.c.status == s for s in sources)))
+        .where(_T.c.id == bindparam("order_id"), or_(false(), *(_T.c.status == s for s in allowed)))
         .values(status=target.value, **{c: bindparam(f"v_{c}") for c in columns})
     )
 
 
 # A payment's move and its delivery's in one statement, for card keys whose reservation the
-# same transaction sells: the guard is the payment's (an order paid before is left alone), the
-# status the delivery's. Statement for statement it takes the place of the move to paid, and
-# the move to delivered goes (one row version and its index entries fewer on PostgreSQL).
-# Made now, so that it is compiled as a server starts (decision 0024).
+# same transaction sells: from pending only (an order that lapsed has no reservation, and one
+# paid before is left alone), to the delivery's status. Statement for statement it takes the
+# place of the move to paid, and the move to delivered goes (one row version and its index
+# entries fewer on PostgreSQL). Made now, so that it is compiled as a server starts (decision
+# 0024), as are the payment's other two moves.
 _PAID_AND_DELIVERED = ("delivered_at", "paid_at", "trade_no")
-_move_statement(OrderStatus.DELIVERED, _PAID_AND_DELIVERED, OrderStatus.PAID)
+_PENDING = frozenset({OrderStatus.PENDING})
+_PAID = ("paid_at", "trade_no")
+_move_statement(OrderStatus.DELIVERED, _PAID_AND_DELIVERED, sources=_PENDING)
+_move_statement(OrderStatus.PAID, _PAID, sources=_PENDING)
+_move_statement(OrderStatus.PAID, _PAID, sources=LAPSED)
 # Only the delivery `pay_and_deliver_each` just made: its trade and its time, in this transaction.
 _NOT_DELIVERED_YET = Prepared(
     update(_T)
@@ -251,15 +258,42 @@ _NOT_DELIVERED_YET = Prepared(
 def pay_and_deliver_each(
     session: Session, paid: Sequence[tuple[int, str]], now: datetime
 ) -> list[bool]:
-    """Each (order id, trade number) of `paid`: the order paid by that trade and delivered at
-    `now`, from any status a payment may move it from; in one round trip on PostgreSQL. Whether
-    each moved (one that did not was paid before). The caller delivers in the same transaction,
-    or takes the delivery back (`not_delivered_yet`)."""
+    """Each (order id, trade number) of `paid`: the pending order paid by that trade and
+    delivered at `now`; in one round trip on PostgreSQL. Whether each moved (one that did not
+    was paid before, or lapsed: `pay_lapsed`). The caller delivers in the same transaction, or
+    takes the delivery back (`not_delivered_yet`)."""
     moves = [
         (order_id, {"paid_at": now, "delivered_at": now, "trade_no": trade})
         for order_id, trade in paid
     ]
-    return move_each(session, OrderStatus.DELIVERED, moves, guard=OrderStatus.PAID)
+    return move_each(session, OrderStatus.DELIVERED, moves, sources=_PENDING)
+
+
+def pay(session: Session, order_id: int, trade_no: str, now: datetime) -> bool:
+    """The pending order paid by `trade_no` at `now`; whether it moved (one that did not was
+    paid before, or lapsed: `pay_lapsed`)."""
+    return _pay_from(session, _PENDING, order_id, trade_no, now)
+
+
+def pay_lapsed(session: Session, order_id: int, trade_no: str, now: datetime) -> bool:
+    """The order that lapsed (expired or cancelled, its goods and flash-sale quota given back)
+    paid late by `trade_no` at `now`; whether it moved. Only a lapsed order moves: it can only
+    have come from pending, and it can only go on to paid, so a payment that first found it no
+    longer pending (`pay`, `pay_and_deliver_each`) and then not lapsed either found it paid."""
+    return _pay_from(session, LAPSED, order_id, trade_no, now)
+
+
+def _pay_from(
+    session: Session,
+    sources: frozenset[OrderStatus],
+    order_id: int,
+    trade_no: str,
+    now: datetime,
+) -> bool:
+    params = {"order_id": order_id, "v_paid_at": now, "v_trade_no": trade_no}
+    return bool(
+        _move_statement(OrderStatus.PAID, _PAID, sources=sources).run(session, params).rowcount
+    )
 
 
 def not_delivered_yet(session: Session, order_id: int, trade_no: str, now: datetime) -> None:
@@ -284,17 +318,17 @@ def move_each(
     target: OrderStatus,
     moves: Sequence[tuple[int, Mapping[str, Any]]],
     *,
-    guard: OrderStatus | None = None,
+    sources: frozenset[OrderStatus] | None = None,
 ) -> list[bool]:
     """`move` for each (order id, values) of `moves`, whose values all set the same columns,
-    in one round trip on PostgreSQL; whether each moved. `guard`: move from the statuses that
-    may move to it rather than to `target` (`pay_and_deliver_each`)."""
+    in one round trip on PostgreSQL; whether each moved. `sources`: move only from these
+    statuses, not from every one the state machine allows (`pay_and_deliver_each`)."""
     if not moves:
         return []
     columns = tuple(sorted(moves[0][1]))
     if any(tuple(sorted(values)) != columns for _, values in moves):
         raise TypeError("move_each: every move must set the same columns")
-    stmt = _move_statement(target, columns, guard)
+    stmt = _move_statement(target, columns, sources=sources)
     params = [
         {"order_id": order_id, **{f"v_{c}": v for c, v in values.items()}}
         for order_id, values in moves

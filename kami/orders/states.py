@@ -43,6 +43,9 @@ REFUNDABLE = frozenset({S.PAID, S.AWAITING_STOCK, S.DELIVERED, S.PARTIALLY_REFUN
 PARTLY_REFUNDABLE = frozenset({S.DELIVERED, S.PARTIALLY_REFUNDED, S.FAILED})
 
 PAYABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.PAID in targets)
+# Orders that gave up their goods and their flash-sale quota unpaid: a payment that still
+# arrives for one is a late payment, and must get them back before it is served.
+LAPSED = frozenset({S.EXPIRED, S.CANCELLED})
 # Orders that count against a buyer's flash-sale limit: everything not given up or given back.
 HOLDING = frozenset({S.PENDING, S.PAID, S.AWAITING_STOCK, S.DELIVERED, S.PARTIALLY_REFUNDED})
 
