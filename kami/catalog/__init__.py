@@ -3,6 +3,7 @@
 from kami.catalog.flash import (
     FlashSaleIn,
     FlashSaleView,
+    find_flash_sale,
     find_sku_on_sale,
     flash_sale_codes,
     get_sku_on_sale,
@@ -94,6 +95,7 @@ __all__ = [
     "create_sku",
     "delete_category",
     "display_stock",
+    "find_flash_sale",
     "find_sku",
     "find_sku_on_sale",
     "flash_sale_codes",

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import BigInteger, Dialect, Table, bindparam, func, select, update
+from sqlalchemy import BigInteger, Dialect, Table, and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from kami.catalog.models import FlashSale, Sku
+from kami.catalog.models import CURRENT_SALE, FlashSale, Sku
 from kami.catalog.queries import sku_by_code_select, sku_row_view
 from kami.catalog.schemas import SkuView
 from kami.kernel.clock import utcnow
@@ -71,12 +71,23 @@ def _view(f: Any) -> FlashSaleView:
 
 
 def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashSaleView:
+    """Create or change the SKU's flash sale. A window that starts at or after the end of a sale
+    that has ended is a new sale: its quota and its buyers' counts start from nothing, and the
+    ended one is kept (superseded) for the orders placed in it. Any other window changes the
+    current sale, whose units taken stay taken."""
     sku_id = session.execute(select(Sku.id).where(Sku.code == sku_code)).scalar_one_or_none()
     if sku_id is None:
         raise NotFound(f"no SKU with code {sku_code!r}", where="sku")
-    sale = session.execute(select(FlashSale).where(FlashSale.sku_id == sku_id)).scalar_one_or_none()
+    now = utcnow()
+    sale = session.execute(
+        select(FlashSale).where(FlashSale.sku_id == sku_id, FlashSale.superseded_at.is_(None))
+    ).scalar_one_or_none()
+    if sale is not None and sale.ends_at <= now and data.starts_at >= sale.ends_at:
+        sale.superseded_at = now
+        session.flush()  # before the new one: one current sale per SKU at any moment
+        sale = None
     if sale is None:
-        sale = FlashSale(sku_id=sku_id, taken=0, created_at=utcnow())
+        sale = FlashSale(sku_id=sku_id, taken=0, created_at=now)
         session.add(sale)
     elif data.quota < sale.taken:
         raise InvalidInput(
@@ -93,10 +104,11 @@ _F = cast(Table, FlashSale.__table__)
 # A checkout reads its SKU and the SKU's flash sale in one statement (one round trip fewer on
 # PostgreSQL): the SKU's columns as `catalog.queries` reads them, the sale's prefixed "sale_".
 _SALE_COLUMNS = tuple(c.label(f"sale_{c.name}") for c in _F.c)
+# Only the SKU's current sale is joined (models.CURRENT_SALE, the condition of its unique
+# index, written as the same literal so that both databases use that index).
+_ON_CURRENT_SALE = and_(_F.c.sku_id == Sku.__table__.c.id, CURRENT_SALE)
 _SKU_AND_SALE = Prepared(
-    sku_by_code_select()
-    .add_columns(*_SALE_COLUMNS)
-    .outerjoin(_F, _F.c.sku_id == Sku.__table__.c.id)
+    sku_by_code_select().add_columns(*_SALE_COLUMNS).outerjoin(_F, _ON_CURRENT_SALE)
 )
 
 
@@ -108,9 +120,7 @@ _SKU_AND_SALE = Prepared(
 def _sku_and_sale_locking(n: int) -> Prepared:
     locks = (func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
     return Prepared(
-        sku_by_code_select()
-        .add_columns(*_SALE_COLUMNS, *locks)
-        .outerjoin(_F, _F.c.sku_id == Sku.__table__.c.id)
+        sku_by_code_select().add_columns(*_SALE_COLUMNS, *locks).outerjoin(_F, _ON_CURRENT_SALE)
     )
 
 
@@ -145,7 +155,9 @@ def find_sku_on_sale(
 def flash_sale_codes(session: Session, now: datetime) -> frozenset[str]:
     """The codes of the SKUs with a flash sale that has not ended."""
     rows = session.execute(
-        select(Sku.code).join(FlashSale, FlashSale.sku_id == Sku.id).where(FlashSale.ends_at > now)
+        select(Sku.code)
+        .join(FlashSale, FlashSale.sku_id == Sku.id)
+        .where(FlashSale.ends_at > now, CURRENT_SALE)
     )
     return frozenset(rows.scalars())
 
@@ -157,6 +169,25 @@ def get_sku_on_sale(
     if found is None:
         raise NotFound(f"no SKU with code {code!r}", where="sku")
     return found
+
+
+# A sale by its id (the one an order was placed in, current or not), with PostgreSQL advisory
+# locks taken in the same statement as `_sku_and_sale_locking` takes them.
+@cache
+def _sale_locking(n: int) -> Prepared:
+    locks = (func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
+    return Prepared(select(*_F.c, *locks).where(_F.c.id == bindparam("sale_id")))
+
+
+def find_flash_sale(
+    session: Session, sale_id: int, *, locks: Sequence[int] = ()
+) -> FlashSaleView | None:
+    """The flash sale of this id, current or superseded; None if there is none. `locks`: as
+    `find_sku_on_sale`'s, taken in the same statement, only if the sale exists."""
+    params: dict[str, object] = {"sale_id": sale_id}
+    params.update((f"k{i}", k) for i, k in enumerate(locks))
+    row = _sale_locking(len(locks)).run(session, params).first()
+    return None if row is None else _view(row)
 
 
 _TAKE_QUOTA = Prepared(

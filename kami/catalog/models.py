@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kami.kernel.db import Base, UtcDateTime
@@ -66,13 +66,31 @@ class Sku(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+# The SKU's current flash sale: the one not superseded by a later sale (`set_flash_sale`).
+CURRENT_SALE = text("superseded_at IS NULL")
+
+
 class FlashSale(Base):
-    """A time-boxed sale of one SKU: its own price, a total quota and a per-buyer limit."""
+    """A time-boxed sale of one SKU: its own price, a total quota and a per-buyer limit.
+
+    A SKU has at most one current sale. A window set after the current one ended starts a new
+    sale, with its own quota and counts; the ended one is kept, superseded, for the orders
+    placed in it (each names its sale), whose expiries and late payments still give back and
+    take its units."""
 
     __tablename__ = "catalog_flash_sale"
+    __table_args__ = (
+        Index(
+            "uq_catalog_flash_sale_current",
+            "sku_id",
+            unique=True,
+            sqlite_where=CURRENT_SALE,
+            postgresql_where=CURRENT_SALE,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"), unique=True)
+    sku_id: Mapped[int] = mapped_column(Integer, ForeignKey("catalog_sku.id"))
     starts_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
     price_minor: Mapped[int] = mapped_column(Integer)
@@ -82,3 +100,5 @@ class FlashSale(Base):
     taken: Mapped[int] = mapped_column(Integer, default=0)
     reservation_minutes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # When a later sale of the SKU replaced this one; None for the SKU's current sale.
+    superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

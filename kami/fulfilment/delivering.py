@@ -154,26 +154,28 @@ def pay_lapsed(
 def _flash_terms_refused(
     session: Session, shop: Shop, order: orders.OrderView
 ) -> tuple[str, str] | None:
-    """For an order placed in a flash sale and paid after it lapsed: its units of the quota
-    taken again, unless the buyer would pass the per-buyer limit or the quota is gone; then
-    (slug, why). None for an order placed outside a flash sale."""
+    """For an order placed in a flash sale and paid after it lapsed: its units of that sale's
+    quota taken again (the sale it was placed in, even if another has followed it), unless the
+    buyer would pass that sale's per-buyer limit or its quota is gone; then (slug, why). None
+    for an order placed outside a flash sale."""
     placed_in = orders.flash_sale_of(session, order.id)
     if placed_in is None:
         return None
     sale_id, device_id = placed_in
     # PostgreSQL: the buyer's locks, as a checkout takes them, so that a checkout of the same
     # buyer cannot count its units while this payment adds to them (`orders.buyer_lock_keys`).
-    identities = [f"e:{order.email.lower()}"] + ([f"d:{device_id}"] if device_id else [])
-    locks = orders.buyer_lock_keys(order.sku, identities) if shop.db.dialect == "postgresql" else []
-    found = catalog.find_sku_on_sale(session, order.sku, locks=locks)
-    sale = found[1] if found is not None else None
-    if sale is None or sale.id != sale_id:  # a SKU's sale is never removed; kept for safety
-        return "late-payment-sale-gone", "paid after it lapsed; its flash sale is gone"
-    held = orders.quantity_held(
-        session, order.sku_id, sale.starts_at, email=order.email, device_id=device_id
+    locks = (
+        orders.buyer_lock_keys(order.sku, orders.buyer_identities(order.email, device_id))
+        if shop.db.dialect == "postgresql"
+        else []
     )
-    if order.created_at >= sale.starts_at:  # this order, paid now, is one of them
-        held -= order.quantity
+    sale = catalog.find_flash_sale(session, sale_id, locks=locks)
+    if sale is None:  # a sale is never deleted: its units cannot be had
+        return "late-payment-quota-gone", "paid after it lapsed; its flash sale is gone"
+    held = orders.quantity_held_in_sale(
+        session, order.sku_id, sale_id, email=order.email, device_id=device_id
+    )
+    held -= order.quantity  # this order, paid now, is one of them
     if held + order.quantity > sale.per_buyer_limit:
         return (
             "late-payment-limit-reached",

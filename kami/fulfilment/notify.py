@@ -88,6 +88,20 @@ def check_order(order: orders.OrderView | None, notice: payments.PaymentNotice) 
     return order
 
 
+# What the notification's record says to whoever reads it, by reason.
+_DETAILS = {
+    "duplicate-payment": "second payment of a paid order: refund it",
+    "late-payment-quota-gone": (
+        "paid after the order lapsed, with the flash sale's quota gone: the order failed and "
+        "the worker refunds it in full"
+    ),
+    "late-payment-limit-reached": (
+        "paid after the order lapsed, with the buyer at the flash sale's per-buyer limit: the "
+        "order failed and the worker refunds it in full"
+    ),
+}
+
+
 def _apply(
     session: Session, notice: payments.PaymentNotice, shop: Shop, order: orders.OrderView
 ) -> tuple[payments.Verdict, str | None, bool]:
@@ -215,7 +229,7 @@ def apply_notice(
             if order is None:
                 order = _check(s, notice)
             verdict, reason, delivered = _apply(s, notice, shop, order)
-            detail = "second payment of a paid order: refund it" if reason else None
+            detail = _DETAILS.get(reason) if reason else None
             payments.record_notification(
                 s,
                 raw,

@@ -29,6 +29,7 @@ from kami.fulfilment.refund_settling import settle_in
 from kami.fulfilment.shop import Shop
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import Conflict, InvalidInput, NotFound, Unavailable
+from kami.kernel.outbox import PermanentJobError
 
 log = logging.getLogger("kami.refunds")
 
@@ -143,17 +144,27 @@ def refund_unserved(shop: Shop, payload: dict[str, object]) -> None:
     in full meanwhile."""
     order_no = str(payload["order_no"])
     try:
-        request_refund(
+        outcome = request_refund(
             shop,
             order_no,
             amount_minor=None,
             reason=str(payload["reason"])[:500],
             request_key="unserved",
         )
+    except payments.RefundUnsupported as exc:
+        raise PermanentJobError(
+            f"order {order_no}: {exc.detail}; refund it in the channel's console"
+        ) from None
     except Conflict as exc:
         if exc.slug not in ("not-refundable", "nothing-to-refund"):
             raise
         log.info("order %s was refunded meanwhile; nothing left to refund", order_no)
+        return
+    if outcome.refund.status == State.FAILED:
+        raise PermanentJobError(
+            f"order {order_no}: the channel refused the refund ({outcome.refund.detail}); "
+            "refund it in the channel's console"
+        )
 
 
 def _new_refund(
@@ -244,8 +255,9 @@ def _drive(shop: Shop, refund_no: str) -> RefundOutcome:
         # Never asked, or asked with no answer: the same refund number again is safe.
         result = gateway.refund(request) if resend else gateway.query_refund(request)
     except payments.RefundUnsupported as exc:
+        refused = resend and refund.attempts == 0  # nothing was sent: a definite no
         with shop.db.write() as s:
-            if resend and refund.attempts == 0:  # nothing was sent: a definite no
+            if refused:
                 payments.settle_refund(
                     s,
                     refund.id,
@@ -254,7 +266,9 @@ def _drive(shop: Shop, refund_no: str) -> RefundOutcome:
                     now=utcnow(),
                     detail=exc.detail,
                 )
-                raise
+        if refused:  # raised once the refund's failure is committed, not inside its write
+            raise
+        with shop.db.write() as s:
             payments.settle_refund(  # no refund query: leave it to the seller
                 s,
                 refund.id,

@@ -40,7 +40,7 @@ def check_caps(
         email=data.email,
         device_id=device_id,
         buyer_ip=buyer_ip,
-        held_since=sale.starts_at if sale else None,
+        held_in_sale=sale.id if sale else None,
     )
     check_counts(shop, sku, sale, data, held)
 
@@ -81,13 +81,8 @@ def mark_flash_sale(
 
 
 def buyer_identities(data: orders.OrderIn, device_id: str | None) -> list[str]:
-    """What the buyer's lock covers: the buyer's own identities only. Locking per address too
-    serialised every checkout behind one NAT or proxy (measured: 48 of 64 connections waiting
-    on it); the per-address cap is a coarse guard that a race may overshoot by a few orders."""
-    identities = [f"e:{data.email.lower()}"]
-    if device_id:
-        identities.append(f"d:{device_id}")
-    return identities
+    """What the buyer's lock covers (`orders.buyer_identities`)."""
+    return orders.buyer_identities(data.email, device_id)
 
 
 def check_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: orders.OrderIn) -> None:

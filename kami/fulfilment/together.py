@@ -217,7 +217,7 @@ def _place_together(
         orders.Buyer(checkouts[i].data.email, checkouts[i].device_id, checkouts[i].buyer_ip)
         for i in candidates
     ]
-    counts = orders.count_open_many(s, sku.id, buyers, sale.starts_at)
+    counts = orders.count_open_many(s, sku.id, buyers, sale.id)
     taken = sale.taken
     accepted: list[int] = []
     released = False

@@ -2,10 +2,12 @@
 
 from kami.orders.buyer_counts import (
     Buyer,
+    buyer_identities,
     buyer_lock_keys,
     count_open,
     count_open_many,
     quantity_held,
+    quantity_held_in_sale,
 )
 from kami.orders.lookup import (
     CODE_TTL as LOOKUP_CODE_TTL,
@@ -91,6 +93,7 @@ __all__ = [
     "access_token",
     "any_expired_due",
     "awaiting_stock",
+    "buyer_identities",
     "buyer_lock_keys",
     "can_move",
     "cancel",
@@ -126,6 +129,7 @@ __all__ = [
     "pay_and_deliver_each",
     "pay_lapsed",
     "quantity_held",
+    "quantity_held_in_sale",
     "quantity_pending",
     "ready_many",
     "redeem_code",

@@ -1,7 +1,7 @@
 """The order state machine, as data. Every status change goes through `can_move`, except two
 that no other transaction ever sees (decision 0026): `orders.pay_and_deliver_each` moves a
-card-key order straight from a payable status to delivered where its reservation is sold in the
-same transaction, and `orders.not_delivered_yet` takes that delivery back to paid in the same
+card-key order straight from pending to delivered where its reservation is sold in the same
+transaction, and `orders.not_delivered_yet` takes that delivery back to paid in the same
 transaction when the reservation turns out to be gone."""
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 from datetime import timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy import text
 from kami import accounts, bootstrap, catalog, fulfilment, orders, payments
 from kami.config import Settings, SmtpConfig
 from kami.fulfilment import notify
+from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
 from kami.worker import runner
@@ -113,6 +115,10 @@ def test_a_late_flash_payment_after_the_quota_went_fails_and_is_refunded(
         "late-payment-quota-gone",
         False,
     )
+    with shop.db.read() as s:
+        [record] = payments.list_notifications(s, order_no=late.order_no)
+    assert (record.verdict, record.reason) == ("accepted", "late-payment-quota-gone")
+    assert record.detail is not None and "the worker refunds it in full" in record.detail
     failed = _order(shop, late.order_no)
     assert failed.status == "failed" and failed.trade_no is not None
     assert failed.note == "paid after it lapsed; the flash sale's quota of 1 was taken by then"
@@ -226,3 +232,82 @@ def test_the_console_shows_why_the_order_failed(client: TestClient, shop: fulfil
         assert html.unescape(note.group(2)) == (
             "paid after it lapsed; the flash sale's quota of 1 was taken by then"
         )
+
+
+def _refused_late(shop: fulfilment.Shop) -> orders.OrderView:
+    """A flash-sale order paid after it lapsed and its unit went to another buyer: failed."""
+    add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
+    late = place(shop, "FLASH", email="a@example.com").order
+    _lapse(shop, late)
+    place(shop, "FLASH", email="b@example.com")
+    assert _pay(shop, late).reason == "late-payment-quota-gone"
+    return late
+
+
+def _jobs(shop: fulfilment.Shop, order_no: str) -> dict[str, tuple[str, str | None]]:
+    with shop.db.read() as s:
+        return {
+            j.kind: (j.status, j.last_error) for j in outbox.list_jobs(s, ref=order_no) if j.kind
+        }
+
+
+def test_a_channel_that_cannot_refund_parks_the_job_at_once(
+    container: bootstrap.Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """易支付 without its refund API, say: the refund is recorded as failed (not left asked
+    for, counted against the order's money for ever) and the job is parked with what to do,
+    for the seller to refund in the channel's console."""
+    shop = container.shop
+    late = _refused_late(shop)
+    monkeypatch.setattr(shop.gateways.get("sandbox"), "_refund_book", None)
+    runner.run_once(container, sweep=False)
+    status, error = _jobs(shop, late.order_no)[fulfilment.UNSERVED_REFUND_JOB]
+    assert status == "parked"
+    assert error is not None and "refund it in the channel's console" in error
+    with shop.db.read() as s:
+        [refund] = payments.list_refunds(s, late.id)
+    assert refund.status == "failed" and refund.detail == "this sandbox has no refund book"
+    assert _order(shop, late.order_no).status == "failed"
+
+
+def test_an_order_the_seller_refunded_first_is_left_alone(container: bootstrap.Container) -> None:
+    shop = container.shop
+    late = _refused_late(shop)
+    by_hand = fulfilment.request_refund(
+        shop, late.order_no, amount_minor=None, reason="seller", request_key="by-hand"
+    )
+    assert by_hand.refund.status == "succeeded"
+    runner.run_once(container, sweep=False)
+    assert _jobs(shop, late.order_no)[fulfilment.UNSERVED_REFUND_JOB][0] == "done"
+    with shop.db.read() as s:
+        assert [r.request_key for r in payments.list_refunds(s, late.id)] == ["by-hand"]
+
+
+def test_a_late_payment_waits_for_its_buyers_lock(shop: fulfilment.Shop) -> None:
+    """PostgreSQL: a late flash-sale payment counts its buyer under the buyer's lock, as a
+    checkout does, so that a checkout of the same buyer cannot count past the limit meanwhile:
+    while another session holds the lock, the payment waits, and goes on once it is let go."""
+    if shop.db.dialect != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite's one writer serialises payments")
+    add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
+    open_flash_sale(shop, "FLASH", quota=2, limit=1)
+    late = place(shop, "FLASH", email="held@example.com").order
+    _lapse(shop, late)
+    (key,) = orders.buyer_lock_keys("FLASH", ["e:held@example.com"])
+    done = threading.Event()
+    outcome: list[fulfilment.Outcome] = []
+
+    def pay() -> None:
+        outcome.append(_pay(shop, late))
+        done.set()
+
+    with shop.db.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        payer = threading.Thread(target=pay)
+        payer.start()
+        assert not done.wait(0.5)  # held up by the buyer's lock (bounded: not a timing test)
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    payer.join(30)
+    assert done.is_set() and outcome[0].delivered is True
+    assert _taken(shop, "FLASH") == 1

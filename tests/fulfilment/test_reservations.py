@@ -222,16 +222,17 @@ def test_flash_limit_reads_only_the_buyers_orders(shop: fulfilment.Shop) -> None
     ?`, it read every order of the SKU, and a flash sale slowed with each sale. PostgreSQL, with
     statistics older than the rows (here: none yet, as on a new shop), took any index that began
     with sku_id for the same reason (migration 0015)."""
-    from kami.orders.buyer_counts import _COUNT_OPEN_AND_HELD, _HELD
+    from kami.orders.buyer_counts import _COUNT_OPEN_AND_HELD, _HELD, _HELD_IN_SALE
 
     values = {
         "sku_id": 1,
         "since": utcnow(),
+        "sale_id": 1,
         "email": "a@example.com",
         "device_id": "dev-1",
         "buyer_ip": "10.0.0.1",
     }
-    for statement in (_HELD, _COUNT_OPEN_AND_HELD):
+    for statement in (_HELD, _HELD_IN_SALE, _COUNT_OPEN_AND_HELD):
         with shop.db.read() as s:
             conn = s.connection()
             plan = statement.plan(conn.dialect)
