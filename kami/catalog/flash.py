@@ -10,13 +10,14 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import BigInteger, Dialect, Table, and_, bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kami.catalog.models import CURRENT_SALE, FlashSale, Sku
 from kami.catalog.queries import sku_by_code_select, sku_row_view
 from kami.catalog.schemas import SkuView
 from kami.kernel.clock import utcnow
-from kami.kernel.errors import InvalidInput, NotFound
+from kami.kernel.errors import Conflict, InvalidInput, NotFound
 from kami.kernel.money import MAX_MINOR
 from kami.kernel.prepared import Prepared, shapes
 
@@ -74,18 +75,34 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
     """Create or change the SKU's flash sale. A window that starts at or after the end of a sale
     that has ended is a new sale: its quota and its buyers' counts start from nothing, and the
     ended one is kept (superseded) for the orders placed in it. Any other window changes the
-    current sale, whose units taken stay taken."""
-    sku_id = session.execute(select(Sku.id).where(Sku.code == sku_code)).scalar_one_or_none()
+    current sale, whose units taken stay taken; but a sale that is selling cannot be moved to
+    start after its own end (that would end it at once and carry what it sold into the next):
+    the next sale is set once it has ended."""
+    # The SKU's row first, locked (PostgreSQL; FOR NO KEY UPDATE, which checkouts inserting
+    # orders of the SKU do not wait for): two admins setting its sale at once go one after
+    # the other, and the second reads the sale as the first left it.
+    sku_id = session.execute(
+        select(Sku.id).where(Sku.code == sku_code).with_for_update(key_share=True)
+    ).scalar_one_or_none()
     if sku_id is None:
         raise NotFound(f"no SKU with code {sku_code!r}", where="sku")
     now = utcnow()
     sale = session.execute(
         select(FlashSale).where(FlashSale.sku_id == sku_id, FlashSale.superseded_at.is_(None))
     ).scalar_one_or_none()
-    if sale is not None and sale.ends_at <= now and data.starts_at >= sale.ends_at:
-        sale.superseded_at = now
-        session.flush()  # before the new one: one current sale per SKU at any moment
-        sale = None
+    if sale is not None and data.starts_at >= sale.ends_at:
+        if sale.starts_at <= now < sale.ends_at:
+            raise Conflict(
+                f"the flash sale of {sku_code} is selling until "
+                f"{sale.ends_at.isoformat(timespec='seconds')}; set the next one once it has "
+                "ended, or give this one a window that overlaps its own",
+                where="starts_at",
+                slug="flash-sale-selling",
+            )
+        if sale.ends_at <= now:
+            sale.superseded_at = now
+            session.flush()  # before the new one: one current sale per SKU at any moment
+            sale = None
     if sale is None:
         sale = FlashSale(sku_id=sku_id, taken=0, created_at=now)
         session.add(sale)
@@ -95,7 +112,15 @@ def set_flash_sale(session: Session, sku_code: str, data: FlashSaleIn) -> FlashS
         )
     for name, value in data.model_dump().items():
         setattr(sale, name, value)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # a first sale of the SKU set at the same moment by someone else
+        raise Conflict(
+            f"the flash sale of {sku_code} was set by someone else at the same moment; read it "
+            "and try again",
+            where="sku",
+            slug="flash-sale-changed",
+        ) from None
     return _view(sale)
 
 

@@ -151,10 +151,8 @@ def refund_unserved(shop: Shop, payload: dict[str, object]) -> None:
             reason=str(payload["reason"])[:500],
             request_key="unserved",
         )
-    except payments.RefundUnsupported as exc:
-        raise PermanentJobError(
-            f"order {order_no}: {exc.detail}; refund it in the channel's console"
-        ) from None
+    except payments.RefundUnsupported as exc:  # its detail says where to refund instead
+        raise PermanentJobError(f"order {order_no}: {exc.detail}") from None
     except Conflict as exc:
         if exc.slug not in ("not-refundable", "nothing-to-refund"):
             raise
@@ -163,7 +161,7 @@ def refund_unserved(shop: Shop, payload: dict[str, object]) -> None:
     if outcome.refund.status == State.FAILED:
         raise PermanentJobError(
             f"order {order_no}: the channel refused the refund ({outcome.refund.detail}); "
-            "refund it in the channel's console"
+            "check the channel's console and refund it there unless it already was"
         )
 
 

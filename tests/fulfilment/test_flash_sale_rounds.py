@@ -5,6 +5,7 @@ new sale's. Any other window edits the current sale, whose units taken stay take
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -117,3 +118,69 @@ def test_the_ended_sales_orders_give_back_and_take_its_own_units(
     assert (out.reason, out.delivered) == (None, True)
     assert [t for _, _, t, _ in _sales(shop)] == [2, 1]
     assert _refused("ROUNDS", "d@example.com", shop) == "sold-out"
+
+
+def test_a_selling_sale_cannot_be_moved_past_its_own_end(shop: fulfilment.Shop) -> None:
+    """Setting next week's window while this week's sale is selling would end it at once and
+    carry what it sold into next week: refused, with what to do. A sale that has not started
+    yet may be moved anywhere: that is an edit."""
+    add_keys(shop, make_sku(shop, "SELLING"), ["K-1", "K-2"])
+    open_flash_sale(shop, "SELLING", quota=2, limit=1)  # selling until ten minutes from now
+    place(shop, "SELLING", email="a@example.com")
+    with pytest.raises(KamiError) as refused:
+        open_flash_sale(
+            shop, "SELLING", quota=2, start=timedelta(days=7), end=timedelta(days=7, hours=1)
+        )
+    assert (refused.value.slug, refused.value.where) == ("flash-sale-selling", "starts_at")
+    assert [rest for _, *rest in _sales(shop)] == [[2, 1, True]]
+    place(shop, "SELLING", email="b@example.com")  # still selling
+    # Scheduled, not started: moved a week on, the same sale.
+    add_keys(shop, make_sku(shop, "LATER"), ["L-1"])
+    later = {"start": timedelta(hours=1), "end": timedelta(hours=2)}
+    open_flash_sale(shop, "LATER", quota=1, **later)
+    open_flash_sale(shop, "LATER", quota=1, start=timedelta(days=7), end=timedelta(days=8))
+    with shop.db.read() as s:
+        rows = s.execute(text("SELECT count(*) FROM catalog_flash_sale")).scalar_one()
+    assert rows == 2  # one per SKU
+
+
+def test_two_admins_setting_a_first_sale_at_once_go_one_after_the_other(
+    shop: fulfilment.Shop,
+) -> None:
+    """PostgreSQL: the second waits for the SKU's row, then reads the sale the first set and
+    changes it; without that wait it inserted a second current sale and failed on the unique
+    index. (SQLite's one writer already puts them one after the other.)"""
+    if shop.db.dialect != "postgresql":
+        pytest.skip("SQLite's one writer serialises the two")
+    make_sku(shop, "TWICE")
+    now = utcnow()
+
+    def sale(quota: int) -> catalog.FlashSaleIn:
+        return catalog.FlashSaleIn(
+            starts_at=now, ends_at=now + timedelta(hours=1), price_minor=99, quota=quota
+        )
+
+    first_set, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with shop.db.write() as s:
+            catalog.set_flash_sale(s, "TWICE", sale(5))
+            first_set.set()
+            release.wait(30)
+
+    def second() -> None:
+        with shop.db.write() as s:
+            catalog.set_flash_sale(s, "TWICE", sale(7))
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_set.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.5)
+    assert b.is_alive()  # waiting for the SKU's row (bounded: not a timing test)
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert not b.is_alive()
+    assert [rest for _, *rest in _sales(shop)] == [[7, 0, True]]
