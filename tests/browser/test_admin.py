@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,6 +170,39 @@ def test_an_operator_is_refused_a_refund_by_the_server(
     page.reload()
     expect(page.locator("#order-status")).to_have_text("已发货")
     assert fulfilment.list_order_refunds(shop, order_no) == []
+
+
+def test_a_flash_sale_set_in_the_console_sells_at_its_price(
+    desk: Page, server: Server, shop: fulfilment.Shop
+) -> None:
+    """The SKU's page: a flash sale set through its form in the browser (the window typed as
+    UTC into datetime-local fields) is the one a checkout then gets; a bad window is refused
+    with what was wrong, and nothing changes."""
+    page, base = desk, server.base
+    make_admin(shop, "boss", accounts.Role.OWNER)
+    sign_in(page, base, "boss")
+    page.goto(f"{base}/admin/catalog/skus/GAME-50")
+    expect(page.locator("#no-flash-sale")).to_be_visible()
+    now = datetime.now(UTC)
+    starts, ends = now - timedelta(minutes=2), now + timedelta(hours=1)
+    page.locator("#starts_at").fill(starts.strftime("%Y-%m-%dT%H:%M"))
+    page.locator("#ends_at").fill(ends.strftime("%Y-%m-%dT%H:%M"))
+    page.locator("#sale_price").fill("0.50")
+    page.locator("#quota").fill("2")
+    page.locator("#flash-sale-form button[type=submit]").click()
+    expect(page.locator("#flash-sale")).to_contain_text("0 / 2")
+    placed = fulfilment.place_order(
+        shop, orders.OrderIn(sku="GAME-50", quantity=1, email="fan@example.com", gateway="sandbox")
+    )
+    assert placed.order.amount_minor == 50
+    page.reload()
+    expect(page.locator("#flash-sale")).to_contain_text("1 / 2")
+    # An end before the start: refused, saying so; the sale stays as it was.
+    page.locator("#ends_at").fill((starts - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.locator("#flash-sale-form button[type=submit]").click()
+    expect(page.locator("body")).to_contain_text("ends_at must be after starts_at")
+    page.goto(f"{base}/admin/catalog/skus/GAME-50")
+    expect(page.locator("#flash-sale")).to_contain_text("1 / 2")
 
 
 @pytest.mark.parametrize("lang", ["zh_CN", "en"])

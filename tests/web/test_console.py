@@ -205,6 +205,7 @@ def test_every_console_form_needs_its_csrf_token(
         ("/admin/2fa/begin", {}),
         ("/admin/catalog/categories", {"slug": "x", "name": "X"}),
         (f"/admin/catalog/skus/{seeded.plain_sku}", {"name": "changed"}),
+        (f"/admin/catalog/skus/{seeded.plain_sku}/flash-sale", {"quota": "1"}),
         ("/admin/keys/find", {"key": "PLAIN-0001-0002-0003"}),
         (f"/admin/orders/{order_no}/refund", {"reason": "r", "refund_key": "k"}),
         (f"/admin/orders/{order_no}/redeliver", {}),
@@ -522,3 +523,46 @@ def test_signing_in_waits_for_the_writer_without_holding_up_the_event_loop(
         holder.join(10)
     assert health == 200 and while_held
     assert login == 303  # signed in once the writer was free
+
+
+# -- flash sales -----------------------------------------------------------------------------------
+def test_a_flash_sale_is_set_and_shown_on_the_skus_page(
+    owner: TestClient, shop: fulfilment.Shop, seeded: Seeded
+) -> None:
+    path = f"/admin/catalog/skus/{seeded.plain_sku}"
+    assert 'id="no-flash-sale"' in owner.get(path).text
+    now = datetime.now(UTC)
+    window = {
+        "starts_at": (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"),
+        "ends_at": (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+    }
+    form = window | {
+        "sale_price": "0.99",
+        "quota": "3",
+        "per_buyer_limit": "",
+        "reservation_minutes": "",
+    }
+    r = post(owner, f"{path}/flash-sale", form)
+    assert r.status_code == 303, r.text  # type: ignore[attr-defined]
+    with shop.db.read() as s:
+        sale = catalog.get_sku_on_sale(s, seeded.plain_sku)[1]
+    assert sale is not None
+    assert (sale.price_minor, sale.quota, sale.per_buyer_limit, sale.reservation_minutes) == (
+        99,
+        3,
+        1,
+        5,
+    )
+    assert sale.starts_at.strftime("%Y-%m-%dT%H:%M") == window["starts_at"]  # read as UTC
+    page = owner.get(path, params={"lang": "en"}).text
+    assert "0 of 3 sold or held" in page and f'value="{window["ends_at"]}"' in page
+    # Bad input names its field and changes nothing.
+    for field, value, said in (
+        ("ends_at", "tomorrow", "is not a date and time"),
+        ("per_buyer_limit", "0", "per_buyer_limit"),
+        ("quota", "many", "is not a whole number"),
+    ):
+        bad = post(owner, f"{path}/flash-sale", form | {field: value})
+        assert bad.status_code == 422 and said in bad.text, field  # type: ignore[attr-defined]
+    with shop.db.read() as s:
+        assert catalog.get_sku_on_sale(s, seeded.plain_sku)[1] == sale

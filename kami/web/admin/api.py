@@ -136,7 +136,9 @@ def update_sku(code: str, body: catalog.SkuPatch, shop: ShopDep, _: AdminDep) ->
 def set_flash_sale(
     code: str, body: catalog.FlashSaleIn, shop: ShopDep, _: AdminDep
 ) -> catalog.FlashSaleView:
-    """Create or change the SKU's flash sale: window, sale price, quota, per-buyer limit."""
+    """Create or change the SKU's flash sale: window, sale price, quota, per-buyer limit. A
+    window that starts after the last sale ended, set once it has ended, starts a new sale with
+    its own quota and counts; a sale that is selling cannot be moved past its own end (409)."""
     with shop.db.write() as s:
         return catalog.set_flash_sale(s, code, body)
 

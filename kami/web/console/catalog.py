@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from kami import catalog, fulfilment
-from kami.kernel.errors import NotFound
+from kami.kernel.errors import InvalidInput, NotFound
 from kami.kernel.money import EXPONENTS, parse_major
 from kami.web.console.frame import (
     OWNER,
@@ -131,20 +133,46 @@ def update_product(slug: str, request: Request, _admin: Admin, form: Form) -> Re
     return redirect(f"{PREFIX}/catalog/products/{slug}")
 
 
+def _sku_context(s: Any, code: str) -> dict[str, Any]:
+    """What the SKU's page shows: the SKU, and its current flash sale (None: it has none)."""
+    sku, sale = catalog.get_sku_on_sale(s, code)
+    return {
+        "sku": sku,
+        "price": major(sku.price_minor, sku.currency),
+        "webhook": sku.delivery_kind == catalog.DeliveryKind.WEBHOOK,
+        "sale": sale,
+        "sale_price": major(sale.price_minor, sku.currency) if sale else "",
+        "utc_minute": _utc_minute,
+    }
+
+
+def _utc_minute(moment: datetime) -> str:
+    """A moment as a `datetime-local` input's value, in UTC, to the minute."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def _utc_field(form: Any, name: str) -> datetime | None:
+    """A `datetime-local` field read as UTC (the page labels it so); None if left empty."""
+    value = (form.get(name) or "").strip()
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"{name}: {value[:40]!r} is not a date and time like 2026-12-24T20:00", where=name
+        ) from None
+    if moment.tzinfo is not None:
+        raise InvalidInput(f"{name}: give the time in UTC, without an offset", where=name)
+    return moment.replace(tzinfo=UTC)
+
+
 @router.get("/catalog/skus/{code}", response_class=HTMLResponse)
 def sku_page(code: str, request: Request) -> Response:
     admin = signed_in(request)
     with shop(request).db.read() as s:
-        sku = catalog.get_sku(s, code)
-    return render(
-        request,
-        "sku.html",
-        admin=admin,
-        sku=sku,
-        price=major(sku.price_minor, sku.currency),
-        webhook=sku.delivery_kind == catalog.DeliveryKind.WEBHOOK,
-        secret=None,
-    )
+        context = _sku_context(s, code)
+    return render(request, "sku.html", admin=admin, secret=None, **context)
 
 
 @router.post("/catalog/skus/{code}")
@@ -165,21 +193,36 @@ def update_sku(code: str, request: Request, _admin: Admin, form: Form) -> Respon
     return redirect(f"{PREFIX}/catalog/skus/{code}")
 
 
+@router.post("/catalog/skus/{code}/flash-sale")
+def set_flash_sale(code: str, request: Request, _admin: Admin, form: Form) -> Response:
+    """Create or change the SKU's flash sale (`catalog.set_flash_sale`: a window after the
+    last sale ended starts a new one)."""
+    with shop(request).db.read() as s:
+        current = catalog.get_sku(s, code)
+    price = (form.get("sale_price") or "").strip()
+    data = model(
+        catalog.FlashSaleIn,
+        starts_at=_utc_field(form, "starts_at"),
+        ends_at=_utc_field(form, "ends_at"),
+        price_minor=parse_major(price, current.currency, where="sale_price") if price else None,
+        quota=as_int(form.get("quota"), "quota"),
+        **{  # left empty: the sale's defaults (one per buyer, five minutes to pay)
+            name: value
+            for name in ("per_buyer_limit", "reservation_minutes")
+            if (value := as_int(form.get(name), name)) is not None
+        },
+    )
+    written(shop(request), catalog.set_flash_sale, code, data)
+    return redirect(f"{PREFIX}/catalog/skus/{code}")
+
+
 @router.post("/catalog/skus/{code}/webhook-secret", response_class=HTMLResponse)
 def webhook_secret(code: str, request: Request, admin: Admin, _form: Form) -> Response:
     """Shows a webhook SKU's signing secret: the owner only, checked here, not by the button."""
     require(admin, OWNER, "read signing secrets")
     with shop(request).db.read() as s:
-        sku = catalog.get_sku(s, code)
-    if sku.delivery_kind != catalog.DeliveryKind.WEBHOOK:
+        context = _sku_context(s, code)
+    if not context["webhook"]:
         raise catalog_not_found("webhook SKU", code)
     secret = fulfilment.webhook_secret(shop(request), code)
-    return render(
-        request,
-        "sku.html",
-        admin=admin,
-        sku=sku,
-        price=major(sku.price_minor, sku.currency),
-        webhook=True,
-        secret=secret,
-    )
+    return render(request, "sku.html", admin=admin, secret=secret, **context)
