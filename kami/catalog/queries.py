@@ -10,16 +10,18 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from kami.catalog.models import Category, Product, Sku
+from kami.catalog.models import CURRENT_SALE, Category, FlashSale, Product, Sku
 from kami.catalog.rules import DeliveryKind, StockDisplay, display_stock
 from kami.catalog.schemas import (
     CategoryView,
     ProductView,
     PublicCategory,
+    PublicFlashSale,
     PublicProduct,
     PublicSku,
     SkuView,
 )
+from kami.kernel.clock import utcnow
 from kami.kernel.errors import NotFound
 from kami.kernel.prepared import Prepared
 
@@ -184,6 +186,20 @@ def public_tree(
         .all()
     )
 
+    now = utcnow()
+    sales = {
+        f.sku_id: PublicFlashSale(
+            starts_at=f.starts_at,
+            ends_at=f.ends_at,
+            price_minor=f.price_minor,
+            per_buyer_limit=f.per_buyer_limit,
+            remaining=max(0, f.quota - f.taken),
+            selling=f.starts_at <= now,
+        )
+        for f in session.execute(
+            select(FlashSale).where(FlashSale.ends_at > now, CURRENT_SALE)
+        ).scalars()
+    }
     skus_by_product: dict[int, list[PublicSku]] = defaultdict(list)
     for s in skus:
         skus_by_product[s.product_id].append(
@@ -205,6 +221,7 @@ def public_tree(
                 ],
                 delivery_kind=DeliveryKind(s.delivery_kind),
                 input_fields=list(s.input_fields or []),
+                flash_sale=sales.get(s.id),
             )
         )
     products_by_cat: dict[int, list[PublicProduct]] = defaultdict(list)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -146,6 +147,17 @@ class ProductView(BaseModel):
     active: bool
 
 
+class PublicFlashSale(BaseModel):
+    """A SKU's flash sale as buyers see it, from before it starts until it ends."""
+
+    starts_at: datetime
+    ends_at: datetime
+    price_minor: int
+    per_buyer_limit: int
+    remaining: int = Field(description="units of the quota not yet sold or held by an order")
+    selling: bool = Field(description="started and not ended: checkouts now pay the sale price")
+
+
 class PublicSku(BaseModel):
     code: str
     name: str
@@ -158,6 +170,9 @@ class PublicSku(BaseModel):
     delivery_kind: DeliveryKind = DeliveryKind.CARD_KEY
     input_fields: list[dict[str, Any]] = Field(
         default_factory=list, description="what the buyer must fill in at checkout"
+    )
+    flash_sale: PublicFlashSale | None = Field(
+        default=None, description="its flash sale, if one is coming or selling"
     )
 
 

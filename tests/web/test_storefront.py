@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,13 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 
-from kami import bootstrap, fulfilment
+from kami import bootstrap, catalog, fulfilment
 from kami.config import Settings, SmtpConfig
 from kami.web import i18n
 from kami.web.app import create_app
 from kami.web.storefront import lookup_codes
 from tests.browser.seed import EVIL, EVIL_INPUT, Seeded, seed
-from tests.conftest import Inbox
+from tests.conftest import Inbox, open_flash_sale, place
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["/", "/p/evil-vip", "/p/plain-card", "/checkout/EVIL-MONTH", "/lookup", "/orders/KX1"]
@@ -276,3 +277,39 @@ def test_a_code_allows_five_guesses_and_addresses_get_three_codes_an_hour(
         "/lookup", data={"csrf_token": _csrf(client, "/lookup"), "email": "buyer@example.com"}
     )
     assert r.status_code == 429 and 'id="code-sent"' not in r.text
+
+
+def test_a_flash_sale_is_shown_before_and_while_it_sells(
+    client: TestClient, shop: fulfilment.Shop, seeded: Seeded
+) -> None:
+    """The product and checkout pages, and the JSON catalog: a coming sale says its price and
+    start; a selling one its price beside the usual one, what is left, its end and the limit;
+    once its quota is gone the SKU is sold out there, whatever the keys in stock."""
+    code = seeded.plain_sku
+    with shop.db.read() as s:
+        product = catalog.get_sku(s, code).product_slug
+    open_flash_sale(shop, code, quota=1, start=timedelta(hours=1), end=timedelta(hours=2))
+    page = client.get(f"/p/{product}", params={"lang": "en", "sku": code}).text
+    assert "Flash sale at CN¥0.99 from" in page and 'id="buy-link"' in page
+    [sku] = [s for s in _skus(client) if s["code"] == code]
+    assert sku["flash_sale"]["selling"] is False and sku["flash_sale"]["remaining"] == 1
+    open_flash_sale(shop, code, quota=1, start=timedelta(minutes=-1), end=timedelta(hours=2))
+    for path in (f"/p/{product}", f"/checkout/{code}"):
+        page = client.get(path, params={"lang": "zh_CN", "sku": code}).text
+        assert "¥0.99" in page and "剩余 1" in page and "每人限购 1" in page, path
+        assert _untranslated(page, "zh_CN") == [], path
+    place(shop, code, email="first@example.com")
+    page = client.get(f"/p/{product}", params={"lang": "en", "sku": code}).text
+    assert "0 left" in page and 'id="buy-link"' not in page and "Sold out" in page
+    [sku] = [s for s in _skus(client) if s["code"] == code]
+    assert sku["flash_sale"] == {**sku["flash_sale"], "selling": True, "remaining": 0}
+
+
+def _skus(client: TestClient) -> Iterator[dict[str, Any]]:
+    def walk(cats: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for cat in cats:
+            for product in cat["products"]:
+                yield from product["skus"]
+            yield from walk(cat["children"])
+
+    return walk(client.get("/api/v1/catalog").json())
