@@ -35,7 +35,7 @@ from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, text
 
-from kami import bootstrap, catalog, fulfilment, payments, vault
+from kami import bootstrap, catalog, fulfilment, orders, payments, vault
 from kami.config import Settings
 from kami.kernel.clock import utcnow
 from kami.kernel.db import Base
@@ -339,6 +339,16 @@ def open_flash_sale(
                 reservation_minutes=2,
             ),
         )
+
+
+def lapse(shop: fulfilment.Shop, order: orders.OrderView) -> None:
+    """The order runs out of time and the sweep expires it: its keys and quota go back."""
+    with shop.db.write() as s:
+        s.execute(
+            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
+            {"t": utcnow() - timedelta(seconds=1), "i": order.id},
+        )
+    assert fulfilment.expire_orders(shop) == 1
 
 
 def add_keys(

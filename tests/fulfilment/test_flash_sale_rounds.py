@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from kami import catalog, fulfilment, orders, payments
+from kami import catalog, fulfilment, payments
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
-from tests.conftest import add_keys, make_sku, open_flash_sale, place, raw_notification
+from tests.conftest import add_keys, lapse, make_sku, open_flash_sale, place, raw_notification
 from tests.conftest import sandbox_body as body
 
 
@@ -39,15 +39,6 @@ def _end_the_sale(shop: fulfilment.Shop, code: str, quota: int, limit: int = 1) 
     """The current sale's window moved into the past: an edit, since it has not ended yet."""
     window = {"start": timedelta(minutes=-20), "end": timedelta(minutes=-5)}
     open_flash_sale(shop, code, quota=quota, limit=limit, **window)
-
-
-def _lapse(shop: fulfilment.Shop, order: orders.OrderView) -> None:
-    with shop.db.write() as s:
-        s.execute(
-            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
-            {"t": utcnow() - timedelta(seconds=1), "i": order.id},
-        )
-    assert fulfilment.expire_orders(shop) == 1
 
 
 def test_a_window_after_the_last_sale_ended_is_a_new_sale(shop: fulfilment.Shop) -> None:
@@ -107,7 +98,7 @@ def test_the_ended_sales_orders_give_back_and_take_its_own_units(
     place(shop, "ROUNDS", email="c@example.com")
     assert [t for _, _, t, _ in _sales(shop)] == [2, 1]
     # The first sale's unpaid order runs out: its unit goes back to the first sale.
-    _lapse(shop, unpaid)
+    lapse(shop, unpaid)
     assert [t for _, _, t, _ in _sales(shop)] == [1, 1]
     # Its money arrives after all: it takes its unit of the first sale back, and is served,
     # though the second sale is sold out; and it is counted in the first sale, not the second.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import re
 import threading
-from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,19 +23,17 @@ from kami.kernel import outbox
 from kami.kernel.clock import utcnow
 from kami.kernel.errors import KamiError
 from kami.worker import runner
-from tests.conftest import Inbox, add_keys, make_sku, open_flash_sale, place, raw_notification
+from tests.conftest import (
+    Inbox,
+    add_keys,
+    lapse,
+    make_sku,
+    open_flash_sale,
+    place,
+    raw_notification,
+)
 from tests.conftest import sandbox_body as body
 from tests.web.conftest import make_admin, sign_in
-
-
-def _lapse(shop: fulfilment.Shop, order: orders.OrderView) -> None:
-    """The order runs out of time and the sweep expires it: its keys and quota go back."""
-    with shop.db.write() as s:
-        s.execute(
-            text("UPDATE orders_order SET expires_at = :t WHERE id = :i"),
-            {"t": utcnow() - timedelta(seconds=1), "i": order.id},
-        )
-    assert fulfilment.expire_orders(shop) == 1
 
 
 def _pay(shop: fulfilment.Shop, order: orders.OrderView) -> fulfilment.Outcome:
@@ -67,6 +64,17 @@ def _keys_of(shop: fulfilment.Shop, order: orders.OrderView) -> list[str]:
         return [str(status) for (status,) in rows.tuples()]
 
 
+def _refused_late(shop: fulfilment.Shop, email: str = "a@example.com") -> orders.OrderView:
+    """A flash-sale order paid after it lapsed and its unit went to another buyer: failed."""
+    add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
+    open_flash_sale(shop, "FLASH", quota=1, limit=1)
+    late = place(shop, "FLASH", email=email).order
+    lapse(shop, late)
+    place(shop, "FLASH", email="b@example.com")
+    assert _pay(shop, late).reason == "late-payment-quota-gone"
+    return late
+
+
 def test_a_late_payment_outside_a_flash_sale_is_served(shop: fulfilment.Shop) -> None:
     add_keys(shop, make_sku(shop, "PLAIN"), ["K-1", "K-2"])
     placed = place(shop, "PLAIN")
@@ -85,7 +93,7 @@ def test_a_late_flash_payment_takes_its_quota_back_and_is_delivered(
     add_keys(shop, make_sku(shop, "FLASH"), [f"K-{n}" for n in range(5)])
     open_flash_sale(shop, "FLASH", quota=2, limit=1)
     late = place(shop, "FLASH", email="a@example.com").order
-    _lapse(shop, late)
+    lapse(shop, late)
     assert _taken(shop, "FLASH") == 0
     out = _pay(shop, late)
     assert (out.verdict, out.reason, out.delivered) == ("accepted", None, True)
@@ -106,7 +114,7 @@ def test_a_late_flash_payment_after_the_quota_went_fails_and_is_refunded(
     add_keys(shop, make_sku(shop, "FLASH"), [f"K-{n}" for n in range(5)])
     open_flash_sale(shop, "FLASH", quota=1, limit=1)
     late = place(shop, "FLASH", email="a@example.com").order
-    _lapse(shop, late)
+    lapse(shop, late)
     winner = place(shop, "FLASH", email="b@example.com").order  # the unit given back, taken
     assert _taken(shop, "FLASH") == 1
     out = _pay(shop, late)
@@ -173,7 +181,7 @@ def test_an_order_that_lapses_after_its_payment_read_it_takes_its_quota_back(
     open_flash_sale(shop, "FLASH", quota=1, limit=1)
     late = place(shop, "FLASH", email="a@example.com").order
     assert late.status == "pending"
-    _lapse(shop, late)
+    lapse(shop, late)
     place(shop, "FLASH", email="b@example.com")  # takes the quota back
     notice = payments.PaymentNotice(
         gateway="sandbox",
@@ -197,12 +205,7 @@ def test_the_buyer_is_told_why_by_mail(settings: Settings, smtp: tuple[Inbox, in
     container = bootstrap.build(settings.model_copy(update={"smtp": smtp_config}))
     try:
         shop = container.shop
-        add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
-        open_flash_sale(shop, "FLASH", quota=1, limit=1)
-        late = place(shop, "FLASH", email="late@example.com").order
-        _lapse(shop, late)
-        place(shop, "FLASH", email="b@example.com")
-        assert _pay(shop, late).reason == "late-payment-quota-gone"
+        late = _refused_late(shop, "late@example.com")
         runner.run_once(container, sweep=False)  # the refund and this mail
         runner.run_once(container, sweep=False)  # the refund's own mail
         mails = {m["Subject"]: m for m in inbox.messages if m["To"] == "late@example.com"}
@@ -216,12 +219,7 @@ def test_the_buyer_is_told_why_by_mail(settings: Settings, smtp: tuple[Inbox, in
 
 
 def test_the_console_shows_why_the_order_failed(client: TestClient, shop: fulfilment.Shop) -> None:
-    add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
-    open_flash_sale(shop, "FLASH", quota=1, limit=1)
-    late = place(shop, "FLASH", email="a@example.com").order
-    _lapse(shop, late)
-    place(shop, "FLASH", email="b@example.com")
-    _pay(shop, late)
+    late = _refused_late(shop)
     make_admin(shop, "owner", accounts.Role.OWNER)
     sign_in(client, "owner")
     for locale, label in (("zh_CN", "备注"), ("en", "Note")):
@@ -232,17 +230,6 @@ def test_the_console_shows_why_the_order_failed(client: TestClient, shop: fulfil
         assert html.unescape(note.group(2)) == (
             "paid after it lapsed; the flash sale's quota of 1 was taken by then"
         )
-
-
-def _refused_late(shop: fulfilment.Shop) -> orders.OrderView:
-    """A flash-sale order paid after it lapsed and its unit went to another buyer: failed."""
-    add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
-    open_flash_sale(shop, "FLASH", quota=1, limit=1)
-    late = place(shop, "FLASH", email="a@example.com").order
-    _lapse(shop, late)
-    place(shop, "FLASH", email="b@example.com")
-    assert _pay(shop, late).reason == "late-payment-quota-gone"
-    return late
 
 
 def _jobs(shop: fulfilment.Shop, order_no: str) -> dict[str, tuple[str, str | None]]:
@@ -293,7 +280,7 @@ def test_a_late_payment_waits_for_its_buyers_lock(shop: fulfilment.Shop) -> None
     add_keys(shop, make_sku(shop, "FLASH"), ["K-1", "K-2"])
     open_flash_sale(shop, "FLASH", quota=2, limit=1)
     late = place(shop, "FLASH", email="held@example.com").order
-    _lapse(shop, late)
+    lapse(shop, late)
     (key,) = orders.buyer_lock_keys("FLASH", ["e:held@example.com"])
     done = threading.Event()
     outcome: list[fulfilment.Outcome] = []
