@@ -107,6 +107,28 @@ def test_a_late_flash_payment_takes_its_quota_back_and_is_delivered(
     assert refused.value.slug == "sold-out"
 
 
+def test_a_late_flash_payment_without_keys_holds_its_quota_while_it_waits(
+    shop: fulfilment.Shop,
+) -> None:
+    """The quota is there but the keys are gone (voided meanwhile): the order waits for stock,
+    as every paid order does, holding its unit of the quota; the next import serves it."""
+    sku = make_sku(shop, "FLASH")
+    add_keys(shop, sku, ["K-1"])
+    open_flash_sale(shop, "FLASH", quota=2, limit=1)
+    late = place(shop, "FLASH", email="a@example.com").order
+    lapse(shop, late)
+    with shop.db.write() as s:
+        s.execute(text("UPDATE vault_key SET status = 'void'"))
+    out = _pay(shop, late)
+    assert (out.reason, out.delivered) == (None, False)
+    assert _order(shop, late.order_no).status == "awaiting_stock"
+    assert _taken(shop, "FLASH") == 1
+    add_keys(shop, sku, ["K-2", "K-3"])
+    assert _order(shop, late.order_no).status == "delivered"
+    assert _keys_of(shop, late) == ["sold"]
+    assert _taken(shop, "FLASH") == 1
+
+
 def test_a_late_flash_payment_after_the_quota_went_fails_and_is_refunded(
     container: bootstrap.Container,
 ) -> None:
