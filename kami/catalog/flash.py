@@ -141,9 +141,20 @@ _SKU_AND_SALE = Prepared(
 # statement also takes its buyer's locks (`orders.buyer_lock_keys`), one round trip fewer.
 # PostgreSQL computes a SELECT's list in order, so the locks are taken in the order given; with
 # no SKU there is no row and no lock.
+def _advisory_locks(n: int) -> list[Any]:
+    """`n` PostgreSQL transaction advisory locks as SELECT columns, keys bound as k0, k1 …"""
+    return [func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n)]
+
+
+def _lock_params(params: dict[str, object], locks: Sequence[int]) -> dict[str, object]:
+    """`params` with the lock keys of `_advisory_locks` bound, in the order given."""
+    params.update((f"k{i}", k) for i, k in enumerate(locks))
+    return params
+
+
 @cache
 def _sku_and_sale_locking(n: int) -> Prepared:
-    locks = (func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
+    locks = _advisory_locks(n)
     return Prepared(
         sku_by_code_select().add_columns(*_SALE_COLUMNS, *locks).outerjoin(_F, _ON_CURRENT_SALE)
     )
@@ -164,8 +175,7 @@ def find_sku_on_sale(
     transaction, in the same statement; only if the SKU exists. Read before the locks are
     granted (the statement's snapshot is taken when it starts)."""
     if locks:
-        params: dict[str, object] = {"code": code}
-        params.update((f"k{i}", k) for i, k in enumerate(locks))
+        params = _lock_params({"code": code}, locks)
         row = _sku_and_sale_locking(len(locks)).run(session, params).first()
     else:
         row = _SKU_AND_SALE.run(session, {"code": code}).first()
@@ -200,8 +210,7 @@ def get_sku_on_sale(
 # locks taken in the same statement as `_sku_and_sale_locking` takes them.
 @cache
 def _sale_locking(n: int) -> Prepared:
-    locks = (func.pg_advisory_xact_lock(bindparam(f"k{i}", type_=BigInteger)) for i in range(n))
-    return Prepared(select(*_F.c, *locks).where(_F.c.id == bindparam("sale_id")))
+    return Prepared(select(*_F.c, *_advisory_locks(n)).where(_F.c.id == bindparam("sale_id")))
 
 
 def find_flash_sale(
@@ -209,8 +218,7 @@ def find_flash_sale(
 ) -> FlashSaleView | None:
     """The flash sale of this id, current or superseded; None if there is none. `locks`: as
     `find_sku_on_sale`'s, taken in the same statement, only if the sale exists."""
-    params: dict[str, object] = {"sale_id": sale_id}
-    params.update((f"k{i}", k) for i, k in enumerate(locks))
+    params = _lock_params({"sale_id": sale_id}, locks)
     row = _sale_locking(len(locks)).run(session, params).first()
     return None if row is None else _view(row)
 

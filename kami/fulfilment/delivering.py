@@ -172,15 +172,15 @@ def _flash_terms_refused(
     sale = catalog.find_flash_sale(session, sale_id, locks=locks)
     if sale is None:  # a sale is never deleted: its units cannot be had
         return "late-payment-quota-gone", "paid after it lapsed; its flash sale is gone"
+    # This order, paid now, is one of the units counted.
     held = orders.quantity_held_in_sale(
         session, order.sku_id, sale_id, email=order.email, device_id=device_id
     )
-    held -= order.quantity  # this order, paid now, is one of them
-    if held + order.quantity > sale.per_buyer_limit:
+    if held > sale.per_buyer_limit:
         return (
             "late-payment-limit-reached",
-            f"paid after it lapsed; the buyer already holds {held} of the flash sale's "
-            f"{sale.per_buyer_limit} per buyer",
+            f"paid after it lapsed; the buyer already holds {held - order.quantity} of the "
+            f"flash sale's {sale.per_buyer_limit} per buyer",
         )
     if not catalog.take_quota(session, sale_id, order.quantity):
         return (
