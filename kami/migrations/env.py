@@ -13,6 +13,7 @@ import kami.orders.models
 import kami.payments.models
 import kami.vault.models  # noqa: F401  (every model module registers its tables)
 from kami.kernel.db import Base
+from kami.kernel.engine import PAGE_SIZE
 
 config = context.config
 url = str(config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url"))
@@ -22,6 +23,11 @@ target_metadata = Base.metadata
 def run() -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # A database the first migration makes takes Kami's page size (decision 0030); one
+            # that has tables keeps its own, and SQLite ignores this.
+            connection.exec_driver_sql(f"PRAGMA page_size = {PAGE_SIZE}")
+            connection.commit()  # else the migrations join the PRAGMA's transaction and are undone
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
