@@ -48,6 +48,27 @@ def db_upgrade(revision: str = "head") -> None:
     console.print("database is up to date")
 
 
+@db_app.command("vacuum")
+def db_vacuum() -> None:
+    """SQLite: rebuild the database file with Kami's page size (stop the server first)."""
+    from kami.kernel.sqlite_rebuild import rebuild
+
+    with clear_errors():
+        s = settings()
+        if not s.is_sqlite:
+            err.print("kami db vacuum is for SQLite; PostgreSQL has its own VACUUM")
+            raise typer.Exit(2)
+        path = s.database_url.split("///", 1)[-1]
+        with console.status("rebuilding the database") as status:
+            done = rebuild(
+                path, tick=lambda t: status.update(f"rebuilding the database: {t:.0f} s")
+            )
+    console.print(
+        f"rebuilt in {done.seconds:.1f} s: pages of {done.page_size_before} → {done.page_size} "
+        f"bytes, {done.bytes_before / 2**20:.1f} → {done.bytes_after / 2**20:.1f} MiB"
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="overrides KAMI_HOST")] = None,
