@@ -85,8 +85,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 # A new SQLite database is made with pages of 1 KiB, not SQLite's 4 KiB (decision 0030). Every
 # commit writes each page it changed whole into the WAL, and a checkpoint writes it back and
 # syncs it: a claim changes three pages (the key's row and two index entries), 12 KiB at 4 KiB
-# a page and 3 KiB at 1 KiB. Measured on the claim statement alone: 21,700–23,200 claims/s with
-# 4 KiB pages, 27,500–28,400/s with 1 KiB, 26,900–28,500/s with 512 bytes. A database made
+# a page and 3 KiB at 1 KiB. Measured on the claim statement alone: 20,900–23,200 claims/s with
+# 4 KiB pages, 27,500–28,900/s with 1 KiB, 26,900–28,500/s with 512 bytes. A database made
 # before keeps its page size (SQLite changes it only by rebuilding the file: `kami db vacuum`).
 PAGE_SIZE = 1024
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # about 10 MB of WAL with 1 KiB pages

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from kami import bootstrap, fulfilment
 from kami.cli.main import app
 from kami.config import Settings
-from kami.kernel.engine import PAGE_SIZE
+from kami.kernel import sqlite_rebuild
+from kami.kernel.engine import PAGE_SIZE, make_engine
 from kami.kernel.errors import Conflict, InvalidInput
 from kami.kernel.sqlite_rebuild import rebuild
 from tests.conftest import BACKEND
@@ -55,6 +56,17 @@ def test_the_migrations_make_a_new_database_with_kamis_page_size(tmp_path: Path)
         conn.close()
     shipped = Path(bootstrap.__file__).parent / "migrations" / "versions"
     assert version == max(p.name[:4] for p in shipped.glob("0*.py"))
+
+
+def test_a_database_a_connection_makes_has_kamis_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "made-by-a-connection.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    finally:
+        engine.dispose()
+    assert pragma(path, "page_size") == PAGE_SIZE
 
 
 def test_the_shops_database_has_kamis_page_size(shop: fulfilment.Shop, settings: Settings) -> None:
@@ -111,6 +123,73 @@ def test_a_database_in_use_is_refused_and_left_as_it_was(tmp_path: Path) -> None
     assert pragma(path, "page_size") == 4096
     assert pragma(path, "journal_mode") == "wal"
     assert pragma(path, "integrity_check") == "ok"
+
+
+def test_nothing_else_reads_or_writes_while_it_rebuilds(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    old_database(path)
+    met: list[str] = []
+
+    def another_connection(_seconds: float) -> None:
+        if met:
+            return
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("SELECT count(*) FROM t").fetchone()
+            met.append("read")
+        except sqlite3.OperationalError as exc:
+            met.append(str(exc))
+        finally:
+            other.close()
+
+    rebuild(str(path), tick=another_connection)
+    assert met == ["database is locked"]
+    conn = sqlite3.connect(path)  # and the lock goes with the rebuild
+    try:
+        conn.execute("INSERT INTO t (v) VALUES ('after')")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_an_interrupted_rebuild_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "interrupted.db"
+    old_database(path)
+    calls = []
+
+    def interrupt(_seconds: float) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(str(path), tick=interrupt)
+    assert pragma(path, "page_size") == 4096
+    assert pragma(path, "journal_mode") == "wal"
+    assert pragma(path, "integrity_check") == "ok"
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (3000,)
+    finally:
+        conn.close()
+
+
+def test_not_room_enough_is_refused_before_anything_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cramped.db"
+    old_database(path)
+    size = path.stat().st_size
+    real = sqlite_rebuild.shutil.disk_usage
+
+    def cramped(where: str) -> object:
+        return real(where)._replace(free=size)  # room for one copy, not for two
+
+    monkeypatch.setattr(sqlite_rebuild.shutil, "disk_usage", cramped)
+    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path))  # the copy beside the database
+    with pytest.raises(InvalidInput, match="MiB free in"):
+        rebuild(str(path))
+    assert pragma(path, "page_size") == 4096
 
 
 def test_no_database_is_a_clear_error(tmp_path: Path) -> None:
