@@ -174,6 +174,47 @@ def test_a_late_flash_payment_after_the_quota_went_fails_and_is_refunded(
     assert _pay(shop, winner).delivered is True
 
 
+def _found_by_asking(shop: fulfilment.Shop, order: orders.OrderView) -> fulfilment.SyncResult:
+    """The buyer paid, the channel's callback never came, and the seller asks the channel
+    (`kami orders sync`, the console's button): its answer takes the notification's path."""
+    with shop.db.write() as s:
+        payments.record_sandbox_trade(s, order.order_no, order.amount_minor, "CNY")
+    return fulfilment.sync_order(shop, order.order_no)
+
+
+def test_a_late_flash_payment_found_by_asking_the_channel_keeps_to_the_sale(
+    shop: fulfilment.Shop,
+) -> None:
+    add_keys(shop, make_sku(shop, "FLASH"), [f"K-{n}" for n in range(5)])
+    open_flash_sale(shop, "FLASH", quota=2, limit=1)
+    served = place(shop, "FLASH", email="a@example.com").order
+    refused = place(shop, "FLASH", email="b@example.com").order
+    lapse(shop, served)
+    lapse(shop, refused)
+    assert _taken(shop, "FLASH") == 0
+    found = _found_by_asking(shop, served)  # its unit is still there: taken back, served
+    assert found.outcome is not None and found.outcome.reason is None
+    assert found.status == "delivered" and _keys_of(shop, served) == ["sold"]
+    assert _taken(shop, "FLASH") == 1
+    place(shop, "FLASH", email="c@example.com")  # the last unit goes to another buyer
+    found = _found_by_asking(shop, refused)
+    assert found.outcome is not None
+    assert (found.outcome.verdict, found.outcome.reason) == (
+        "accepted",
+        "late-payment-quota-gone",
+    )
+    assert found.status == "failed" and _keys_of(shop, refused) == []
+    assert _taken(shop, "FLASH") == 2
+    with shop.db.read() as s:
+        [record] = payments.list_notifications(s, order_no=refused.order_no)
+        jobs = s.execute(
+            text("SELECT kind FROM kernel_outbox WHERE status = 'pending' ORDER BY id")
+        ).scalars()
+        kinds = list(jobs)
+    assert (record.method, record.reason) == ("QUERY", "late-payment-quota-gone")
+    assert fulfilment.UNSERVED_REFUND_JOB in kinds  # refunded in full by the worker
+
+
 def test_a_late_flash_payment_past_the_buyers_limit_fails(shop: fulfilment.Shop) -> None:
     add_keys(shop, make_sku(shop, "FLASH"), [f"K-{n}" for n in range(5)])
     open_flash_sale(shop, "FLASH", quota=5, limit=1)
