@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import DBAPIError
 
@@ -138,6 +139,7 @@ def build(settings: Settings) -> Container:
         order_ttl=timedelta(minutes=settings.order_ttl_minutes),
         mailer=build_mailer(settings),
         shop_name=settings.shop_name,
+        timezone=ZoneInfo(settings.timezone),
         open_orders_per_buyer=settings.open_orders_per_buyer,
         open_orders_per_ip=settings.open_orders_per_ip,
         supplier_unknown_limit=settings.supplier_unknown_limit,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     rate_limit_reveals: str = "60/minute"
     rate_limit_licenses: str = "120/minute"  # validate/activate/deactivate, per client address
     shop_name: str = "Kami"
+    # The shop's time zone: the console and the storefront show times in it, the console reads
+    # the times typed into it (a flash sale's window) in it, and the dashboard's days are its.
+    timezone: str = "Asia/Shanghai"
     smtp: SmtpConfig = SmtpConfig()
     stripe: StripeConfig = StripeConfig()
     epay: EpayConfig = EpayConfig()
@@ -85,6 +89,17 @@ class Settings(BaseSettings):
     # Files sold as downloads: stored here under their SHA-256, never served from here directly.
     files_dir: Path = Path("var/files")
     files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, le=1 << 40)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value[:60]!r}; use a name like Asia/Shanghai or UTC"
+            ) from None
+        return value
 
     @property
     def base_url(self) -> str:

@@ -210,3 +210,11 @@ def test_serve_with_several_processes_runs_the_jobs_in_the_supervisor(
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
+
+
+def test_a_bad_setting_is_named_without_a_traceback(env: dict[str, str]) -> None:
+    code, out = kami(env | {"KAMI_TIMEZONE": "Mars/Base"}, "db", "upgrade")
+    assert code == 2 and "Traceback" not in out
+    assert "KAMI_TIMEZONE: unknown time zone 'Mars/Base'" in " ".join(out.split())
+    code, out = kami(env | {"KAMI_DB_CONCURRENCY": "0"}, "db", "upgrade")
+    assert code == 2 and "KAMI_DB_CONCURRENCY" in out and "Traceback" not in out

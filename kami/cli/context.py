@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from kami import bootstrap
@@ -17,7 +18,16 @@ err = Console(stderr=True)
 
 
 def settings() -> Settings:
-    return Settings()
+    """The settings from the environment; a bad one stops the command with a line per setting
+    that names it (KAMI_…) and says what is wrong, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "KAMI_" + "__".join(str(part) for part in error["loc"]).upper()
+            said = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error:[/] {name}: {said}", highlight=False)
+        raise typer.Exit(code=2) from None
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from time import monotonic
 
 from kami import catalog
@@ -36,6 +36,8 @@ class Shop:
     order_ttl: timedelta = timedelta(minutes=15)
     mailer: Mailer | None = None
     shop_name: str = "Kami"
+    # The shop's time zone (KAMI_TIMEZONE): where its pages show and read times.
+    timezone: tzinfo = UTC
     # Anti-hoarding: unpaid orders one buyer may hold per SKU, by e-mail or device, and by IP
     # (higher: many buyers share a carrier-grade NAT address).
     open_orders_per_buyer: int = 3

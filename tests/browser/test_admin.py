@@ -175,15 +175,15 @@ def test_an_operator_is_refused_a_refund_by_the_server(
 def test_a_flash_sale_set_in_the_console_sells_at_its_price(
     desk: Page, server: Server, shop: fulfilment.Shop
 ) -> None:
-    """The SKU's page: a flash sale set through its form in the browser (the window typed as
-    UTC into datetime-local fields) is the one a checkout then gets; a bad window is refused
-    with what was wrong, and nothing changes."""
+    """The SKU's page: a flash sale set through its form in the browser (the window typed in
+    the shop's time zone into datetime-local fields) is the one a checkout then gets; a bad
+    window is refused with what was wrong, and nothing changes."""
     page, base = desk, server.base
     make_admin(shop, "boss", accounts.Role.OWNER)
     sign_in(page, base, "boss")
     page.goto(f"{base}/admin/catalog/skus/GAME-50")
     expect(page.locator("#no-flash-sale")).to_be_visible()
-    now = datetime.now(UTC)
+    now = datetime.now(shop.timezone)
     starts, ends = now - timedelta(minutes=2), now + timedelta(hours=1)
     page.locator("#starts_at").fill(starts.strftime("%Y-%m-%dT%H:%M"))
     page.locator("#ends_at").fill(ends.strftime("%Y-%m-%dT%H:%M"))

@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -531,7 +532,9 @@ def test_a_flash_sale_is_set_and_shown_on_the_skus_page(
 ) -> None:
     path = f"/admin/catalog/skus/{seeded.plain_sku}"
     assert 'id="no-flash-sale"' in owner.get(path).text
-    now = datetime.now(UTC)
+    # Typed in the shop's time zone (KAMI_TIMEZONE, by default Asia/Shanghai), as it says.
+    assert shop.timezone == ZoneInfo("Asia/Shanghai")
+    now = datetime.now(shop.timezone)
     window = {
         "starts_at": (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"),
         "ends_at": (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
@@ -553,9 +556,12 @@ def test_a_flash_sale_is_set_and_shown_on_the_skus_page(
         1,
         5,
     )
-    assert sale.starts_at.strftime("%Y-%m-%dT%H:%M") == window["starts_at"]  # read as UTC
+    starts = datetime.fromisoformat(window["starts_at"]).replace(tzinfo=shop.timezone)
+    assert sale.starts_at == starts and sale.starts_at.utcoffset() == timedelta(0)  # kept in UTC
     page = owner.get(path, params={"lang": "en"}).text
     assert "0 of 3 sold or held" in page and f'value="{window["ends_at"]}"' in page
+    assert "Starts (UTC+08:00)" in page and "Window (UTC+08:00)" in page
+    assert "时间（UTC+08:00）" in owner.get(path, params={"lang": "zh_CN"}).text
     # Bad input names its field and changes nothing.
     for field, value, said in (
         ("ends_at", "tomorrow", "is not a date and time"),

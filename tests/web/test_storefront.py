@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,15 @@ def test_a_flash_sale_is_shown_before_and_while_it_sells(
     open_flash_sale(shop, code, quota=1, start=timedelta(hours=1), end=timedelta(hours=2))
     page = client.get(f"/p/{product}", params={"lang": "en", "sku": code}).text
     assert "Flash sale at CN¥0.99 from" in page and 'id="buy-link"' in page
+    # Its start in the shop's time zone (KAMI_TIMEZONE, by default Asia/Shanghai), said so.
+    with shop.db.read() as s:
+        coming = catalog.get_sku_on_sale(s, code)[1]
+    assert coming is not None
+    local = coming.starts_at.astimezone(shop.timezone).strftime("%Y-%m-%d %H:%M")
+    assert f"from {local} (UTC+08:00)" in page
+    shop.timezone = UTC  # a shop that keeps UTC
+    page = client.get(f"/p/{product}", params={"lang": "zh_CN", "sku": code}).text
+    assert f"{coming.starts_at.strftime('%Y-%m-%d %H:%M')}（UTC）开始" in page
     [sku] = [s for s in _skus(client) if s["code"] == code]
     assert sku["flash_sale"]["selling"] is False and sku["flash_sale"]["remaining"] == 1
     open_flash_sale(shop, code, quota=1, start=timedelta(minutes=-1), end=timedelta(hours=2))

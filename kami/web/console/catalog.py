@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -10,8 +10,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from kami import catalog, fulfilment
-from kami.kernel.errors import InvalidInput, NotFound
+from kami.kernel.clock import utcnow
+from kami.kernel.errors import NotFound
 from kami.kernel.money import EXPONENTS, parse_major
+from kami.web import localtime
 from kami.web.console.frame import (
     OWNER,
     PREFIX,
@@ -133,8 +135,9 @@ def update_product(slug: str, request: Request, _admin: Admin, form: Form) -> Re
     return redirect(f"{PREFIX}/catalog/products/{slug}")
 
 
-def _sku_context(s: Any, code: str) -> dict[str, Any]:
-    """What the SKU's page shows: the SKU, and its current flash sale (None: it has none)."""
+def _sku_context(s: Any, code: str, zone: tzinfo) -> dict[str, Any]:
+    """What the SKU's page shows: the SKU, and its current flash sale (None: it has none), its
+    times in the shop's zone."""
     sku, sale = catalog.get_sku_on_sale(s, code)
     return {
         "sku": sku,
@@ -142,36 +145,16 @@ def _sku_context(s: Any, code: str) -> dict[str, Any]:
         "webhook": sku.delivery_kind == catalog.DeliveryKind.WEBHOOK,
         "sale": sale,
         "sale_price": major(sale.price_minor, sku.currency) if sale else "",
-        "utc_minute": _utc_minute,
+        "field_value": lambda moment: localtime.field_value(moment, zone),
+        "zone": localtime.offset_label(sale.starts_at if sale else utcnow(), zone),
     }
-
-
-def _utc_minute(moment: datetime) -> str:
-    """A moment as a `datetime-local` input's value, in UTC, to the minute."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
-
-
-def _utc_field(form: Any, name: str) -> datetime | None:
-    """A `datetime-local` field read as UTC (the page labels it so); None if left empty."""
-    value = (form.get(name) or "").strip()
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(
-            f"{name}: {value[:40]!r} is not a date and time like 2026-12-24T20:00", where=name
-        ) from None
-    if moment.tzinfo is not None:
-        raise InvalidInput(f"{name}: give the time in UTC, without an offset", where=name)
-    return moment.replace(tzinfo=UTC)
 
 
 @router.get("/catalog/skus/{code}", response_class=HTMLResponse)
 def sku_page(code: str, request: Request) -> Response:
     admin = signed_in(request)
     with shop(request).db.read() as s:
-        context = _sku_context(s, code)
+        context = _sku_context(s, code, shop(request).timezone)
     return render(request, "sku.html", admin=admin, secret=None, **context)
 
 
@@ -200,10 +183,11 @@ def set_flash_sale(code: str, request: Request, _admin: Admin, form: Form) -> Re
     with shop(request).db.read() as s:
         current = catalog.get_sku(s, code)
     price = (form.get("sale_price") or "").strip()
+    zone = shop(request).timezone  # the page says which zone its times are in
     data = model(
         catalog.FlashSaleIn,
-        starts_at=_utc_field(form, "starts_at"),
-        ends_at=_utc_field(form, "ends_at"),
+        starts_at=localtime.read_field(form, "starts_at", zone),
+        ends_at=localtime.read_field(form, "ends_at", zone),
         price_minor=parse_major(price, current.currency, where="sale_price") if price else None,
         quota=as_int(form.get("quota"), "quota"),
         **{  # left empty: the sale's defaults (one per buyer, five minutes to pay)
@@ -221,7 +205,7 @@ def webhook_secret(code: str, request: Request, admin: Admin, _form: Form) -> Re
     """Shows a webhook SKU's signing secret: the owner only, checked here, not by the button."""
     require(admin, OWNER, "read signing secrets")
     with shop(request).db.read() as s:
-        context = _sku_context(s, code)
+        context = _sku_context(s, code, shop(request).timezone)
     if not context["webhook"]:
         raise catalog_not_found("webhook SKU", code)
     secret = fulfilment.webhook_secret(shop(request), code)

@@ -15,7 +15,6 @@ from kami.web.deps import shop
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
-SHOP_DAY = timedelta(hours=8)  # the shop's calendar day: China Standard Time
 DAYS = 30
 
 
@@ -40,8 +39,10 @@ def dashboard(request: Request) -> Response:
     admin = signed_in(request)
     s = shop(request)
     now = utcnow()
+    # The shop's calendar day: its time zone's (KAMI_TIMEZONE), at its offset today.
+    shop_day = now.astimezone(s.timezone).utcoffset() or timedelta(0)
     with s.db.read() as session:
-        days = orders.sales_by_day(session, now, DAYS, SHOP_DAY)
+        days = orders.sales_by_day(session, now, DAYS, shop_day)
         by_status = orders.count_by_status(session)
         undelivered = orders.count_undelivered(session)
         top = orders.top_skus(session, now - timedelta(days=DAYS))

@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from kami import accounts, fulfilment
 from kami.kernel.errors import Forbidden, InvalidInput, KamiError, Unauthorized
-from kami.web import i18n
+from kami.web import i18n, localtime
 from kami.web.deps import shop as shop_of
 from kami.web.inputs import CheckedRoute, check_text
 from kami.web.storefront import rendering
@@ -148,6 +148,8 @@ def render(
             else status
         ),
         gateway_label=lambda gw: rendering.gateway_label(t, gw),
+        local_time=lambda moment: localtime.shown(moment, shop.timezone),
+        zone_of=lambda moment: localtime.offset_label(moment, shop.timezone),
         can_refund=admin is not None and admin.role in MONEY,
         is_owner=admin is not None and admin.role in OWNER,
     )

@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from kami import fulfilment
 from kami.kernel.errors import Forbidden
 from kami.kernel.ids import new_token
-from kami.web import i18n
+from kami.web import i18n, localtime
 from kami.web.deps import DEVICE_COOKIE
 
 CSRF_COOKIE = "kami_csrf"
@@ -175,6 +175,8 @@ def render(
             t.gettext(STATUS_LABELS[status]) if status in STATUS_LABELS else status
         ),
         gateway_label=lambda name: gateway_label(t, name),
+        local_time=lambda moment: localtime.shown(moment, shop.timezone),
+        zone_of=lambda moment: localtime.offset_label(moment, shop.timezone),
     )
     response: HTMLResponse = templates.TemplateResponse(
         request, name, context, status_code=status_code
