@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from kami import delivery, orders
 from kami.fulfilment.shop import Shop
+from kami.kernel.clock import shown_in
 from kami.kernel.money import Money
 
 log = logging.getLogger("kami.mail")
@@ -35,7 +36,7 @@ def _positions(detail: Mapping[str, Any]) -> str:
 
 
 def _after_sales_text(
-    order: orders.OrderView, event: str, detail: Mapping[str, Any]
+    order: orders.OrderView, event: str, detail: Mapping[str, Any], zone: tzinfo
 ) -> tuple[str, str]:
     """The words for after-sales and validity events; the payload carries item numbers,
     amounts and the seller's reason, never a key or a token."""
@@ -64,7 +65,7 @@ def _after_sales_text(
             f"您关于第 {item} 件商品的反馈未获通过。卖家说明：{reason}",
             f"Your report about item {item} was not accepted. The seller says: {reason}",
         )
-    ends = datetime.fromisoformat(str(detail["valid_until"])).strftime("%Y-%m-%d %H:%M UTC")
+    ends = shown_in(datetime.fromisoformat(str(detail["valid_until"])), zone)  # the shop's zone
     items = _positions(detail)
     return (
         f"您购买的商品（第 {items} 件）将于 {ends} 到期，如需继续使用请及时续费。",
@@ -103,7 +104,7 @@ def build_email(
     link = shop.order_link(order.order_no, token)
     amount = Money(order.amount_minor, order.currency).format()
     if event.startswith("aftersales_") or event == "validity_reminder":
-        zh, en = _after_sales_text(order, event, detail or {})
+        zh, en = _after_sales_text(order, event, detail or {}, shop.timezone)
     elif event == "delivered":
         zh = "您的商品已发货，请打开下面的链接查看卡密。"
         en = "Your goods are ready. Open the link below to see your keys."

@@ -6,22 +6,15 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 from typing import Any
 
+from kami.kernel.clock import offset_label
 from kami.kernel.errors import InvalidInput
+
+__all__ = ["field_value", "offset_label", "read_field", "shown"]
 
 
 def shown(moment: datetime, zone: tzinfo) -> str:
     """`moment` in the shop's zone, to the minute: 2026-12-24 20:00."""
     return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-
-def offset_label(moment: datetime, zone: tzinfo) -> str:
-    """The zone's offset from UTC at `moment`, as buyers read it: UTC+08:00, or UTC."""
-    offset = moment.astimezone(zone).utcoffset()
-    minutes = round(offset.total_seconds() / 60) if offset else 0
-    if not minutes:
-        return "UTC"
-    sign = "+" if minutes > 0 else "-"
-    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def field_value(moment: datetime, zone: tzinfo) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from kami import bootstrap, catalog, delivery, fulfilment, orders, payments
 from kami.kernel import outbox
@@ -108,7 +109,9 @@ def test_reminder_goes_once_per_order_within_the_window(shop: fulfilment.Shop) -
     with shop.db.read() as s:
         order = orders.get_order(s, a.order_no)
     text = fulfilment.build_email(shop, order, REMINDER, detail=mail_a).text
-    ends = (start + timedelta(days=30)).strftime("%Y-%m-%d %H:%M UTC")
+    # In the shop's time zone (KAMI_TIMEZONE, by default Asia/Shanghai), said so.
+    local = (start + timedelta(days=30)).astimezone(ZoneInfo("Asia/Shanghai"))
+    ends = f"{local.strftime('%Y-%m-%d %H:%M')} (UTC+08:00)"
     assert f"Your goods (item 1, 2) end on {ends}" in text
     assert f"将于 {ends} 到期" in text and "VIP-M-KEY" not in text
 

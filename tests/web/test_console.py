@@ -231,6 +231,11 @@ def test_an_operator_may_not_refund_even_by_posting_the_form(
     sign_in(client, "ops")
     page = client.get(f"/admin/orders/{order_no}").text
     assert 'id="refund-form"' not in page  # not offered …
+    with shop.db.read() as s:
+        paid_at = orders.get_order(s, order_no).paid_at
+    assert paid_at is not None  # shown in the shop's time zone, with its offset
+    assert f"<dd>{paid_at.astimezone(shop.timezone).isoformat(timespec='seconds')}</dd>" in page
+    assert "+08:00</dd>" in page and "+00:00" not in page
     r = post(client, f"/admin/orders/{order_no}/refund", {"reason": "x", "refund_key": "abc"})
     assert r.status_code == 403 and "may not move money" in r.text  # type: ignore[attr-defined]
     assert fulfilment.list_order_refunds(shop, order_no) == []  # … and refused
