@@ -19,7 +19,6 @@ from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import SoldOut, has_goods, reserve, sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
 from kami.fulfilment.terms import (
-    buyer_identities,
     check_amount,
     check_caps,
     check_terms,
@@ -106,7 +105,7 @@ def open_order(
     # terms are now. A SKU or flash sale edited in between is the same race as an order placed
     # a moment earlier; stock, quota and caps are checked under the lock.
     locks = (
-        orders.buyer_lock_keys(data.sku, buyer_identities(data, device_id))
+        orders.buyer_lock_keys(data.sku, orders.buyer_identities(data.email, device_id))
         if shop.db.dialect == "postgresql"
         else None
     )

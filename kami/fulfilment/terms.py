@@ -80,11 +80,6 @@ def mark_flash_sale(
         shop.mark_flash_sale(data.sku)  # its next checkouts go first (decision 0018)
 
 
-def buyer_identities(data: orders.OrderIn, device_id: str | None) -> list[str]:
-    """What the buyer's lock covers (`orders.buyer_identities`)."""
-    return orders.buyer_identities(data.email, device_id)
-
-
 def check_window(sku: catalog.SkuView, sale: catalog.FlashSaleView, data: orders.OrderIn) -> None:
     """The flash sale's window."""
     now = utcnow()

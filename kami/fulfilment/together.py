@@ -39,7 +39,6 @@ from kami.fulfilment.delivering import release_expired
 from kami.fulfilment.goods.stock import sold_out, sold_out_of
 from kami.fulfilment.shop import Shop
 from kami.fulfilment.terms import (
-    buyer_identities,
     check_amount,
     check_counts,
     check_terms,
@@ -122,7 +121,9 @@ def open_orders_together(shop: Shop, checkouts: Sequence[Checkout]) -> list[Outc
         keys = set()
         for i in members:
             c = checkouts[i]
-            keys.update(orders.buyer_lock_keys(code, buyer_identities(c.data, c.device_id)))
+            keys.update(
+                orders.buyer_lock_keys(code, orders.buyer_identities(c.data.email, c.device_id))
+            )
         locks = sorted(keys)  # in one order everywhere: no deadlocks
         # Padded with the last key again (a lock held twice is held once) to a statement
         # shape made ahead (`ready`).
