@@ -14,10 +14,15 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def minute_in(moment: datetime, zone: tzinfo) -> str:
+    """`moment` in `zone` (the shop's time zone), to the minute: 2026-12-24 20:00."""
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
 def shown_in(moment: datetime, zone: tzinfo) -> str:
-    """`moment` in `zone` (the shop's time zone), to the minute, with the zone's offset from
-    UTC as buyers read it: 2026-12-24 20:00 (UTC+08:00)."""
-    return f"{moment.astimezone(zone).strftime('%Y-%m-%d %H:%M')} ({offset_label(moment, zone)})"
+    """`minute_in`, with the zone's offset from UTC as buyers read it beside it:
+    2026-12-24 20:00 (UTC+08:00)."""
+    return f"{minute_in(moment, zone)} ({offset_label(moment, zone)})"
 
 
 def offset_label(moment: datetime, zone: tzinfo) -> str:

@@ -3,18 +3,23 @@ to the minute, with the zone's offset from UTC said beside them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
 
-from kami.kernel.clock import offset_label
+from kami.kernel.clock import minute_in, offset_label
 from kami.kernel.errors import InvalidInput
 
-__all__ = ["field_value", "offset_label", "read_field", "shown"]
 
-
-def shown(moment: datetime, zone: tzinfo) -> str:
-    """`moment` in the shop's zone, to the minute: 2026-12-24 20:00."""
-    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+def helpers(zone: tzinfo) -> dict[str, Callable[[datetime], str]]:
+    """What the console's and the storefront's templates show times with, in `zone`: the
+    minute (`local_time`), the zone's offset from UTC (`zone_of`), and a full ISO time with its
+    offset (`local_iso`)."""
+    return {
+        "local_time": lambda moment: minute_in(moment, zone),
+        "zone_of": lambda moment: offset_label(moment, zone),
+        "local_iso": lambda moment: moment.astimezone(zone).isoformat(timespec="seconds"),
+    }
 
 
 def field_value(moment: datetime, zone: tzinfo) -> str:

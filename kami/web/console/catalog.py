@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from kami import catalog, fulfilment
-from kami.kernel.clock import utcnow
+from kami.kernel.clock import offset_label, utcnow
 from kami.kernel.errors import NotFound
 from kami.kernel.money import EXPONENTS, parse_major
 from kami.web import localtime
@@ -146,7 +146,7 @@ def _sku_context(s: Any, code: str, zone: tzinfo) -> dict[str, Any]:
         "sale": sale,
         "sale_price": major(sale.price_minor, sku.currency) if sale else "",
         "field_value": lambda moment: localtime.field_value(moment, zone),
-        "zone": localtime.offset_label(sale.starts_at if sale else utcnow(), zone),
+        "zone": offset_label(sale.starts_at if sale else utcnow(), zone),
     }
 
 

@@ -148,9 +148,7 @@ def render(
             else status
         ),
         gateway_label=lambda gw: rendering.gateway_label(t, gw),
-        local_time=lambda moment: localtime.shown(moment, shop.timezone),
-        zone_of=lambda moment: localtime.offset_label(moment, shop.timezone),
-        local_iso=lambda moment: moment.astimezone(shop.timezone).isoformat(timespec="seconds"),
+        **localtime.helpers(shop.timezone),
         can_refund=admin is not None and admin.role in MONEY,
         is_owner=admin is not None and admin.role in OWNER,
     )

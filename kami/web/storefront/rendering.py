@@ -175,8 +175,7 @@ def render(
             t.gettext(STATUS_LABELS[status]) if status in STATUS_LABELS else status
         ),
         gateway_label=lambda name: gateway_label(t, name),
-        local_time=lambda moment: localtime.shown(moment, shop.timezone),
-        zone_of=lambda moment: localtime.offset_label(moment, shop.timezone),
+        **localtime.helpers(shop.timezone),
     )
     response: HTMLResponse = templates.TemplateResponse(
         request, name, context, status_code=status_code
